@@ -1,0 +1,76 @@
+"""Corpus readers: BEIR-style jsonl(.gz) (``_id``, ``title``, ``text``) and the ``videos`` Parquet table."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import CropsError, ErrorKind
+
+
+@dataclass(frozen=True)
+class Doc:
+    doc_id: str
+    title: str
+    text: str
+
+
+def _iter_jsonl(path: Path) -> Iterator[Doc]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                doc_id = row.get("_id", row.get("video_id", row.get("id")))
+            except (json.JSONDecodeError, AttributeError) as exc:
+                raise CropsError(ErrorKind.INVALID_INPUT, f"{path}:{lineno}: not a JSON object") from exc
+            if doc_id is None:
+                raise CropsError(ErrorKind.INVALID_INPUT, f"{path}:{lineno}: no _id/video_id field")
+            title = row.get("title") or ""
+            text = row.get("text") or row.get("caption") or ""
+            tags = row.get("tags")
+            if tags and isinstance(tags, list):
+                text = f"{text} {' '.join(map(str, tags))}".strip()
+            yield Doc(str(doc_id), str(title), str(text))
+
+
+def _iter_parquet(path: Path) -> Iterator[Doc]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    cols = set(table.column_names)
+    if "video_id" not in cols:
+        raise CropsError(ErrorKind.INVALID_INPUT, f"{path}: videos table needs a video_id column")
+    for batch in table.to_batches(max_chunksize=10_000):
+        rows = batch.to_pylist()
+        for row in rows:
+            tags = row.get("tags") or []
+            text = " ".join(x for x in [row.get("caption") or "", " ".join(tags)] if x)
+            yield Doc(str(row["video_id"]), str(row.get("title") or ""), text)
+
+
+def iter_corpus(path: Path | str) -> Iterator[Doc]:
+    """Documents from a jsonl(.gz) file or a ``videos`` Parquet file/folder."""
+    path = Path(path)
+    if not path.exists():
+        raise CropsError(ErrorKind.NOT_FOUND, f"corpus {path} does not exist")
+    if path.suffix == ".parquet" or path.is_dir():
+        yield from _iter_parquet(path)
+    elif path.name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".json")):
+        yield from _iter_jsonl(path)
+    else:
+        raise CropsError(
+            ErrorKind.INVALID_INPUT, f"corpus {path}: expected .jsonl, .jsonl.gz or .parquet"
+        )
+
+
+def load_corpus(path: Path | str) -> list[Doc]:
+    docs = list(iter_corpus(path))
+    if not docs:
+        raise CropsError(ErrorKind.INVALID_INPUT, f"corpus {path} is empty")
+    return docs

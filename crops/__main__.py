@@ -1,0 +1,3 @@
+from crops.cli import main
+
+main()

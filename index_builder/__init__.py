@@ -1,0 +1,1 @@
+"""Encode a corpus with the bundle's doc tower and build its faiss index (GPU when present)."""

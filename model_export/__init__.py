@@ -1,0 +1,1 @@
+"""Export the trained towers to ONNX with a parity gate against torch."""

@@ -1,0 +1,91 @@
+"""Torch → ONNX export of one tower, and the parity gate."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.errors import CropsError, ErrorKind
+from core.normalize import normalize_text
+from core.onnx_encoder import OnnxEncoder
+from core.tokenizer import encode_batch, load_tokenizer
+from model_export.towers import PooledEncoder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+
+# Fixed probe set: short head queries, long tail queries, non-ASCII, punctuation, typos.
+PROBE_QUERIES: tuple[str, ...] = (
+    "cat video",
+    "transformer",
+    "how to fix a power transformer that hums",
+    "attention is all you need explained in five minutes",
+    "funny dogs compilation 2024",
+    "北京 美食 探店",
+    "café au lait recipe — easy!",
+    "minecraft speedrun world record any% glitchless",
+    "lofi beats to study",
+    "teh best pizza dough recpie",
+    "?",
+    "a b c d e f g h i j k l m n o p q r s t u v w x y z " * 4,
+)
+
+
+def export_tower(model_dir: Path, out_path: Path, *, opset: int = DEFAULT_OPSET) -> None:
+    """Export ``PooledEncoder(model_dir)`` with dynamic batch and sequence axes."""
+    model = PooledEncoder(model_dir).eval()
+    ids = torch.ones((2, 8), dtype=torch.int64)
+    mask = torch.ones((2, 8), dtype=torch.int64)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(".onnx.tmp")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (ids, mask),
+            str(tmp),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "seq"},
+                "attention_mask": {0: "batch", 1: "seq"},
+                "embedding": {0: "batch"},
+            },
+            opset_version=opset,
+            dynamo=False,
+        )
+    tmp.replace(out_path)
+
+
+def parity_error(
+    model_dir: Path, onnx_path: Path, tokenizer_path: Path, max_length: int,
+    probes: tuple[str, ...] = PROBE_QUERIES,
+) -> float:
+    """Max abs difference between torch and ONNX Runtime embeddings on the probe set (batched and single)."""
+    model = PooledEncoder(model_dir).eval()
+    tok = load_tokenizer(tokenizer_path, max_length)
+    enc = OnnxEncoder(onnx_path, tokenizer_path, max_length, use_gpu=False)
+    texts = [normalize_text(p) for p in probes]
+    worst = 0.0
+    groups = [texts] + [[t] for t in texts]  # padded batch and unpadded singles
+    for group in groups:
+        ids, mask = encode_batch(tok, group)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        got = enc.encode(group, normalized=True)
+        worst = max(worst, float(np.max(np.abs(ref - got))))
+    return worst
+
+
+def check_parity(err: float, tolerance: float, what: str) -> None:
+    if not np.isfinite(err) or err > tolerance:
+        raise CropsError(
+            ErrorKind.PARITY_FAILED,
+            f"{what}: ONNX vs torch max abs error {err:.3g} exceeds tolerance {tolerance:.3g}; "
+            "the exported graph does not reproduce the model",
+        )

@@ -1,0 +1,117 @@
+"""One bundle loaded for serving: query encoder (ONNX Runtime) + faiss index + id map."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import CropsError, ErrorKind
+from core.manifest import BundleManifest, load_id_map, verify_bundle
+from core.normalize import normalize_text
+from core.onnx_encoder import OnnxEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    ids: list[str]
+    scores: list[float]
+
+
+@dataclass
+class Timings:
+    normalize_ms: float = 0.0
+    encode_ms: float = 0.0
+    search_ms: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _gpu_count() -> int:
+    import faiss
+
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get else 0
+
+
+class Retriever:
+    """Encode queries and search the bundle's index; thread-compatible (one call at a time per index)."""
+
+    def __init__(
+        self,
+        bundle_dir: Path | str,
+        *,
+        nprobe: int | None = None,
+        intra_op_threads: int = 1,
+        use_gpu: bool | None = None,
+        verify: bool = True,
+    ) -> None:
+        import faiss
+
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest: BundleManifest = verify_bundle(
+            self.bundle_dir, require_index=True, check_checksums=verify
+        )
+        model, index_sec = self.manifest.model, self.manifest.index
+        assert model is not None and index_sec is not None
+        self.encoder = OnnxEncoder(
+            self.bundle_dir / model.query_onnx,
+            self.bundle_dir / model.tokenizer,
+            model.max_query_tokens,
+            intra_op_threads=intra_op_threads,
+            use_gpu=use_gpu,
+        )
+        index: Any = faiss.read_index(str(self.bundle_dir / index_sec.index_file))
+        self.ids = load_id_map(self.bundle_dir / index_sec.id_map_file)
+        if len(self.ids) != index.ntotal:
+            raise CropsError(
+                ErrorKind.BUNDLE_INVALID,
+                f"{bundle_dir}: id map has {len(self.ids)} rows, index has {index.ntotal}",
+            )
+        self.nprobe = nprobe if nprobe is not None else index_sec.nprobe
+        if self.nprobe is not None:
+            ivf = faiss.try_extract_index_ivf(index)
+            if ivf is not None:
+                ivf.nprobe = int(self.nprobe)
+        self.on_gpu = False
+        if use_gpu is not False and _gpu_count() > 0:
+            try:
+                index = faiss.index_cpu_to_all_gpus(index)
+                self.on_gpu = True
+            except Exception as exc:  # some index types have no GPU version: serve from CPU
+                log.warning("faiss GPU load failed (%s); serving from CPU", exc)
+        self.index = index
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.bundle_id
+
+    def encode(self, queries: list[str]) -> np.ndarray:
+        return self.encoder.encode(queries, normalized=True)
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[SearchResult]:
+        k = min(k, len(self.ids))
+        scores, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        out = []
+        for srow, irow in zip(scores, rows, strict=True):
+            keep = irow >= 0
+            out.append(SearchResult([self.ids[i] for i in irow[keep]], [float(s) for s in srow[keep]]))
+        return out
+
+    def retrieve(self, queries: list[str], k: int = 100) -> tuple[list[SearchResult], Timings]:
+        """Normalise, encode and search a batch of raw queries."""
+        t = Timings()
+        t0 = time.perf_counter()
+        norm = [normalize_text(q) for q in queries]
+        t1 = time.perf_counter()
+        vecs = self.encode(norm)
+        t2 = time.perf_counter()
+        res = self.search_vectors(vecs, k)
+        t3 = time.perf_counter()
+        t.normalize_ms, t.encode_ms, t.search_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3
+        return res, t

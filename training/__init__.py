@@ -1,0 +1,1 @@
+"""CroPS training stage: world simulator, data engine, losses, trainer, evaluation, baselines."""
