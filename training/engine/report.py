@@ -1,0 +1,233 @@
+"""The mining report: counts per level and source, positives the legacy stack never exposed, the α
+sweep (precision/recall of added positives vs truth, on queries θ was not fitted on), θ calibration.
+Writes ``report.json``, ``report.md`` and PNG plots next to them."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from core.atomic import atomic_write_json, atomic_write_text
+from training.engine.discriminator import expected_calibration_error, reliability_table
+from training.engine.hla import LEVELS
+
+if TYPE_CHECKING:
+    from training.engine.pipeline import Miner
+
+
+def _exposed_lookup(m: Miner) -> set[tuple[str, str]]:
+    from training.engine.pipeline import read_table
+
+    t = read_table(m.work / "log_samples.parquet", ["query", "video_id", "exposed_ever"])
+    t = t.filter(pc.equal(t.column("exposed_ever"), True))
+    return set(zip(t.column("query").to_pylist(), t.column("video_id").to_pylist(), strict=True))
+
+
+def _candidates_with_theta(m: Miner, name: str) -> tuple[list[str], list[str], np.ndarray]:
+    from training.engine.pipeline import read_table
+
+    cand = read_table(m.work / f"{name}.parquet", ["query", "video_id"])
+    theta = read_table(m.work / "theta.parquet")
+    j = cand.join(theta, ["query", "video_id"], join_type="left outer")
+    th = j.column("theta").to_numpy(zero_copy_only=False).astype(np.float64)
+    return j.column("query").to_pylist(), j.column("video_id").to_pylist(), np.nan_to_num(th, nan=0.0)
+
+
+def alpha_sweep(
+    theta: np.ndarray, relevant: np.ndarray, never_exposed: np.ndarray, alphas: tuple[float, ...], strict: bool = True
+) -> list[dict[str, float]]:
+    """Precision / recall of the kept candidates (θ > α, or ≥ for P3) against the truth labels.
+    Recall is relative to the relevant candidates the perspective offered (θ's own recall)."""
+    rows = []
+    n_rel = int(relevant.sum())
+    for a in alphas:
+        kept = theta > a if strict else theta >= a
+        k = int(kept.sum())
+        tp = int((kept & relevant).sum())
+        rows.append({
+            "alpha": float(a), "kept": k, "kept_never_exposed": int((kept & never_exposed).sum()),
+            "precision": tp / k if k else float("nan"), "recall": tp / n_rel if n_rel else float("nan"),
+        })
+    return rows
+
+
+def build_report(m: Miner, total_seconds: float) -> dict[str, Any]:
+    from training.engine.pipeline import load_labels, read_table
+
+    cfg = m.cfg
+    samples = read_table(m.out / "samples.parquet")
+    rep: dict[str, Any] = {
+        "engine": m.engine_name, "alpha": cfg.alpha, "config": cfg.__dict__ | {"alpha_sweep": list(cfg.alpha_sweep)},
+        "inputs": {"logs": str(m.inp.logs), "videos": str(m.inp.videos),
+                   "labels": str(m.inp.labels) if m.inp.labels else None},
+        "rows": samples.num_rows,
+        "queries": len(set(samples.column("query").to_pylist())),
+    }
+    src = samples.column("source").to_pylist()
+    lvl = samples.column("level").to_pylist()
+    exp = samples.column("exposed_ever").to_pylist()
+    rep["per_source"] = dict(sorted(Counter(src).items()))
+    rep["per_level"] = {str(k): v for k, v in sorted(Counter(lvl).items(), reverse=True)}
+    rep["never_exposed_in_samples"] = {
+        s: sum(1 for x, e in zip(src, exp, strict=True) if x == s and e is False)
+        for s in ("p1_reformulation", "p2_rec")
+    }
+
+    exposed = _exposed_lookup(m)
+    labels = load_labels(m.inp.labels, m.relevant_grade) if m.inp.labels else None
+    from training.engine.pipeline import is_eval_query
+
+    persp: dict[str, Any] = {}
+    sweeps: dict[str, list[dict[str, float]]] = {}
+    calib_p: list[np.ndarray] = []
+    calib_y: list[np.ndarray] = []
+    for name, label in (("p1_candidates", "P1"), ("p2_candidates", "P2")):
+        qs, vs, th = _candidates_with_theta(m, name)
+        never = np.array([(q, v) not in exposed for q, v in zip(qs, vs, strict=True)], dtype=bool)
+        kept = th > cfg.alpha
+        info: dict[str, Any] = {
+            "candidates": len(qs), "candidates_never_exposed": int(never.sum()),
+            "kept": int(kept.sum()), "kept_never_exposed": int((kept & never).sum()),
+        }
+        if labels is not None:
+            ev = np.array([is_eval_query(q) for q in qs], dtype=bool)
+            rel = np.array([labels.get((q, v), 0) for q, v in zip(qs, vs, strict=True)], dtype=bool)
+            info["eval_candidates"] = int(ev.sum())
+            info["eval_relevant_rate"] = float(rel[ev].mean()) if ev.any() else float("nan")
+            sweeps[label] = alpha_sweep(th[ev], rel[ev], never[ev], cfg.alpha_sweep)
+            calib_p.append(th[ev])
+            calib_y.append(rel[ev].astype(np.float64))
+        persp[label] = info
+
+    p3 = read_table(m.work / "p3.parquet")
+    p3_keep = p3.column("keep").to_pylist()
+    persp["P3"] = {
+        "descriptions": p3.num_rows, "kept": int(sum(p3_keep)),
+        "kept_never_exposed": int(sum(p3_keep)),  # synthetic texts: never shown by the legacy stack
+        "reasons": dict(Counter(p3.column("reason").to_pylist())),
+    }
+    p3_stats = m.work / "p3_stats.json"
+    if p3_stats.is_file():
+        persp["P3"]["llm"] = json.loads(p3_stats.read_text())
+    if p3.num_rows:
+        th3 = np.array([t if t is not None else -1.0 for t in p3.column("theta").to_pylist()])
+        scored = th3 >= 0
+        persp["P3"]["kept_vs_alpha"] = [
+            {"alpha": a, "kept": int((scored & (th3 >= a)).sum())} for a in cfg.alpha_sweep
+        ]
+    rep["perspectives"] = persp
+    rep["alpha_sweep"] = sweeps
+
+    fit_path = m.work / "theta_fit.json"
+    theta_fit = json.loads(fit_path.read_text()) if fit_path.is_file() else {}
+    rep["theta"] = {k: v for k, v in theta_fit.items() if k != "reliability"}
+    if calib_p:
+        p_all, y_all = np.concatenate(calib_p), np.concatenate(calib_y)
+        rep["theta"]["ece_eval_candidates"] = expected_calibration_error(p_all, y_all)
+        rep["theta"]["eval_candidates"] = len(p_all)
+        rep["theta"]["reliability_eval_candidates"] = reliability_table(p_all, y_all)
+    rep["timings_s"] = m.timings
+    rep["total_seconds"] = round(total_seconds, 2)
+    _plots(m.out, sweeps, rep["theta"].get("reliability_eval_candidates"), theta_fit.get("reliability"))
+    atomic_write_json(m.out / "report.json", rep)
+    atomic_write_text(m.out / "report.md", render_markdown(rep))
+    return rep
+
+
+def _plots(out: Path, sweeps: dict[str, list[dict[str, float]]], rel_eval: Any, rel_fit: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if sweeps:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, rows in sweeps.items():
+            a = [r["alpha"] for r in rows]
+            ax.plot(a, [r["precision"] for r in rows], "o-", label=f"{name} precision")
+            ax.plot(a, [r["recall"] for r in rows], "s--", label=f"{name} recall")
+        ax.set_xlabel("α (θ threshold)")
+        ax.set_ylabel("vs truth (held-out queries)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("Added positives: precision / recall vs α")
+        fig.tight_layout()
+        fig.savefig(out / "alpha_sweep.png", dpi=110)
+        plt.close(fig)
+    if rel_eval or rel_fit:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        for rows, lab in ((rel_fit, "θ test split"), (rel_eval, "P1+P2 candidates, held-out queries")):
+            if rows:
+                ax.plot([r["mean_prob"] for r in rows], [r["rate"] for r in rows], "o-", label=lab)
+        ax.set_xlabel("θ (predicted probability)")
+        ax.set_ylabel("observed relevant rate")
+        ax.legend(fontsize=8)
+        ax.set_title("θ reliability")
+        fig.tight_layout()
+        fig.savefig(out / "theta_reliability.png", dpi=110)
+        plt.close(fig)
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return "nan" if x != x else f"{x:.3f}"
+    return str(x)
+
+
+def render_markdown(rep: dict[str, Any]) -> str:
+    lines = [
+        "# CroPS data engine: mining report", "",
+        f"Engine **{rep['engine']}**, α = {rep['alpha']}, {rep['rows']} samples over {rep['queries']} queries, "
+        f"{rep['total_seconds']} s. Logs: `{rep['inputs']['logs']}`; labels: `{rep['inputs']['labels']}`.", "",
+        "## Samples per source (HLA level)", "", "| source | level | rows |", "|---|---|---|",
+    ]
+    for s, n in sorted(rep["per_source"].items(), key=lambda kv: -LEVELS.get(kv[0], 0)):
+        lines.append(f"| {s} | {LEVELS.get(s, '?')} | {n} |")
+    lines += ["", "| level | rows |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rep["per_level"].items()]
+    lines += ["", "## Added positives the legacy stack never exposed", "",
+              "| perspective | candidates | never exposed | kept (θ>α) | kept & never exposed | in samples, never exposed |",
+              "|---|---|---|---|---|---|"]
+    ne = rep["never_exposed_in_samples"]
+    for name, key in (("P1", "p1_reformulation"), ("P2", "p2_rec")):
+        p = rep["perspectives"][name]
+        lines.append(f"| {name} | {p['candidates']} | {p['candidates_never_exposed']} | {p['kept']} | "
+                     f"{p['kept_never_exposed']} | {ne[key]} |")
+    p3 = rep["perspectives"]["P3"]
+    lines.append(f"| P3 | {p3['descriptions']} descriptions | all (synthetic) | {p3['kept']} (θ≥α) | "
+                 f"{p3['kept_never_exposed']} | {rep['per_source'].get('p3_llm', 0)} |")
+    if p3.get("reasons"):
+        lines += ["", "P3 filter: " + ", ".join(f"{k}: {v}" for k, v in sorted(p3["reasons"].items()))]
+    if rep["alpha_sweep"]:
+        lines += ["", "## α sweep (held-out queries, vs truth)", "",
+                  "Precision: kept candidates that are truly relevant. Recall: kept relevant / relevant "
+                  "candidates offered by the perspective.", "",
+                  "| α | " + " | ".join(f"{n} kept | {n} prec | {n} recall" for n in rep["alpha_sweep"]) + " |",
+                  "|---|" + "---|---|---|" * len(rep["alpha_sweep"])]
+        names = list(rep["alpha_sweep"])
+        for i, r0 in enumerate(rep["alpha_sweep"][names[0]]):
+            cells = []
+            for n in names:
+                r = rep["alpha_sweep"][n][i]
+                cells += [_fmt(r["kept"]), _fmt(r["precision"]), _fmt(r["recall"])]
+            lines.append(f"| {r0['alpha']:.1f} | " + " | ".join(cells) + " |")
+        lines += ["", "![alpha sweep](alpha_sweep.png)"]
+    th = rep["theta"]
+    if th and not th.get("fake_scorer"):
+        lines += ["", "## θ (MiniLM-L6 bi-encoder features → logistic head → Platt scaling)", "",
+                  f"- fitted on {th.get('n_pairs')} pairs ({th.get('label_origin')}), "
+                  f"{th.get('fit_total_seconds', 0):.1f} s",
+                  f"- test split: AUC {_fmt(th.get('auc_test'))}, ECE {_fmt(th.get('ece_test'))} "
+                  f"(before Platt {_fmt(th.get('ece_test_raw'))}), Brier {_fmt(th.get('brier_test'))}"]
+        if "ece_eval_candidates" in th:
+            lines.append(f"- P1+P2 candidates of held-out queries ({th['eval_candidates']} pairs): "
+                         f"ECE {_fmt(th['ece_eval_candidates'])}")
+        lines += ["", "![theta reliability](theta_reliability.png)"]
+    lines += ["", "## Step timings (s)", ""] + [f"- {k}: {v}" for k, v in rep["timings_s"].items()]
+    return "\n".join(lines) + "\n"
