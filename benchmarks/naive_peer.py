@@ -1,0 +1,85 @@
+"""The naive peer, what a team writes first: sentence-transformers (torch) + faiss Flat in FastAPI.
+
+Same model (all-MiniLM-L6-v2 from the offline package), same 1M vectors, exact search, default
+thread settings, one uvicorn worker, a pydantic response model. It lives here, never in service/,
+and exists only to be measured against.
+
+    python benchmarks/naive_peer.py --vectors V.npy --port 8100
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def create_app(vectors_path: Path, model_dir: Path | None = None) -> Any:
+    import faiss
+    import numpy as np
+    from fastapi import FastAPI
+    from pydantic import BaseModel, Field
+    from sentence_transformers import SentenceTransformer
+
+    from core.tokenizer import default_model_dir
+
+    model = SentenceTransformer(str(model_dir or default_model_dir()), device="cpu")
+    vectors = np.load(vectors_path, mmap_mode="r")
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    for s in range(0, vectors.shape[0], 100_000):
+        index.add(np.ascontiguousarray(vectors[s : s + 100_000], dtype=np.float32))
+    ids = [f"v{i:07d}" for i in range(index.ntotal)]
+
+    class Query(BaseModel):
+        query: str
+        user_id: str | None = None
+        top_k: int = Field(100, ge=1, le=100)
+
+    class Candidate(BaseModel):
+        video_id: str
+        score: float
+
+    class Answer(BaseModel):
+        arm: str
+        candidates: list[Candidate]
+
+    app = FastAPI()
+
+    @app.get("/readyz")
+    def readyz() -> dict[str, str]:
+        return {"status": "ready"}
+
+    @app.post("/retrieve", response_model=Answer)
+    def retrieve(q: Query) -> Answer:
+        emb = model.encode([q.query], normalize_embeddings=True)
+        scores, rows = index.search(np.asarray(emb, dtype=np.float32), q.top_k)
+        return Answer(
+            arm="naive",
+            candidates=[
+                Candidate(video_id=ids[r], score=float(s))
+                for r, s in zip(rows[0], scores[0], strict=True)
+                if r >= 0
+            ],
+        )
+
+    return app
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--vectors", type=Path, required=True, help=".npy (n, dim) float32 unit vectors")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8100)
+    a = ap.parse_args()
+    import uvicorn
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    uvicorn.run(create_app(a.vectors), host=a.host, port=a.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+"""Load tests for the retrieval service: HTTP only (imports ``core`` and nothing else of ours).
+
+- ``querymix``: the traffic (head/torso/tail queries by frequency, user ids for A/B arms);
+- ``locustfile``: locust scenarios for /retrieve and /retrieve/batch;
+- ``run``: headless runner (ramp, hold, report, exit 1 on a missed SLO);
+- ``openloop``: a small fixed-rate open-loop generator; ``wrk``: max-throughput sweeps with wrk;
+- ``report``: summaries, SLO verdict, markdown + PNG.
+"""
