@@ -1,0 +1,57 @@
+# CroPS retrieval — the two quickstart commands are `make serve` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -q -c constraints.txt
+PORT ?= 8000
+HOST ?= 0.0.0.0
+DEFAULT_DIR ?= runs/default
+BUNDLE ?= $(DEFAULT_DIR)/bundle
+export OPENBLAS_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: serve test lint bundle bench install-serve install-dev clean help
+
+help:
+	@echo "make serve   set up, build the default bundle if missing, serve /retrieve on :$(PORT)"
+	@echo "make test    set up and run lint + the test suite"
+	@echo "make lint    ruff, mypy, import-linter"
+	@echo "make bench   performance benchmark (see docs/bench.md)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps re-run the install only when pyproject.toml changes.
+$(VENV)/.stamp-serve: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e ".[serve,export,index]"
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e ".[serve,export,index,train,spark,loadtest,dev]"
+	touch $@ $(VENV)/.stamp-serve
+
+install-serve: $(VENV)/.stamp-serve
+install-dev: $(VENV)/.stamp-dev
+
+$(BUNDLE)/.complete: | $(VENV)/.stamp-serve
+	$(BIN)/crops world catalog --out $(DEFAULT_DIR)/catalog.jsonl
+	$(BIN)/crops export --out $(BUNDLE) --force
+	$(BIN)/crops index build --bundle $(BUNDLE) --corpus $(DEFAULT_DIR)/catalog.jsonl
+	touch $@
+
+bundle: $(BUNDLE)/.complete
+
+serve: install-serve bundle
+	$(BIN)/crops serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy core service index_builder model_export loadtest crops training
+	$(BIN)/lint-imports
+
+test: install-dev
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf runs/default .pytest_cache .mypy_cache .ruff_cache
