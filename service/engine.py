@@ -50,23 +50,37 @@ class Retriever:
         intra_op_threads: int = 1,
         use_gpu: bool | None = None,
         verify: bool = True,
+        precision: str | None = None,
     ) -> None:
         import faiss
 
+        # One OpenMP thread: two never helped faiss at batch 1 and they oversubscribe 2 workers.
+        faiss.omp_set_num_threads(1)
         self.bundle_dir = Path(bundle_dir)
         self.manifest: BundleManifest = verify_bundle(
             self.bundle_dir, require_index=True, check_checksums=verify
         )
         model, index_sec = self.manifest.model, self.manifest.index
         assert model is not None and index_sec is not None
+        onnx_file = model.query_onnx
+        if precision is not None and precision in model.variants:
+            onnx_file = model.variants[precision].file
+        elif precision is not None and precision != "fp32":
+            log.warning("%s has no %s encoder variant; serving %s", bundle_dir, precision, onnx_file)
+        self.precision = precision if onnx_file != model.query_onnx else "fp32"
         self.encoder = OnnxEncoder(
-            self.bundle_dir / model.query_onnx,
+            self.bundle_dir / onnx_file,
             self.bundle_dir / model.tokenizer,
             model.max_query_tokens,
             intra_op_threads=intra_op_threads,
             use_gpu=use_gpu,
         )
         index: Any = faiss.read_index(str(self.bundle_dir / index_sec.index_file))
+        if int(index.d) != self.encoder.dim or int(index.d) != model.embedding_dim:
+            raise CropsError(
+                ErrorKind.INCOMPATIBLE,
+                f"{bundle_dir}: encoder gives {self.encoder.dim}-d vectors, index holds {index.d}-d",
+            )
         self.ids = load_id_map(self.bundle_dir / index_sec.id_map_file)
         if len(self.ids) != index.ntotal:
             raise CropsError(
@@ -74,10 +88,13 @@ class Retriever:
                 f"{bundle_dir}: id map has {len(self.ids)} rows, index has {index.ntotal}",
             )
         self.nprobe = nprobe if nprobe is not None else index_sec.nprobe
-        if self.nprobe is not None:
-            ivf = faiss.try_extract_index_ivf(index)
-            if ivf is not None:
-                ivf.nprobe = int(self.nprobe)
+        ivf: Any = faiss.try_extract_index_ivf(index)
+        self.is_ivf = ivf is not None
+        if self.nprobe is not None and ivf is not None:
+            ivf.nprobe = int(self.nprobe)
+        if index_sec.k_factor is not None and hasattr(index, "k_factor"):
+            index.k_factor = float(index_sec.k_factor)
+        self._params: dict[int, Any] = {}
         self.on_gpu = False
         if use_gpu is not False and _gpu_count() > 0:
             try:
@@ -94,9 +111,36 @@ class Retriever:
     def encode(self, queries: list[str]) -> np.ndarray:
         return self.encoder.encode(queries, normalized=True)
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> list[SearchResult]:
+    def search_params(self, nprobe: int | None) -> Any:
+        """faiss per-call search parameters for ``nprobe`` (None: the index's own settings).
+
+        Per-call parameters let arms share one loaded index with different nprobe values.
+        """
+        if nprobe is None or not self.is_ivf or nprobe == self.nprobe:
+            return None
+        kept = self._params.get(nprobe)
+        if kept is None:
+            import faiss
+
+            ivf_params: Any = faiss.SearchParametersIVF(nprobe=int(nprobe))  # type: ignore[call-arg]
+            params: Any = ivf_params
+            if hasattr(self.index, "k_factor") and hasattr(self.index, "refine_index"):
+                params = faiss.IndexRefineSearchParameters(  # type: ignore[call-arg]
+                    k_factor=float(self.index.k_factor), base_index_params=ivf_params
+                )
+            # SWIG holds a raw pointer to ivf_params: keep the Python object alive with it.
+            kept = (params, ivf_params)
+            self._params[nprobe] = kept
+        return kept[0]
+
+    def search_vectors(self, vectors: np.ndarray, k: int, nprobe: int | None = None) -> list[SearchResult]:
         k = min(k, len(self.ids))
-        scores, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        params = self.search_params(nprobe)
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if params is None:
+            scores, rows = self.index.search(x, k)
+        else:
+            scores, rows = self.index.search(x, k, params=params)
         out = []
         for srow, irow in zip(scores, rows, strict=True):
             keep = irow >= 0

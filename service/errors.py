@@ -1,0 +1,70 @@
+"""The ONE place where error kinds become HTTP status codes and JSON bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import Response
+
+from core.errors import CropsError, ErrorKind
+
+HTTP_STATUS: dict[ErrorKind, int] = {
+    ErrorKind.INVALID_INPUT: 422,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.UNAUTHORIZED: 401,
+    ErrorKind.CONFIG_INVALID: 422,
+    ErrorKind.BUNDLE_INVALID: 409,
+    ErrorKind.CHECKSUM_MISMATCH: 409,
+    ErrorKind.INCOMPATIBLE: 409,
+    ErrorKind.PARITY_FAILED: 409,
+    ErrorKind.OVERLOADED: 503,
+    ErrorKind.DEADLINE_EXCEEDED: 503,
+    ErrorKind.BACKEND: 500,
+}
+# Kinds that mean "try again soon": answered with Retry-After.
+RETRYABLE = {ErrorKind.OVERLOADED, ErrorKind.DEADLINE_EXCEEDED}
+
+
+def error_response(kind: ErrorKind, message: str, *, retry_after_s: int = 1, **extra: Any) -> Response:
+    body = {"error": kind.value, "message": message, **extra}
+    headers = {"Retry-After": str(retry_after_s)} if kind in RETRYABLE else None
+    return Response(
+        orjson.dumps(body),
+        status_code=HTTP_STATUS.get(kind, 500),
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(p) for p in loc if p != "body") or "body"
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """One readable line: ``top_k: Input should be less than or equal to 100; query: ...``."""
+    parts = []
+    for err in exc.errors()[:5]:
+        parts.append(f"{_loc(err.get('loc', ()))}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_handlers(app: Any, on_error: Any) -> None:
+    """Register handlers; ``on_error(kind)`` counts errors (metrics) wherever they are raised."""
+
+    async def crops_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CropsError)
+        on_error(exc.kind, request.url.path, HTTP_STATUS.get(exc.kind, 500))
+        retry = getattr(request.app.state, "retry_after_s", 1)
+        return error_response(exc.kind, exc.message, retry_after_s=retry)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        on_error(ErrorKind.INVALID_INPUT, request.url.path, 422)
+        details = [{"loc": _loc(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()[:20]]
+        return error_response(ErrorKind.INVALID_INPUT, validation_message(exc), details=details)
+
+    app.add_exception_handler(CropsError, crops_error)
+    app.add_exception_handler(RequestValidationError, invalid)

@@ -1,0 +1,220 @@
+"""A loaded bundle with its encoder micro-batcher: CPU work runs on one thread per bundle, off the event loop.
+
+Requests put jobs on a queue and await an asyncio future. The batcher thread takes the first job,
+then gathers whatever else arrives within ``max_wait_ms`` (bounded) up to ``max_batch`` (bounded),
+encodes the queries that need it in ONE onnxruntime call and searches each nprobe group in ONE
+faiss call. One thread per bundle keeps onnxruntime/faiss at one intra-op thread each and never
+runs two searches on the same index at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import CropsError, ErrorKind
+from service.engine import Retriever
+
+log = logging.getLogger("service.runtime")
+
+SEARCH_K = 100  # results are computed (and cached) at the maximum top_k, sliced per request
+WARMUP = ("cat video", "how to cook pasta", "minecraft speedrun", "guitar cover")
+
+
+@dataclass
+class Job:
+    query: str  # normalised
+    vector: np.ndarray | None
+    nprobe: int | None
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    enqueued: float
+
+
+@dataclass
+class JobResult:
+    ids: list[str]
+    scores: list[float]
+    vector: np.ndarray
+    queue_ms: float
+    encode_ms: float
+    search_ms: float
+    batch: int
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if fut.done():  # cancelled by its deadline
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
+
+
+class BundleRuntime:
+    """One bundle (Retriever) plus its batcher thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_batch: int = 16,
+        max_wait_ms: float = 0.0,
+        intra_op_threads: int = 1,
+        use_gpu: bool | None = None,
+        precision: str | None = None,
+        verify: bool = True,
+        on_batch: Any = None,
+    ) -> None:
+        self.path = Path(path)
+        self.retriever = Retriever(
+            self.path, intra_op_threads=intra_op_threads, use_gpu=use_gpu, verify=verify, precision=precision
+        )
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.on_batch = on_batch
+        self._q: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.loaded_at = time.time()
+
+    @property
+    def bundle_id(self) -> str:
+        return self.retriever.bundle_id
+
+    def warm_up(self, n: int) -> None:
+        """Run a few queries end to end (first calls allocate arenas); fails loudly on a broken bundle."""
+        if n <= 0:
+            return
+        queries = [WARMUP[i % len(WARMUP)] for i in range(n)]
+        vecs = self.retriever.encode(queries)
+        if vecs.shape != (n, self.retriever.encoder.dim) or not np.isfinite(vecs).all():
+            raise CropsError(ErrorKind.BUNDLE_INVALID, f"{self.path}: warm-up produced invalid embeddings")
+        res = self.retriever.search_vectors(vecs[:1], SEARCH_K)
+        if self.retriever.index.ntotal > 0 and not res[0].ids:
+            raise CropsError(ErrorKind.BUNDLE_INVALID, f"{self.path}: warm-up search returned nothing")
+        self.retriever.encode(queries[:1])
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"batcher-{self.bundle_id}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Finish queued jobs, then end the thread. Jobs submitted later run inline in a pool thread."""
+        self._stopped = True
+        self._q.put(None)
+
+    def submit(self, query: str, vector: np.ndarray | None, nprobe: int | None) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        job = Job(query, vector, nprobe, fut, loop, time.perf_counter())
+        if self._stopped or self._thread is None:
+            # A request that picked this runtime just before a swap: serve it anyway.
+            loop.run_in_executor(None, self._process, [job])
+        else:
+            self._q.put(job)
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            batch = [job]
+            deadline = time.perf_counter() + self.max_wait_s
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    remaining = deadline - time.perf_counter()
+                    nxt = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._process(batch)
+            if stop:
+                return
+
+    def _process(self, batch: list[Job]) -> None:
+        t0 = time.perf_counter()
+        try:
+            todo = [i for i, j in enumerate(batch) if j.vector is None]
+            vectors: list[np.ndarray | None] = [j.vector for j in batch]
+            if todo:
+                enc = self.retriever.encode([batch[i].query for i in todo])
+                for row, i in enumerate(todo):
+                    vectors[i] = enc[row]
+            t1 = time.perf_counter()
+            mat = np.stack([v for v in vectors if v is not None])
+            groups: dict[int | None, list[int]] = {}
+            for i, j in enumerate(batch):
+                groups.setdefault(j.nprobe, []).append(i)
+            results: list[Any] = [None] * len(batch)
+            for nprobe, idx in groups.items():
+                found = self.retriever.search_vectors(mat[idx], SEARCH_K, nprobe=nprobe)
+                for i, res in zip(idx, found, strict=True):
+                    results[i] = res
+            t2 = time.perf_counter()
+        except Exception as exc:
+            err = (
+                exc
+                if isinstance(exc, CropsError)
+                else CropsError(ErrorKind.BACKEND, f"retrieval failed: {type(exc).__name__}: {exc}")
+            )
+            log.exception("batch of %d failed", len(batch))
+            for j in batch:
+                j.loop.call_soon_threadsafe(_resolve, j.future, None, err)
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(todo))
+        enc_ms = (t1 - t0) * 1e3 if todo else 0.0
+        search_ms = (t2 - t1) * 1e3
+        for i, j in enumerate(batch):
+            res = results[i]
+            out = JobResult(
+                res.ids,
+                res.scores,
+                mat[i],
+                (t0 - j.enqueued) * 1e3,
+                enc_ms if j.vector is None else 0.0,
+                search_ms,
+                len(batch),
+            )
+            j.loop.call_soon_threadsafe(_resolve, j.future, out, None)
+
+    def summary(self) -> dict[str, Any]:
+        m = self.retriever.manifest
+        model, index = m.model, m.index
+        assert model is not None and index is not None
+        return {
+            "bundle_id": m.bundle_id,
+            "path": str(self.path),
+            "created_at": m.created_at.isoformat(),
+            "git_sha": m.git_sha,
+            "model_id": model.model_id,
+            "base_model": model.base_model,
+            "embedding_dim": model.embedding_dim,
+            "max_query_tokens": model.max_query_tokens,
+            "normalization_version": model.normalization_version,
+            "parity_max_abs_err": model.parity_max_abs_err,
+            "precision": self.retriever.precision,
+            "providers": self.retriever.encoder.providers,
+            "index_factory": index.factory,
+            "ntotal": index.ntotal,
+            "nprobe": self.retriever.nprobe,
+            "recall_at_100": index.recall_at_100,
+            "faiss_gpu": self.retriever.on_gpu,
+            "training": m.training,
+            "loaded_at": self.loaded_at,
+        }

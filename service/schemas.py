@@ -1,0 +1,71 @@
+"""Request/response shapes. Requests are validated strictly (no "5" for 5); responses are written with
+orjson from plain dicts (a pydantic response model cost ~0.1 ms a request), the models below only
+document them in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+MAX_TOP_K = 100
+
+
+def request_models(max_query_chars: int, max_batch_items: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The /retrieve and /retrieve/batch request models for this service's limits."""
+
+    class RetrieveRequest(BaseModel):
+        model_config = ConfigDict(extra="ignore", title="RetrieveRequest")
+        query: StrictStr = Field(
+            min_length=1,
+            max_length=max_query_chars,
+            description="free-text search query",
+            examples=["cat video"],
+        )
+        user_id: StrictStr | None = Field(
+            None, min_length=1, max_length=256, description="A/B unit; the request id when absent"
+        )
+        top_k: StrictInt = Field(default=100, ge=1, le=MAX_TOP_K)
+        request_id: StrictStr | None = Field(default=None, min_length=1, max_length=128)
+
+        @field_validator("query")
+        @classmethod
+        def _not_blank(cls, v: str) -> str:
+            if not v.strip():
+                raise ValueError("query is empty or whitespace only")
+            return v
+
+    class BatchRequest(BaseModel):
+        model_config = ConfigDict(extra="ignore", title="BatchRequest")
+        items: list[RetrieveRequest] = Field(min_length=1, max_length=max_batch_items)
+
+    return RetrieveRequest, BatchRequest
+
+
+class Candidate(BaseModel):
+    video_id: str
+    score: float
+
+
+class RetrieveResponse(BaseModel):
+    request_id: str
+    arm: str
+    bundle_id: str
+    candidates: list[Candidate]
+    timings: dict[str, float | bool]
+
+
+class BatchResponse(BaseModel):
+    results: list[RetrieveResponse]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bundle: StrictStr | None = Field(default=None, description="config bundle name to reload; all when absent")
+    path: StrictStr | None = Field(default=None, max_length=4096, description="load this folder for that bundle")

@@ -1,0 +1,66 @@
+"""Service settings: ``CROPS_*`` environment variables (built by the caller, never at import time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from core.settings import CropsSettings
+
+
+class ServiceSettings(CropsSettings):
+    """Everything the service reads from its environment.
+
+    Either ``bundle`` (one bundle served as arm ``default``) or ``experiments`` (an A/B config file
+    naming several bundles) must be set. With ``redis_url`` the A/B config is also read from Redis
+    (hot-updated), the cache gets a shared second level and the exposure log can go to a stream.
+    """
+
+    bundle: Path | None = None
+    experiments: Path | None = None
+    redis_url: str | None = None
+    redis_prefix: str = "crops:"
+    redis_timeout_ms: float = Field(default=50.0, gt=0, description="per-operation socket timeout")
+    redis_retry_s: float = Field(default=1.0, gt=0, description="how long Redis stays marked down after an error")
+    config_poll_s: float = Field(default=1.0, gt=0, description="how often the Redis A/B config is polled")
+    admin_token: SecretStr | None = None
+
+    # Concurrency: load shedding instead of unbounded queues.
+    max_in_flight: int = Field(default=64, ge=1, description="requests in progress beyond which new ones get 503")
+    deadline_ms: float = Field(default=1000.0, gt=0, description="per-request deadline; past it 503")
+    retry_after_s: int = Field(default=1, ge=0)
+    # Encoder micro-batching: the batcher waits at most max_wait_ms for up to max_batch queries.
+    max_batch: int = Field(default=16, ge=1, le=256)
+    max_wait_ms: float = Field(default=0.0, ge=0, le=50)
+    intra_op_threads: int = Field(default=1, ge=0, description="onnxruntime threads per worker (0 = all cores)")
+    use_gpu: bool | None = None
+    encoder_precision: Literal["fp32", "int8", "fp16"] | None = Field(
+        default=None, description="serve this encoder variant of the bundle when it has one (default: fp32 file)"
+    )
+
+    # Cache of results keyed by (bundle id, nprobe, normalised query).
+    cache: Literal["auto", "memory", "redis", "none"] = "auto"
+    cache_size: int = Field(default=10_000, ge=1)
+    cache_ttl_s: float = Field(default=300.0, gt=0)
+
+    # Exposure log: a bounded Redis stream and/or a JSONL file.
+    exposure_stream: bool = Field(default=False, description="XADD each served request to <prefix>exposures")
+    exposure_stream_maxlen: int = Field(default=100_000, ge=100)
+    exposure_jsonl: Path | None = None
+    exposure_jsonl_max_mb: float = Field(default=256.0, gt=0, description="rotate the JSONL file past this size")
+    exposure_queue: int = Field(default=10_000, ge=10, description="pending exposures beyond which they are dropped")
+
+    max_query_chars: int = Field(default=512, ge=1, le=10_000)
+    max_batch_items: int = Field(default=64, ge=1, le=1000)
+    warmup_queries: int = Field(default=4, ge=0)
+    verify_checksums: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ServiceSettings:
+        if self.cache == "redis" and not self.redis_url:
+            raise ValueError("cache=redis needs CROPS_REDIS_URL")
+        if self.exposure_stream and not self.redis_url:
+            raise ValueError("exposure_stream needs CROPS_REDIS_URL")
+        return self

@@ -1,0 +1,325 @@
+"""What the service serves now (a View swapped atomically) and how it changes: config updates, reloads.
+
+A request reads ``state.view`` once and uses that object to the end, so a config update or a bundle
+reload (build a new View off the event loop, verify and warm it, then one attribute assignment)
+never mixes an old assignment with a new bundle. A failed update or reload leaves the old View
+serving and records why (``/info``, logs, metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import CropsError, ErrorKind
+from service.cache import QueryCache
+from service.experiments import (
+    Assigner,
+    ExperimentConfig,
+    dump_config,
+    load_config_file,
+    parse_config,
+    single_bundle_config,
+)
+from service.exposure import ExposureLog
+from service.metrics import Metrics
+from service.redis_link import RedisLink
+from service.runtime import BundleRuntime
+from service.settings import ServiceSettings
+
+log = logging.getLogger("service")
+
+CONFIG_KEY = "experiments"
+STOP_GRACE_S = 5.0  # old runtimes finish their queue; late requests run inline meanwhile
+
+
+@dataclass
+class View:
+    config: ExperimentConfig
+    assigner: Assigner
+    runtimes: dict[str, BundleRuntime]  # config bundle name -> runtime
+    source: str
+
+
+@dataclass
+class Event:
+    ok: bool
+    what: str
+    reason: str | None = None
+    at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "what": self.what, "reason": self.reason, "at": self.at}
+
+
+class ServiceState:
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.redis: RedisLink | None = None
+        if settings.redis_url:
+            self.redis = RedisLink(
+                settings.redis_url,
+                timeout_ms=settings.redis_timeout_ms,
+                retry_s=settings.redis_retry_s,
+                prefix=settings.redis_prefix,
+                metrics=self.metrics,
+            )
+        else:
+            self.metrics.redis_up.set(0)
+        use_redis_cache = settings.cache == "redis" or (settings.cache == "auto" and self.redis is not None)
+        self.cache = QueryCache(
+            size=settings.cache_size,
+            ttl_s=settings.cache_ttl_s,
+            metrics=self.metrics,
+            redis=self.redis if use_redis_cache else None,
+            enabled=settings.cache != "none",
+        )
+        self.exposure = ExposureLog(
+            metrics=self.metrics,
+            redis=self.redis if settings.exposure_stream else None,
+            stream_maxlen=settings.exposure_stream_maxlen,
+            jsonl=settings.exposure_jsonl,
+            jsonl_max_bytes=int(settings.exposure_jsonl_max_mb * (1 << 20)),
+            max_pending=settings.exposure_queue,
+        )
+        self.in_flight = 0
+        self.last_reload: Event | None = None
+        self.last_config: Event | None = None
+        self._rejected_raw: bytes | str | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[Any]] = []
+        cfg, source = self._initial_config()
+        runtimes = self._load_runtimes(cfg, reuse={})
+        self.view = View(cfg, Assigner(cfg), runtimes, source)
+        self._publish(self.view)
+
+    # ---- building views -------------------------------------------------------------------------
+    def _initial_config(self) -> tuple[ExperimentConfig, str]:
+        s = self.settings
+        if s.experiments is not None:
+            if s.bundle is not None:
+                log.warning("both CROPS_EXPERIMENTS and CROPS_BUNDLE set: serving the experiment config")
+            return load_config_file(s.experiments), f"file:{s.experiments}"
+        if s.bundle is not None:
+            return single_bundle_config(s.bundle), f"bundle:{s.bundle}"
+        raise CropsError(ErrorKind.CONFIG_INVALID, "nothing to serve: set CROPS_BUNDLE or CROPS_EXPERIMENTS")
+
+    def _new_runtime(self, path: Path) -> BundleRuntime:
+        s = self.settings
+        rt = BundleRuntime(
+            path,
+            max_batch=s.max_batch,
+            max_wait_ms=s.max_wait_ms,
+            intra_op_threads=s.intra_op_threads,
+            use_gpu=s.use_gpu,
+            precision=s.encoder_precision,
+            verify=s.verify_checksums,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        rt.warm_up(s.warmup_queries)
+        return rt
+
+    def _load_runtimes(
+        self, cfg: ExperimentConfig, reuse: dict[str, BundleRuntime], force: set[str] | None = None
+    ) -> dict[str, BundleRuntime]:
+        """Runtimes for every bundle the config names; reuse loaded ones unless named in ``force``."""
+        by_path = {str(rt.path): rt for rt in reuse.values()}
+        out: dict[str, BundleRuntime] = {}
+        for name, path in cfg.bundles.items():
+            old = by_path.get(str(Path(path)))
+            if old is not None and not (force and name in force):
+                out[name] = old
+                continue
+            try:
+                out[name] = self._new_runtime(Path(path))
+            except CropsError as exc:
+                raise CropsError(exc.kind, f"bundle {name!r}: {exc.message}") from exc
+            except Exception as exc:  # faiss/onnxruntime raise untyped errors on corrupt files
+                raise CropsError(ErrorKind.BUNDLE_INVALID, f"bundle {name!r} at {path}: {exc}") from exc
+        return out
+
+    def _publish(self, view: View) -> None:
+        old = getattr(self, "_published", None)
+        self.view = view
+        self._published = view
+        for rt in view.runtimes.values():
+            rt.start()
+        self.metrics.config_version.set(view.config.version)
+        self.metrics.set_bundles(
+            [
+                {
+                    "bundle": name,
+                    "bundle_id": rt.bundle_id,
+                    "model_id": rt.retriever.manifest.model.model_id if rt.retriever.manifest.model else "",
+                    "factory": rt.retriever.manifest.index.factory if rt.retriever.manifest.index else "",
+                    "precision": rt.retriever.precision or "fp32",
+                    "device": "gpu" if rt.retriever.on_gpu else "cpu",
+                }
+                for name, rt in view.runtimes.items()
+            ]
+        )
+        if old is not None:
+            live = {id(rt) for rt in view.runtimes.values()}
+            retired = [rt for rt in old.runtimes.values() if id(rt) not in live]
+            if retired:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    for rt in retired:
+                        rt.stop()
+                else:
+                    for rt in retired:
+                        loop.call_later(STOP_GRACE_S, rt.stop)
+
+    # ---- config updates ---------------------------------------------------------------------------
+    async def apply_config(self, cfg: ExperimentConfig, source: str) -> None:
+        """Load what ``cfg`` needs off the loop, then swap; raises (keeping the old view) on failure."""
+        async with self._lock:
+            current = self.view
+            if cfg.version <= current.config.version and source.startswith("redis"):
+                return
+            try:
+                runtimes = await asyncio.to_thread(self._load_runtimes, cfg, current.runtimes)
+            except CropsError as exc:
+                self._config_rejected(f"config v{cfg.version} from {source}", exc.message)
+                raise
+            self._publish(View(cfg, Assigner(cfg), runtimes, source))
+            self.last_config = Event(True, f"config v{cfg.version} from {source}")
+            self.metrics.config_updates.labels(result="applied").inc()
+            log.warning(
+                "A/B config v%d from %s applied (arms: %s)",
+                cfg.version,
+                source,
+                ", ".join(self.view.assigner.arm_names),
+            )
+
+    def _config_rejected(self, what: str, reason: str) -> None:
+        self.last_config = Event(False, what, reason)
+        self.metrics.config_updates.labels(result="rejected").inc()
+        log.error("%s rejected, keeping v%d: %s", what, self.view.config.version, reason)
+
+    async def poll_config_once(self) -> None:
+        """Read the Redis config; apply it when its version is newer and it is valid."""
+        assert self.redis is not None
+        key = self.redis.key(CONFIG_KEY)
+        raw = await self.redis.call("config_get", lambda c: c.get(key))
+        if raw is None or raw == self._rejected_raw:
+            return
+        base = self.settings.experiments.resolve().parent if self.settings.experiments else None
+        try:
+            cfg = parse_config(raw, base_dir=base, source=f"redis key {key}")
+        except CropsError as exc:
+            self._rejected_raw = raw
+            self._config_rejected(f"redis key {key}", exc.message)
+            return
+        if cfg.version <= self.view.config.version:
+            return
+        try:
+            await self.apply_config(cfg, f"redis:{key}")
+        except CropsError:
+            self._rejected_raw = raw
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                await self.poll_config_once()
+            except Exception:  # the poller must never die; the failure is logged with its traceback
+                log.exception("config poll failed")
+            await asyncio.sleep(self.settings.config_poll_s)
+
+    async def push_config(self, cfg: ExperimentConfig) -> None:
+        """Admin: apply a config here and publish it to Redis for the other workers/replicas."""
+        if cfg.version <= self.view.config.version:
+            raise CropsError(
+                ErrorKind.CONFIG_INVALID,
+                f"config version {cfg.version} is not newer than the served v{self.view.config.version}",
+            )
+        await self.apply_config(cfg, "admin")
+        if self.redis is not None:
+            key, payload = self.redis.key(CONFIG_KEY), dump_config(cfg)
+            if await self.redis.call("config_set", lambda c: c.set(key, payload)) is None:
+                log.warning("config v%d applied here but not published: redis unavailable", cfg.version)
+
+    # ---- reload -----------------------------------------------------------------------------------
+    async def reload(self, bundle: str | None, path: Path | None) -> dict[str, Any]:
+        """Reload one bundle (optionally from a new path) or all; verify, warm up, swap atomically."""
+        async with self._lock:
+            current = self.view
+            names = [bundle] if bundle else list(current.config.bundles)
+            for name in names:
+                if name not in current.config.bundles:
+                    raise CropsError(
+                        ErrorKind.NOT_FOUND, f"no bundle {name!r}; known: {sorted(current.config.bundles)}"
+                    )
+            if path is not None and bundle is None:
+                raise CropsError(ErrorKind.INVALID_INPUT, "a new path needs the bundle name it replaces")
+            cfg = current.config.model_copy(deep=True)
+            if path is not None and bundle is not None:
+                cfg.bundles[bundle] = str(path.resolve())
+            what = f"reload of {', '.join(names)}"
+            t0 = time.perf_counter()
+            try:
+                runtimes = await asyncio.to_thread(self._load_runtimes, cfg, current.runtimes, set(names))
+            except CropsError as exc:
+                self.last_reload = Event(False, what, exc.message)
+                self.metrics.reloads.labels(result="failed").inc()
+                log.error("%s refused, still serving the old bundle: %s", what, exc.message)
+                raise
+            self._publish(View(cfg, Assigner(cfg), runtimes, current.source))
+            self.last_reload = Event(True, what)
+            self.metrics.reloads.labels(result="ok").inc()
+            ids = {n: runtimes[n].bundle_id for n in names}
+            log.warning("%s done in %.1f s: %s", what, time.perf_counter() - t0, ids)
+            return {"reloaded": ids, "seconds": round(time.perf_counter() - t0, 3)}
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        for rt in self.view.runtimes.values():
+            rt.start()
+        if self.redis is not None:
+            await self.poll_config_once()
+            self._tasks.append(asyncio.create_task(self._poll_loop(), name="config-poll"))
+        if self.exposure.enabled:
+            self._tasks.append(asyncio.create_task(self.exposure.run(), name="exposure-writer"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
+                await task
+        for rt in self.view.runtimes.values():
+            rt.stop()
+        if self.redis is not None:
+            await self.redis.close()
+
+    def info(self) -> dict[str, Any]:
+        v = self.view
+        return {
+            "config_version": v.config.version,
+            "config_source": v.source,
+            "arms": {
+                arm: {**row, "bundle_id": v.runtimes[row["bundle"]].bundle_id}
+                for arm, row in v.assigner.arm_table().items()
+            },
+            "bundles": {name: rt.summary() for name, rt in v.runtimes.items()},
+            "config": v.assigner.summary(),
+            "last_reload": self.last_reload.as_dict() if self.last_reload else None,
+            "last_config_update": self.last_config.as_dict() if self.last_config else None,
+            "redis": self.redis.info() if self.redis else {"configured": False},
+            "cache": self.cache.info(),
+            "in_flight": self.in_flight,
+            "limits": {
+                "max_in_flight": self.settings.max_in_flight,
+                "deadline_ms": self.settings.deadline_ms,
+                "max_batch": self.settings.max_batch,
+                "max_wait_ms": self.settings.max_wait_ms,
+                "max_query_chars": self.settings.max_query_chars,
+            },
+        }
