@@ -44,8 +44,11 @@ def _compose_cmd() -> list[str]:
     legacy = shutil.which("docker-compose")
     if legacy:
         return [legacy]
-    pytest.fail("neither `docker compose` nor `docker-compose` is installed: install the Docker CLI "
-                "compose plugin or `apt-get install -y docker-compose` (no engine is needed)", pytrace=False)
+    pytest.fail(
+        "neither `docker compose` nor `docker-compose` is installed: install the Docker CLI "
+        "compose plugin or `apt-get install -y docker-compose` (no engine is needed)",
+        pytrace=False,
+    )
 
 
 def _exported_metric_names() -> set[str]:
@@ -79,8 +82,10 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
     svc = services["service"]
     assert svc["depends_on"]["bundle"]["condition"] == "service_completed_successfully"
     assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
-    mounts = [v if isinstance(v, str) else f"{v['source']}:{v['target']}:{'ro' if v.get('read_only') else 'rw'}"
-              for v in svc["volumes"]]
+    mounts = [
+        v if isinstance(v, str) else f"{v['source']}:{v['target']}:{'ro' if v.get('read_only') else 'rw'}"
+        for v in svc["volumes"]
+    ]
     assert any(m.startswith("bundles:") and m.endswith(":ro") for m in mounts), mounts
     assert svc["environment"]["CROPS_REDIS_URL"].startswith("redis://redis:")
     assert svc["read_only"] is True
@@ -136,8 +141,11 @@ def test_dockerfile_serving_targets_have_no_torch_run_as_non_root_and_check_heal
 
 
 def test_dockerfile_copies_only_paths_that_exist_and_are_not_dockerignored() -> None:
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for line in (ROOT / "Dockerfile").read_text().splitlines():
         if not line.startswith("COPY ") or "--from=" in line:
             continue
@@ -233,7 +241,9 @@ def test_prometheus_config_and_rules() -> None:
     for group in rules["groups"]:
         for rule in group["rules"]:
             missing = _metric_refs(rule["expr"]) - exported
-            assert not missing, f"rule {rule.get('record') or rule.get('alert')} uses unknown metrics {missing}"
+            assert not missing, (
+                f"rule {rule.get('record') or rule.get('alert')} uses unknown metrics {missing}"
+            )
     promtool = shutil.which("promtool")
     if promtool:  # the real checker when installed (Debian: apt-get install prometheus); else the above
         res = _run([promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")])
@@ -253,8 +263,14 @@ def test_grafana_dashboard_uses_real_metrics_and_the_provisioned_datasource() ->
             missing = _metric_refs(t["expr"]) - exported
             assert not missing, f"panel {panel['title']!r} uses unknown metrics {missing}"
     joined = "\n".join(exprs)
-    for needed in ('by (le, arm)', 'by (le, stage)', "crops_requests_total", "crops_errors_total",
-                   "crops_shed_total", 'crops_cache_total{result="hit"}'):
+    for needed in (
+        "by (le, arm)",
+        "by (le, stage)",
+        "crops_requests_total",
+        "crops_errors_total",
+        "crops_shed_total",
+        'crops_cache_total{result="hit"}',
+    ):
         assert needed in joined, f"dashboard lacks {needed}"
     prov = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "crops.yml").read_text())
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
