@@ -1,0 +1,131 @@
+"""Evaluation on the world's test sets: Recall@100 on CT and QR, NDCG@4 on the graded set.
+
+Each metric is also broken down by query class (head / torso / tail) and for ambiguous queries,
+and we report the share of the top-100 that the legacy stack never exposed for that query in the
+training logs (how far a model reaches outside the filter bubble). Per-query maths is
+``core.ir_metrics`` (checked against pytrec_eval in tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import CropsError, ErrorKind
+from core.ir_metrics import ndcg_at_k, recall_at_k
+from core.normalize import normalize_text
+
+SETS = {"ct": ("recall", 100), "qr": ("recall", 100), "graded": ("ndcg", 4)}
+METRIC_NAMES = {"ct": "ct_recall@100", "qr": "qr_recall@100", "graded": "ndcg@4"}
+
+
+@dataclass
+class EvalSet:
+    name: str
+    qrels: dict[str, dict[str, float]] = field(default_factory=dict)  # normalised query → doc → gain
+    query_class: dict[str, str] = field(default_factory=dict)
+    ambiguous: dict[str, bool] = field(default_factory=dict)
+
+
+def load_eval_sets(world: Path | str) -> dict[str, EvalSet]:
+    """``WORLD/eval/{ct,qr,graded}.parquet`` (query, video_id[, grade], query_class, ambiguous)."""
+    import pyarrow.parquet as pq
+
+    root = Path(world) / "eval"
+    out: dict[str, EvalSet] = {}
+    for name in SETS:
+        path = root / f"{name}.parquet"
+        if not path.exists():
+            raise CropsError(ErrorKind.NOT_FOUND, f"{path} not found: is {world} a built world?")
+        rows = pq.read_table(path).to_pylist()
+        es = EvalSet(name)
+        for r in rows:
+            q = normalize_text(str(r["query"]))
+            gain = float(r.get("grade", 1.0) if r.get("grade") is not None else 1.0)
+            es.qrels.setdefault(q, {})[str(r["video_id"])] = max(
+                gain, es.qrels.get(q, {}).get(str(r["video_id"]), 0)
+            )
+            es.query_class[q] = str(r.get("query_class") or "all")
+            es.ambiguous[q] = bool(r.get("ambiguous") or False)
+        out[name] = es
+    return out
+
+
+def load_exposed(search_log: Path | str, queries: Sequence[str]) -> dict[str, set[str]]:
+    """Normalised query → videos the legacy stack ever exposed for it in the logs."""
+    import duckdb
+
+    wanted = set(queries)
+    con = duckdb.connect()
+    con.execute("SET threads TO 1")
+    rows = con.execute(
+        "SELECT DISTINCT query, video_id FROM read_parquet(?) WHERE stage = 'exposed'", [str(search_log)]
+    ).fetchall()
+    out: dict[str, set[str]] = {q: set() for q in wanted}
+    for q, v in rows:
+        nq = normalize_text(str(q))
+        if nq in wanted:
+            out[nq].add(str(v))
+    return out
+
+
+def per_query(es: EvalSet, run: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    kind, k = SETS[es.name]
+    fn: Callable[[Sequence[str], Mapping[str, float], int], float] = (
+        ndcg_at_k if kind == "ndcg" else recall_at_k
+    )
+    return {q: fn(run.get(q, []), rel, k) for q, rel in es.qrels.items() if any(g > 0 for g in rel.values())}
+
+
+def summarise(
+    sets: Mapping[str, EvalSet],
+    run: Mapping[str, Sequence[str]],
+    exposed: Mapping[str, set[str]] | None = None,
+) -> dict[str, float]:
+    """Flat dict of metrics (fractions): overall, by class, ambiguous, never-exposed share."""
+    out: dict[str, float] = {}
+    for name, es in sets.items():
+        scores = per_query(es, run)
+        metric = METRIC_NAMES[name]
+        if not scores:
+            continue
+        out[metric] = float(np.mean(list(scores.values())))
+        classes = sorted({es.query_class[q] for q in scores})
+        for c in classes:
+            vals = [s for q, s in scores.items() if es.query_class[q] == c]
+            out[f"{metric}/{c}"] = float(np.mean(vals))
+        amb = [s for q, s in scores.items() if es.ambiguous.get(q)]
+        if amb:
+            out[f"{metric}/ambiguous"] = float(np.mean(amb))
+    if exposed is not None:
+        shares = []
+        for q, exp in exposed.items():
+            top = list(run.get(q, []))[:100]
+            if top:
+                shares.append(sum(1 for v in top if v not in exp) / len(top))
+        if shares:
+            out["unexposed_share@100"] = float(np.mean(shares))
+    return out
+
+
+def exact_search(
+    q_emb: np.ndarray, d_emb: np.ndarray, doc_ids: Sequence[str], k: int = 100, chunk: int = 1024
+) -> list[list[str]]:
+    """Exact inner-product top-k (unit vectors → cosine), in query chunks."""
+    import torch
+
+    d = torch.from_numpy(np.ascontiguousarray(d_emb, dtype=np.float32))
+    k = min(k, d.shape[0])
+    out: list[list[str]] = []
+    for s in range(0, q_emb.shape[0], chunk):
+        q = torch.from_numpy(np.ascontiguousarray(q_emb[s : s + chunk], dtype=np.float32))
+        idx = torch.topk(q @ d.T, k, dim=1).indices.numpy()
+        out.extend([[doc_ids[int(i)] for i in row] for row in idx])
+    return out
+
+
+def all_queries(sets: Mapping[str, EvalSet]) -> list[str]:
+    return sorted({q for es in sets.values() for q in es.qrels})

@@ -1,0 +1,295 @@
+"""``crops experiment``: world → (mine) → train every method × seed → evaluate → Table 1.
+
+Resumable per (method, seed): each run writes ``OUT/runs/<method>/seed<k>/metrics.json`` last, and
+a rerun skips the runs that have one. Frozen-encoder caches (``OUT/cache``) and the BM25 index are
+computed once and shared by every run, so every method sees the same recipe and inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.atomic import atomic_write_json
+from core.corpus import iter_corpus
+from core.errors import CropsError, ErrorKind
+from core.normalize import doc_text
+from training.baselines.bm25 import BM25Index
+from training.baselines.methods import METHODS, MethodSpec
+from training.experiment.budgets import config_for
+from training.experiment.evaluate import (
+    EvalSet,
+    all_queries,
+    exact_search,
+    load_eval_sets,
+    load_exposed,
+    summarise,
+)
+from training.trainer.config import TrainConfig
+from training.trainer.data import TrainingSet, build_training_set, read_samples
+from training.trainer.loop import train
+from training.trainer.model import DualEncoder
+
+log = logging.getLogger(__name__)
+
+
+def load_catalog(videos: Path) -> tuple[list[str], list[str]]:
+    """(video ids, doc texts) in catalog order; doc text = normalised title + caption + tags."""
+    ids, texts = [], []
+    for d in iter_corpus(videos):
+        ids.append(d.doc_id)
+        texts.append(doc_text(d.title, d.text))
+    if not ids:
+        raise CropsError(ErrorKind.INVALID_INPUT, f"{videos} has no videos")
+    return ids, texts
+
+
+def ensure_samples(world: Path, out: Path, samples: Path | None) -> Path:
+    """The samples to train on: given, already mined under OUT, or mined now (engine's Python API)."""
+    if samples is not None:
+        return samples
+    path = out / "samples" / "samples.parquet"
+    if not path.exists():
+        from training.engine.pipeline import mine
+
+        logs = world / "train"
+        if not logs.is_dir():
+            raise CropsError(ErrorKind.NOT_FOUND, f"{logs} not found: is {world} a built world?")
+        log.info("mining %s → %s", logs, path.parent)
+        mine(logs, path.parent)
+    return path
+
+
+class Experiment:
+    """Shared state of one experiment: catalog, eval sets, caches, BM25."""
+
+    def __init__(
+        self,
+        world: Path,
+        out: Path,
+        budget: str,
+        *,
+        samples: Path | None = None,
+        model_dir: Path | None = None,
+        progress: bool = True,
+        **overrides: Any,
+    ) -> None:
+        self.world, self.out, self.budget, self.progress = world, out, budget, progress
+        self.cfg = config_for(budget, **overrides)
+        self.cfg.validate()
+        out.mkdir(parents=True, exist_ok=True)
+        self.model_dir = model_dir
+        self.doc_ids, self.doc_texts = load_catalog(world / "videos.parquet")
+        self.video_text = dict(zip(self.doc_ids, self.doc_texts, strict=True))
+        self.sets: dict[str, EvalSet] = load_eval_sets(world)
+        self.eval_queries = all_queries(self.sets)
+        search_log = world / "train" / "search_log.parquet"
+        self.exposed = load_exposed(search_log, self.eval_queries) if search_log.exists() else None
+        self.samples_path = ensure_samples(world, out, samples)
+        self.rows = read_samples(self.samples_path)
+        self.bm25 = BM25Index(self.doc_ids, self.doc_texts)
+        self._base: DualEncoder | None = None
+
+    def new_model(self, cfg: TrainConfig) -> DualEncoder:
+        model = DualEncoder(
+            self.model_dir,
+            shared=cfg.shared_towers,
+            n_train_layers=cfg.n_train_layers,
+            max_query_tokens=cfg.max_query_tokens,
+            max_doc_tokens=cfg.max_doc_tokens,
+            adapter=cfg.adapter,
+        )
+        if self._base is None:
+            self._base = model
+            self._fill_caches(model)
+        else:
+            model.share_caches(self._base)
+        return model
+
+    def _fill_caches(self, model: DualEncoder) -> None:
+        """Frozen-part caches for every text any run will see, saved under OUT/cache for reruns."""
+        if not (model.adapter or model.query_tower.cached):
+            return
+        if model.adapter:
+            import hashlib
+
+            tag = hashlib.sha1(
+                f"{model.model_dir}|{model.max_query_tokens}|{model.max_doc_tokens}".encode()
+            ).hexdigest()[:10]
+            cache_dir = self.out / "cache"
+            cache_dir.mkdir(exist_ok=True)
+            for side, cache, texts in (
+                ("d", model.d_pooled, self.doc_texts + [str(r["text"]) for r in self.rows if r.get("text")]),
+                ("q", model.q_pooled, self.eval_queries + [str(r["query"]) for r in self.rows]),
+            ):
+                assert cache is not None
+                path = cache_dir / f"{side}-{tag}.pt"
+                if path.exists():
+                    cache.load(path)
+                from core.normalize import normalize_text
+
+                before = len(cache)
+                cache.add([normalize_text(t) for t in texts], progress=self.progress)
+                if len(cache) != before or not path.exists():
+                    cache.save(path)
+
+    def evaluate(self, model: DualEncoder | None) -> dict[str, float]:
+        if model is None:  # BM25
+            runs = self.bm25.search(self.eval_queries, k=100)
+        else:
+            d = model.encode(self.doc_texts, side="d", progress=False)
+            q = model.encode(self.eval_queries, side="q", progress=False)
+            runs = exact_search(q, d, self.doc_ids, k=100)
+        return summarise(self.sets, dict(zip(self.eval_queries, runs, strict=True)), self.exposed)
+
+    def training_set(self, spec: MethodSpec) -> TrainingSet:
+        assert spec.sources is not None
+        return build_training_set(
+            self.rows,
+            self.video_text,
+            sources=spec.sources,
+            level_map=spec.level_map,
+            pos_level=spec.pos_level,
+        )
+
+    def bm25_negatives(self, ts: TrainingSet, n: int) -> dict[str, list[str]]:
+        hits = self.bm25.search(ts.queries, k=n + 20)
+        out = {}
+        for q, g, ranked in zip(ts.queries, ts.groups, hits, strict=True):
+            out[q] = [d for d in ranked if d not in g][:n]
+        return out
+
+    def ance_refresher(self, n: int):  # type: ignore[no-untyped-def]
+        def refresh(model: DualEncoder, ts: TrainingSet) -> dict[str, list[str]]:
+            d = model.encode(self.doc_texts, side="d")
+            q = model.encode(ts.queries, side="q")
+            ranked = exact_search(q, d, self.doc_ids, k=n + 20)
+            return {
+                qq: [x for x in r if x not in g][:n]
+                for qq, g, r in zip(ts.queries, ts.groups, ranked, strict=True)
+            }
+
+        return refresh
+
+    def run_one(self, method: str, seed: int) -> dict[str, Any]:
+        run_dir = self.out / "runs" / method / f"seed{seed}"
+        done = run_dir / "metrics.json"
+        if done.exists():
+            return json.loads(done.read_text())  # type: ignore[no-any-return]
+        spec = METHODS[method]
+        t0 = time.perf_counter()
+        result: dict[str, Any] = {"method": method, "seed": seed, "budget": self.budget}
+        if spec.sources is None:
+            result["metrics"] = self.evaluate(None)
+        else:
+            cfg = replace(
+                self.cfg,
+                seed=seed,
+                loss=spec.loss,
+                hard_negatives=spec.hard_negatives,
+                pos_level=spec.pos_level,
+            )
+            ts = self.training_set(spec)
+            model = self.new_model(cfg)
+            hard = refresh = None
+            if spec.hard_negatives == "bm25":
+                hard = self.bm25_negatives(ts, cfg.n_hard)
+            elif spec.hard_negatives == "ance":
+                refresh = self.ance_refresher(cfg.n_hard)
+            if hard is not None or refresh is not None:
+                ts.doc_text.update(self.video_text)  # hard negatives come from the whole catalog
+            res = train(
+                ts,
+                cfg,
+                run_dir,
+                model=model,
+                hard_negatives=hard,
+                refresh_hard_negatives=refresh,
+                progress=self.progress,
+                meta={"method": method, "world": str(self.world)},
+            )
+            result["metrics"] = self.evaluate(model)
+            result.update(
+                {
+                    "train_queries": len(ts),
+                    "levels": ts.level_counts(),
+                    "steps": res.steps,
+                    "loss_first": float(np.mean(res.losses[:10])),
+                    "loss_last": float(np.mean(res.losses[-10:])),
+                    "train_seconds": res.seconds,
+                    "step_seconds": res.step_seconds,
+                    "checkpoint": str(res.checkpoint),
+                }
+            )
+        result["seconds"] = time.perf_counter() - t0
+        atomic_write_json(done, result)
+        return result
+
+    def pretrained(self) -> dict[str, float]:
+        path = self.out / "runs" / "pretrained.json"
+        if path.exists():
+            return json.loads(path.read_text())  # type: ignore[no-any-return]
+        metrics = self.evaluate(self.new_model(self.cfg))
+        atomic_write_json(path, metrics)
+        return metrics
+
+
+def run_experiment(
+    world: Path | str,
+    out: Path | str,
+    methods: Sequence[str] | None = None,
+    seeds: int | Sequence[int] = 3,
+    budget: str = "small",
+    *,
+    samples: Path | str | None = None,
+    model_dir: Path | str | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Run (or resume) the experiment and write Table 1 (markdown, PNG, JSON) under ``out``."""
+    from training.experiment.report import write_report
+
+    methods = list(methods or METHODS)
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise CropsError(
+            ErrorKind.INVALID_INPUT, f"unknown method(s) {bad}; choose from {', '.join(METHODS)}"
+        )
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise CropsError(ErrorKind.INVALID_INPUT, "need at least one seed")
+    exp = Experiment(
+        Path(world),
+        Path(out),
+        budget,
+        samples=Path(samples) if samples else None,
+        model_dir=Path(model_dir) if model_dir else None,
+        progress=progress,
+        **overrides,
+    )
+    start = exp.pretrained()
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for seed in seed_list:
+        for m in methods:
+            log.info("experiment: %s seed %d", m, seed)
+            runs.setdefault(m, []).append(exp.run_one(m, seed))
+    return write_report(Path(out), runs, seed_list, budget, start, exp.cfg.to_dict())
+
+
+def table(runs: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """method → metric → {mean, std} over seeds (population std; 0 for one seed)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for m, rs in runs.items():
+        keys = sorted({k for r in rs for k in r["metrics"]})
+        out[m] = {}
+        for k in keys:
+            vals = [r["metrics"][k] for r in rs if k in r["metrics"]]
+            out[m][k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n": len(vals)}
+    return out
