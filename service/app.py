@@ -120,11 +120,19 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if cached is not None:
             ids, scores = cached
         else:
+            # Single flight: concurrent misses of one key share one encode+search.
+            fut = state.pending.get(key)
+            owner = fut is None
+            vec = None
             ekey = embedding_key(rt.bundle_id, norm)
-            vec = state.cache.get_embedding(ekey)
-            fut = rt.submit(norm, vec, a.nprobe)
+            if fut is None:
+                vec = state.cache.get_embedding(ekey)
+                fut = rt.submit(norm, vec, a.nprobe)
+                state.pending[key] = fut
+                fut.add_done_callback(lambda _f: state.pending.pop(key, None))
             try:
-                jr = await asyncio.wait_for(fut, deadline_at - time.perf_counter())
+                # shield: one waiter's deadline must not cancel the others' shared future
+                jr = await asyncio.wait_for(asyncio.shield(fut), deadline_at - time.perf_counter())
             except asyncio.TimeoutError:
                 metrics.shed.labels(reason="deadline").inc()
                 raise CropsError(
@@ -132,9 +140,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 ) from None
             ids, scores = jr.ids, jr.scores
             queue_ms, encode_ms, search_ms = jr.queue_ms, jr.encode_ms, jr.search_ms
-            if vec is None:
-                state.cache.put_embedding(ekey, jr.vector)
-            await state.cache.put_result(key, (ids, scores))
+            if owner:
+                if vec is None:
+                    state.cache.put_embedding(ekey, jr.vector)
+                await state.cache.put_result(key, (ids, scores))
         k = req.top_k
         ids, scores = ids[:k], scores[:k]
         t_end = time.perf_counter()

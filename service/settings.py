@@ -22,7 +22,7 @@ class ServiceSettings(CropsSettings):
     experiments: Path | None = None
     redis_url: str | None = None
     redis_prefix: str = "crops:"
-    redis_timeout_ms: float = Field(default=50.0, gt=0, description="per-operation socket timeout")
+    redis_timeout_ms: float = Field(default=100.0, gt=0, description="per-operation socket timeout")
     redis_retry_s: float = Field(default=1.0, gt=0, description="how long Redis stays marked down after an error")
     config_poll_s: float = Field(default=1.0, gt=0, description="how often the Redis A/B config is polled")
     admin_token: SecretStr | None = None

@@ -89,6 +89,7 @@ class ServiceState:
             max_pending=settings.exposure_queue,
         )
         self.in_flight = 0
+        self.pending: dict[str, asyncio.Future[Any]] = {}
         self.last_reload: Event | None = None
         self.last_config: Event | None = None
         self._rejected_raw: bytes | str | None = None

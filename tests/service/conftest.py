@@ -35,6 +35,8 @@ class LiveServer:
         from service.app import create_app
         from service.settings import ServiceSettings
 
+        # This box is shared and busy: give Redis more than the production 100 ms before calling it down.
+        settings.setdefault("redis_timeout_ms", 500.0)
         self.settings = ServiceSettings(**settings)
         self.app = create_app(self.settings)
         self.port = free_port()
