@@ -1,4 +1,4 @@
-"""``crops loadtest`` (locust scenarios, report, SLO exit code) and ``crops bench`` (limit vs service vs peer).
+"""``crops loadtest`` (locust scenarios, report, SLO exit); ``crops bench`` (limit vs service vs peer).
 
 Both run their own process (``python -m loadtest.run``, ``benchmarks/bench.py``): locust
 monkey-patches the standard library with gevent on import, and the benchmark starts and stops
