@@ -12,8 +12,14 @@ from core.errors import CropsError, ErrorKind
 
 
 def _description_source(
-    logs: Path, out: Path, llm_url: str | None, llm_model: str, llm_api_key: str | None, concurrency: int,
-    sim_error_rate: float | None, seed: int,
+    logs: Path,
+    out: Path,
+    llm_url: str | None,
+    llm_model: str,
+    llm_api_key: str | None,
+    concurrency: int,
+    sim_error_rate: float | None,
+    seed: int,
 ) -> Any:
     """The P3 source: an OpenAI-compatible endpoint when --llm-url is given, else the world's
     simulated LLM when the logs belong to a simulated world, else none (P3 is skipped)."""
@@ -47,9 +53,13 @@ def mine_cmd(
     engine: Annotated[str, typer.Option(help="duckdb (embedded) or spark (PySpark)")] = "duckdb",
     alpha: Annotated[float, typer.Option(help="θ threshold: P1/P2 keep θ > α, P3 keeps θ ≥ α")] = 0.6,
     videos: Annotated[Path | None, typer.Option(help="videos table (default: LOGS/ or LOGS/../videos.parquet)")] = None,
-    labels: Annotated[Path | None, typer.Option(
-        help="labelled pairs for θ (query, video_id, grade|label); default: the world's truth/relevance.parquet, "
-             "else weak click labels")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="labelled pairs for θ (query, video_id, grade|label); default: the world's truth/relevance.parquet, "
+            "else weak click labels"
+        ),
+    ] = None,
     relevant_grade: Annotated[int, typer.Option(min=1, max=3, help="grade counted as relevant")] = 2,
     window_s: Annotated[float, typer.Option(help="P1 reformulation window (s)")] = 90.0,
     rec_window_s: Annotated[float, typer.Option(help="P2: rec interactions within ± this (s) of the query")] = 1800.0,
@@ -67,19 +77,40 @@ def mine_cmd(
 ) -> None:
     """Mine P0–P3 positives, label every sample on the HLA levels, and write the report."""
     from training.engine.config import MineConfig
-    from training.engine.pipeline import mine
+    from training.engine.pipeline import mine, resolve_inputs
 
     if engine not in ("duckdb", "spark"):
         raise CropsError(ErrorKind.INVALID_INPUT, f"--engine must be duckdb or spark, got {engine!r}")
     cfg = MineConfig(
-        alpha=alpha, reformulation_window_s=window_s, rec_window_s=rec_window_s, rec_cap_per_user=rec_cap,
-        rec_actions=tuple(a.strip() for a in rec_actions.split(",") if a.strip()), p3_n=p3_n,
+        alpha=alpha,
+        reformulation_window_s=window_s,
+        rec_window_s=rec_window_s,
+        rec_cap_per_user=rec_cap,
+        rec_actions=tuple(a.strip() for a in rec_actions.split(",") if a.strip()),
+        p3_n=p3_n,
         p3_max_queries=p3_max_queries,
     ).validate()
-    source = _description_source(logs, out, llm_url, llm_model, os.environ.get("CROPS_LLM_API_KEY"),
-                                 llm_concurrency, sim_error_rate, seed) if p3_n else None
-    res = mine(logs, out, cfg, videos=videos, labels=labels, engine=engine, source=source,
-               relevant_grade=relevant_grade, seed=seed, progress=progress, threads=threads)
+    resolve_inputs(logs, videos, labels)  # bad input fails before any work (or LLM set-up)
+    source = (
+        _description_source(
+            logs, out, llm_url, llm_model, os.environ.get("CROPS_LLM_API_KEY"), llm_concurrency, sim_error_rate, seed
+        )
+        if p3_n
+        else None
+    )
+    res = mine(
+        logs,
+        out,
+        cfg,
+        videos=videos,
+        labels=labels,
+        engine=engine,
+        source=source,
+        relevant_grade=relevant_grade,
+        seed=seed,
+        progress=progress,
+        threads=threads,
+    )
     rep = res.report
     typer.echo(f"samples: {res.samples} ({rep.get('rows')} rows); report: {out / 'report.md'}")
     typer.echo(f"steps run: {', '.join(res.steps_run) or 'none'}; skipped: {', '.join(res.steps_skipped) or 'none'}")

@@ -10,15 +10,28 @@ import pyarrow.parquet as pq
 
 T0 = 1_700_000_000_000  # ms
 
-SEARCH_SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("user_id", pa.string()), ("ts", pa.int64()), ("query", pa.string()),
-    ("video_id", pa.string()), ("stage", pa.string()), ("position", pa.int32()), ("clicked", pa.bool_()),
-    ("play_ms", pa.int64()),
-])
-REC_SCHEMA = pa.schema([
-    ("user_id", pa.string()), ("ts", pa.int64()), ("video_id", pa.string()), ("action", pa.string()),
-    ("play_ms", pa.int64()),
-])
+SEARCH_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("user_id", pa.string()),
+        ("ts", pa.int64()),
+        ("query", pa.string()),
+        ("video_id", pa.string()),
+        ("stage", pa.string()),
+        ("position", pa.int32()),
+        ("clicked", pa.bool_()),
+        ("play_ms", pa.int64()),
+    ]
+)
+REC_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("ts", pa.int64()),
+        ("video_id", pa.string()),
+        ("action", pa.string()),
+        ("play_ms", pa.int64()),
+    ]
+)
 
 
 def video_text(vid: str) -> str:
@@ -53,32 +66,52 @@ class FakeLLM:
         ][:n]
 
 
-def search_row(rid: str, user: str, ts: int, query: str, vid: str, stage: str, pos: int,
-               clicked: bool = False) -> dict[str, Any]:
-    return {"request_id": rid, "user_id": user, "ts": ts, "query": query, "video_id": vid, "stage": stage,
-            "position": pos, "clicked": clicked, "play_ms": 5000 if clicked else 0}
+def search_row(
+    rid: str, user: str, ts: int, query: str, vid: str, stage: str, pos: int, clicked: bool = False
+) -> dict[str, Any]:
+    return {
+        "request_id": rid,
+        "user_id": user,
+        "ts": ts,
+        "query": query,
+        "video_id": vid,
+        "stage": stage,
+        "position": pos,
+        "clicked": clicked,
+        "play_ms": 5000 if clicked else 0,
+    }
 
 
 def build_logs(root: Path) -> dict[str, Any]:
     """Write search_log, rec_log and videos under ``root`` and return the expected answers."""
     s: list[dict[str, Any]] = []
     # u1: "transformer" at T0 (v1 clicked, v2 exposed, v3 ranked-unexposed, v4 filtered) ...
-    s += [search_row("r1", "u1", T0, "transformer", "v1", "exposed", 1, True),
-          search_row("r1", "u1", T0, "transformer", "v2", "exposed", 2),
-          search_row("r1", "u1", T0, "transformer", "v3", "rank_unexposed", 0),
-          search_row("r1", "u1", T0, "transformer", "v4", "prerank_filtered", 0)]
+    s += [
+        search_row("r1", "u1", T0, "transformer", "v1", "exposed", 1, True),
+        search_row("r1", "u1", T0, "transformer", "v2", "exposed", 2),
+        search_row("r1", "u1", T0, "transformer", "v3", "rank_unexposed", 0),
+        search_row("r1", "u1", T0, "transformer", "v4", "prerank_filtered", 0),
+    ]
     # ... then "power transformer" exactly 90 s later: v5, v2, v7 (θ = α) and v8 (θ < α) clicked.
-    s += [search_row("r2", "u1", T0 + 90_000, "power transformer", v, "exposed", i + 1, True)
-          for i, v in enumerate(["v5", "v2", "v7", "v8"])]
+    s += [
+        search_row("r2", "u1", T0 + 90_000, "power transformer", v, "exposed", i + 1, True)
+        for i, v in enumerate(["v5", "v2", "v7", "v8"])
+    ]
     # u2: "cat" then "kitten" 90.001 s later: just outside the window, no P1 for "cat".
-    s += [search_row("r3", "u2", T0, "cat", "v9", "exposed", 1),
-          search_row("r4", "u2", T0 + 90_001, "kitten", "v10", "exposed", 1, True)]
+    s += [
+        search_row("r3", "u2", T0, "cat", "v9", "exposed", 1),
+        search_row("r4", "u2", T0 + 90_001, "kitten", "v10", "exposed", 1, True),
+    ]
     # u4: the same query again within the window is not a reformulation.
-    s += [search_row("r5", "u4", T0, "dog", "v11", "exposed", 1),
-          search_row("r6", "u4", T0 + 10_000, "dog", "v12", "exposed", 1, True)]
+    s += [
+        search_row("r5", "u4", T0, "dog", "v11", "exposed", 1),
+        search_row("r6", "u4", T0 + 10_000, "dog", "v12", "exposed", 1, True),
+    ]
     # u3: "guitar" at T0 (no clicks); its rec feed is below.
-    s += [search_row("r7", "u3", T0, "guitar", "v13", "exposed", 1),
-          search_row("r7", "u3", T0, "guitar", "v3", "exposed", 2)]
+    s += [
+        search_row("r7", "u3", T0, "guitar", "v13", "exposed", 1),
+        search_row("r7", "u3", T0, "guitar", "v3", "exposed", 2),
+    ]
     # u5 also searched "guitar" but its rec feed holds only a low-θ video.
     s += [search_row("r8", "u5", T0 + 5_000, "guitar", "v13", "exposed", 1, True)]
 
@@ -88,8 +121,15 @@ def build_logs(root: Path) -> dict[str, Any]:
     # the 100 nearest are kept, the 20 farthest dropped by the cap.
     for i in range(120):
         dt = (i + 1) * 1000
-        rec.append({"user_id": "u3", "ts": T0 + (dt if i % 2 else -dt), "video_id": f"g{i:03d}",
-                    "action": "play", "play_ms": 3000})
+        rec.append(
+            {
+                "user_id": "u3",
+                "ts": T0 + (dt if i % 2 else -dt),
+                "video_id": f"g{i:03d}",
+                "action": "play",
+                "play_ms": 3000,
+            }
+        )
     # the window edge: exactly at +window kept as candidate? only if within the cap: use another user.
     rec += [
         {"user_id": "u5", "ts": T0 + 5_000 + window_ms, "video_id": "edge_in", "action": "like", "play_ms": 1},
@@ -102,11 +142,16 @@ def build_logs(root: Path) -> dict[str, Any]:
     rec.append({"user_id": "u1", "ts": T0 + 1_000, "video_id": "v3", "action": "play", "play_ms": 1})
 
     vids = sorted({r["video_id"] for r in s} | {r["video_id"] for r in rec})
-    videos = pa.table({
-        "video_id": vids, "title": [video_text(v) for v in vids], "caption": [""] * len(vids),
-        "tags": pa.array([[] for _ in vids], pa.list_(pa.string())), "category": ["c"] * len(vids),
-        "upload_ts": pa.array([0] * len(vids), pa.int64()),
-    })
+    videos = pa.table(
+        {
+            "video_id": vids,
+            "title": [video_text(v) for v in vids],
+            "caption": [""] * len(vids),
+            "tags": pa.array([[] for _ in vids], pa.list_(pa.string())),
+            "category": ["c"] * len(vids),
+            "upload_ts": pa.array([0] * len(vids), pa.int64()),
+        }
+    )
     root.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(s, schema=SEARCH_SCHEMA), root / "search_log.parquet")
     pq.write_table(pa.Table.from_pylist(rec, schema=REC_SCHEMA), root / "rec_log.parquet")

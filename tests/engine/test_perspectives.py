@@ -15,14 +15,23 @@ from training.engine.pipeline import mine
 from .handmade import FakeLLM, build_logs, fake_theta
 
 
-def _run(tmp: Path, cfg: MineConfig | None = None, **kw: Any) -> tuple[dict[tuple[str, str | None, str | None], dict[str, Any]], Any]:
+def _run(
+    tmp: Path, cfg: MineConfig | None = None, **kw: Any
+) -> tuple[dict[tuple[str, str | None, str | None], dict[str, Any]], Any]:
     logs = tmp / "logs"
     if not logs.exists():
         build_logs(logs)
     cfg = cfg or MineConfig(p3_n=5)
-    res = mine(logs, tmp / "out", cfg, engine="duckdb", scorer=fake_theta,
-               source=SimulatedSource(FakeLLM(), model="fake-llm", cache_dir=tmp / "out" / "cache"),
-               progress=False, **kw)
+    res = mine(
+        logs,
+        tmp / "out",
+        cfg,
+        engine="duckdb",
+        scorer=fake_theta,
+        source=SimulatedSource(FakeLLM(), model="fake-llm", cache_dir=tmp / "out" / "cache"),
+        progress=False,
+        **kw,
+    )
     rows = pq.read_table(res.samples).to_pylist()
     return {(r["query"], r["video_id"], r["text"]): r for r in rows}, res
 
@@ -47,7 +56,14 @@ def test_log_stages_and_clicks(mined: Any) -> None:
     assert _get(rows, "cat", "v9")["exposed_ever"] is True
     assert _get(rows, "transformer", "v4")["exposed_ever"] is False
     assert {r["source"] for r in rows.values()} <= {
-        "p0_click", "p1_reformulation", "p2_rec", "p3_llm", "exposed_unclicked", "rank_unexposed", "prerank_filtered"}
+        "p0_click",
+        "p1_reformulation",
+        "p2_rec",
+        "p3_llm",
+        "exposed_unclicked",
+        "rank_unexposed",
+        "prerank_filtered",
+    }
 
 
 def test_p1_window_edge_and_alpha_edge(mined: Any) -> None:

@@ -30,13 +30,14 @@ EMBED_VERSION = 1
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))
+    return out
 
 
 def fit_platt(margin: np.ndarray, labels: np.ndarray, iters: int = 100) -> tuple[float, float]:
     """Platt scaling: (a, b) minimising the log-loss of sigmoid(a·margin + b), with Platt's smoothed
     targets ((n₊+1)/(n₊+2), 1/(n₋+2)) so a separable calibration set cannot push a to infinity.
-    Newton's method on two parameters (converges in a handful of steps)."""
+    Newton's method with backtracking on two parameters (a handful of steps)."""
     z = np.asarray(margin, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     if z.shape != y.shape or z.ndim != 1 or len(z) < 2:
@@ -45,15 +46,29 @@ def fit_platt(margin: np.ndarray, labels: np.ndarray, iters: int = 100) -> tuple
     if n_pos == 0 or n_neg == 0:
         raise CropsError(ErrorKind.INVALID_INPUT, "platt scaling needs both relevant and irrelevant pairs")
     t = np.where(y > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    a, b = 1.0, float(np.log((n_pos + 1) / (n_neg + 1)))
+
+    def loss(a_: float, b_: float) -> float:
+        f = a_ * z + b_  # log(1 + e^f) − t·f, computed stably
+        return float(np.sum(np.logaddexp(0.0, f) - t * f))
+
+    a, b = 0.0, float(np.log((n_pos + 1) / (n_neg + 1)))
+    cur = loss(a, b)
     for _ in range(iters):
         p = sigmoid(a * z + b)
         g = np.array([np.sum((p - t) * z), np.sum(p - t)])
         w = p * (1 - p) + 1e-12
         h = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(h, g)
-        a, b = a - float(step[0]), b - float(step[1])
-        if float(np.abs(step).max()) < 1e-10:
+        lr = 1.0
+        while lr > 1e-8:  # backtracking: a full Newton step overshoots where the sigmoid saturates
+            na, nb = a - lr * float(step[0]), b - lr * float(step[1])
+            new = loss(na, nb)
+            if new <= cur - 1e-4 * lr * float(g @ step):  # Armijo
+                break
+            lr /= 2
+        a, b, done = na, nb, abs(cur - new) < 1e-10 * max(1.0, abs(cur))
+        cur = new
+        if done:
             break
     return a, b
 
@@ -289,18 +304,27 @@ class Discriminator:
         raw = sigmoid(self.margin(q[te], d[te]))
         cal = self.prob_from_vectors(q[te], d[te])
         return FitReport(
-            n_train=int(tr.sum()), n_calib=int(ca.sum()), n_test=int(te.sum()),
-            positive_rate=float(y.mean()), auc_test=roc_auc(cal, y[te]),
+            n_train=int(tr.sum()),
+            n_calib=int(ca.sum()),
+            n_test=int(te.sum()),
+            positive_rate=float(y.mean()),
+            auc_test=roc_auc(cal, y[te]),
             ece_test_raw=expected_calibration_error(raw, y[te]),
             ece_test=expected_calibration_error(cal, y[te]),
             brier_test=float(np.mean((cal - y[te]) ** 2)),
-            platt_a=self.platt[0], platt_b=self.platt[1],
+            platt_a=self.platt[0],
+            platt_b=self.platt[1],
             fit_seconds=time.perf_counter() - t0,
             reliability=reliability_table(cal, y[te]),
         )
 
     def fit(
-        self, queries: Sequence[str], docs: Sequence[str], labels: Sequence[int], *, seed: int = 0,
+        self,
+        queries: Sequence[str],
+        docs: Sequence[str],
+        labels: Sequence[int],
+        *,
+        seed: int = 0,
         progress: bool = False,
     ) -> FitReport:
         """Fit on labelled text pairs (label 1 = relevant); split by query."""
@@ -319,11 +343,18 @@ class Discriminator:
         buf = io.BytesIO()
         np.save(buf, self.w)
         atomic_write_bytes(folder / "head_w.npy", buf.getvalue())
-        atomic_write_json(folder / "theta.json", {
-            "b": self.b, "platt_a": self.platt[0], "platt_b": self.platt[1],
-            "max_query_tokens": self.max_query_tokens, "max_doc_tokens": self.max_doc_tokens,
-            "embed_version": EMBED_VERSION, "encoder": str(self.model_dir or "default all-MiniLM-L6-v2"),
-        })
+        atomic_write_json(
+            folder / "theta.json",
+            {
+                "b": self.b,
+                "platt_a": self.platt[0],
+                "platt_b": self.platt[1],
+                "max_query_tokens": self.max_query_tokens,
+                "max_doc_tokens": self.max_doc_tokens,
+                "embed_version": EMBED_VERSION,
+                "encoder": str(self.model_dir or "default all-MiniLM-L6-v2"),
+            },
+        )
 
     def load(self, folder: Path) -> Discriminator:
         meta = json.loads((folder / "theta.json").read_text())

@@ -107,24 +107,32 @@ class SparkEngine:
             self._spark.stop()
 
 
-def get_local_spark(master: str = "local[2]") -> Any:
-    """A small local SparkSession (no UI, few shuffle partitions, UTC)."""
+def get_local_spark(master: str = "local[2]", *, small: bool = False) -> Any:
+    """A local SparkSession (no UI, UTC). ``small`` tunes it for tiny inputs (tests): one shuffle
+    partition, no whole-stage codegen, C1-only JIT — compile time dominates there, not data."""
     try:
         from pyspark.sql import SparkSession
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise CropsError(ErrorKind.NOT_FOUND, "the spark engine needs pyspark: pip install -e .[spark]") from exc
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
         raise CropsError(ErrorKind.NOT_FOUND, "the spark engine needs Java 17 (java on PATH or JAVA_HOME)")
-    spark = (
+    builder = (
         SparkSession.builder.master(master)
         .appName("crops-mine")
         .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "1" if small else "8")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", os.environ.get("CROPS_SPARK_DRIVER_MEMORY", "2g"))
         .config("spark.sql.parquet.compression.codec", "snappy")
-        .getOrCreate()
     )
+    if small:
+        builder = (
+            builder.config("spark.sql.codegen.wholeStage", "false")
+            .config("spark.sql.adaptive.enabled", "false")
+            .config("spark.driver.extraJavaOptions", "-XX:+UseSerialGC -XX:TieredStopAtLevel=1")
+        )
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

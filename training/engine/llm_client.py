@@ -108,7 +108,9 @@ class DescriptionSource(Protocol):
 
     def generate(self, query: str, example_text: str, n: int) -> list[str]: ...
 
-    def generate_many(self, requests: Sequence[GenerationRequest], progress: bool = False) -> list[GenerationResult]: ...
+    def generate_many(
+        self, requests: Sequence[GenerationRequest], progress: bool = False
+    ) -> list[GenerationResult]: ...
 
 
 class ReplyCache:

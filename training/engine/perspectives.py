@@ -22,10 +22,10 @@ def log_samples_sql() -> str:
     """P0 clicks and the log-stage samples: one row per (query, video) with its best stage."""
     return f"""
 SELECT query, video_id,
-  CAST(MAX(CASE WHEN clicked THEN {LEVELS['p0_click']}
-                WHEN stage = 'exposed' THEN {LEVELS['exposed_unclicked']}
-                WHEN stage = 'rank_unexposed' THEN {LEVELS['rank_unexposed']}
-                WHEN stage = 'prerank_filtered' THEN {LEVELS['prerank_filtered']}
+  CAST(MAX(CASE WHEN clicked THEN {LEVELS["p0_click"]}
+                WHEN stage = 'exposed' THEN {LEVELS["exposed_unclicked"]}
+                WHEN stage = 'rank_unexposed' THEN {LEVELS["rank_unexposed"]}
+                WHEN stage = 'prerank_filtered' THEN {LEVELS["prerank_filtered"]}
                 ELSE 0 END) AS INT) AS level,
   MAX(CASE WHEN stage = 'exposed' THEN 1 ELSE 0 END) = 1 AS exposed_ever
 FROM search_log
@@ -36,7 +36,7 @@ GROUP BY query, video_id
 def p1_candidates_sql(cfg: MineConfig) -> str:
     """P1 (query level): videos clicked under a follow-up query of the same user issued within the
     window after the original (0 < Δt ≤ window) become candidates of the ORIGINAL query."""
-    window_ms = int(round(cfg.reformulation_window_s * 1000))
+    window_ms = round(cfg.reformulation_window_s * 1000)
     return f"""
 WITH {_REQUESTS},
 clicks AS (SELECT DISTINCT request_id, video_id FROM search_log WHERE clicked)
@@ -53,7 +53,7 @@ GROUP BY a.query, c.video_id
 def p2_candidates_sql(cfg: MineConfig) -> str:
     """P2 (system level): rec-feed interactions of the query's users within ± window of the query
     time, at most ``rec_cap_per_user`` distinct videos per (query, user), nearest in time first."""
-    window_ms = int(round(cfg.rec_window_s * 1000))
+    window_ms = round(cfg.rec_window_s * 1000)
     action_filter = ""
     if cfg.rec_actions:
         actions = ", ".join(f"'{a}'" for a in cfg.rec_actions)
@@ -108,15 +108,15 @@ WITH cand AS (
   SELECT query, video_id, CAST(NULL AS STRING) AS text, level, {_source_case()} AS source
   FROM log_samples WHERE level > 0
   UNION ALL
-  SELECT p.query, p.video_id, CAST(NULL AS STRING), {LEVELS['p1_reformulation']}, 'p1_reformulation'
+  SELECT p.query, p.video_id, CAST(NULL AS STRING), {LEVELS["p1_reformulation"]}, 'p1_reformulation'
   FROM p1_candidates p JOIN theta t ON t.query = p.query AND t.video_id = p.video_id
   WHERE t.theta > {alpha}
   UNION ALL
-  SELECT p.query, p.video_id, CAST(NULL AS STRING), {LEVELS['p2_rec']}, 'p2_rec'
+  SELECT p.query, p.video_id, CAST(NULL AS STRING), {LEVELS["p2_rec"]}, 'p2_rec'
   FROM p2_candidates p JOIN theta t ON t.query = p.query AND t.video_id = p.video_id
   WHERE t.theta > {alpha}
   UNION ALL
-  SELECT query, CAST(NULL AS STRING), text, {LEVELS['p3_llm']}, 'p3_llm'
+  SELECT query, CAST(NULL AS STRING), text, {LEVELS["p3_llm"]}, 'p3_llm'
   FROM p3 WHERE keep
 ),
 ranked AS (

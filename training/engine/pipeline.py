@@ -45,21 +45,30 @@ log = logging.getLogger(__name__)
 SEARCH_LOG_COLUMNS = ("request_id", "user_id", "ts", "query", "video_id", "stage", "position", "clicked", "play_ms")
 REC_LOG_COLUMNS = ("user_id", "ts", "video_id", "action", "play_ms")
 
-SAMPLES_SCHEMA = pa.schema([
-    ("query", pa.string()),
-    ("video_id", pa.string()),
-    ("text", pa.string()),
-    ("level", pa.int8()),
-    ("source", pa.string()),
-    ("theta", pa.float64()),
-    ("exposed_ever", pa.bool_()),
-])
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("query", pa.string()),
+        ("video_id", pa.string()),
+        ("text", pa.string()),
+        ("level", pa.int8()),
+        ("source", pa.string()),
+        ("theta", pa.float64()),
+        ("exposed_ever", pa.bool_()),
+    ]
+)
 
-P3_SCHEMA = pa.schema([
-    ("query", pa.string()), ("text", pa.string()), ("example_video_id", pa.string()),
-    ("model", pa.string()), ("prompt_version", pa.string()), ("theta", pa.float64()),
-    ("keep", pa.bool_()), ("reason", pa.string()),
-])
+P3_SCHEMA = pa.schema(
+    [
+        ("query", pa.string()),
+        ("text", pa.string()),
+        ("example_video_id", pa.string()),
+        ("model", pa.string()),
+        ("prompt_version", pa.string()),
+        ("theta", pa.float64()),
+        ("keep", pa.bool_()),
+        ("reason", pa.string()),
+    ]
+)
 
 EXAMPLES_SQL = """
 WITH c AS (SELECT query, video_id, COUNT(*) AS n FROM search_log WHERE clicked GROUP BY query, video_id),
@@ -260,9 +269,12 @@ class Miner:
 
     def _register(self, *names: str) -> None:
         paths = {
-            "search_log": self.inp.search_log, "rec_log": self.inp.rec_log,
-            **{n: self.work / f"{n}.parquet" for n in ("log_samples", "p1_candidates", "p2_candidates",
-                                                      "theta", "p3", "examples")},
+            "search_log": self.inp.search_log,
+            "rec_log": self.inp.rec_log,
+            **{
+                n: self.work / f"{n}.parquet"
+                for n in ("log_samples", "p1_candidates", "p2_candidates", "theta", "p3", "examples")
+            },
         }
         for n in names:
             self.engine.register(n, paths[n])
@@ -283,21 +295,29 @@ class Miner:
     def run(self) -> MineResult:
         t_start = time.perf_counter()
         fp = {"search": _fingerprint(self.inp.search_log), "rec": _fingerprint(self.inp.rec_log)}
-        d_sql = _digest("sql", fp, self.cfg.digest("reformulation_window_s", "rec_window_s",
-                                                   "rec_cap_per_user", "rec_actions"))
-        sql_outs = [self.work / f"{n}.parquet" for n in ("log_samples", "p1_candidates", "p2_candidates",
-                                                        "examples")]
+        d_sql = _digest(
+            "sql", fp, self.cfg.digest("reformulation_window_s", "rec_window_s", "rec_cap_per_user", "rec_actions")
+        )
+        sql_outs = [self.work / f"{n}.parquet" for n in ("log_samples", "p1_candidates", "p2_candidates", "examples")]
         try:
             self._step("sql", d_sql, sql_outs, self._run_sql)
             labels_fp = _fingerprint(self.inp.labels) if self.inp.labels else "weak"
-            d_fit = _digest("fit", d_sql, labels_fp, self.relevant_grade, self.max_fit_pairs, self.seed,
-                            self.fake_scorer is not None)
+            d_fit = _digest(
+                "fit",
+                d_sql,
+                labels_fp,
+                self.relevant_grade,
+                self.max_fit_pairs,
+                self.seed,
+                self.fake_scorer is not None,
+            )
             self._step("theta_fit", d_fit, [self.work / "theta_fit.json"], self._fit_theta)
             d_score = _digest("score", d_fit, _fingerprint(self.inp.videos))
             self._step("theta_score", d_score, [self.work / "theta.parquet"], self._score_candidates)
             src = (self.source.model, self.source.prompt_version) if self.source else None
-            d_p3 = _digest("p3", d_score, src, self.cfg.digest("alpha", "p3_n", "p3_max_queries",
-                                                               "p3_min_chars", "p3_max_chars"))
+            d_p3 = _digest(
+                "p3", d_score, src, self.cfg.digest("alpha", "p3_n", "p3_max_queries", "p3_min_chars", "p3_max_chars")
+            )
             self._step("p3", d_p3, [self.work / "p3.parquet", self.out / "llm_positives.parquet"], self._run_p3)
             d_asm = _digest("assemble", d_p3, self.engine_name, self.cfg.alpha)
             self._step("assemble", d_asm, [self.out / "samples.parquet"], self._assemble)
@@ -385,8 +405,13 @@ class Miner:
         d = Discriminator.report_dict(rep)
         d.update({"label_origin": origin, "n_pairs": len(ys), "fit_total_seconds": time.perf_counter() - t0})
         atomic_write_json(self.work / "theta_fit.json", d)
-        log.info("  θ: AUC %.3f, ECE %.4f (raw %.4f) on %d held-out pairs",
-                 rep.auc_test, rep.ece_test, rep.ece_test_raw, rep.n_test)
+        log.info(
+            "  θ: AUC %.3f, ECE %.4f (raw %.4f) on %d held-out pairs",
+            rep.auc_test,
+            rep.ece_test,
+            rep.ece_test_raw,
+            rep.n_test,
+        )
 
     def _ensure_theta_loaded(self) -> None:
         if self.fake_scorer is None and self.discriminator.w is None:
@@ -402,8 +427,16 @@ class Miner:
         theta = self.score(qs, [self.videos[v] for v in vs]) if qs else np.zeros(0)
         if self._disc is not None:
             self._disc.cache.save()
-        write_table(pa.table({"query": pa.array(qs, pa.string()), "video_id": pa.array(vs, pa.string()),
-                              "theta": pa.array(theta, pa.float64())}), self.work / "theta.parquet")
+        write_table(
+            pa.table(
+                {
+                    "query": pa.array(qs, pa.string()),
+                    "video_id": pa.array(vs, pa.string()),
+                    "theta": pa.array(theta, pa.float64()),
+                }
+            ),
+            self.work / "theta.parquet",
+        )
 
     def _run_p3(self) -> None:
         from training.engine.p3 import generate_p3
@@ -413,42 +446,74 @@ class Miner:
         if self.source is not None and self.cfg.p3_n > 0:
             self._ensure_theta_loaded()
             ex = read_table(self.work / "examples.parquet", ["query", "video_id"]).to_pydict()
-            examples = sorted((q, v, self.videos[v]) for q, v in zip(ex["query"], ex["video_id"], strict=True)
-                              if v in self.videos)
+            examples = sorted(
+                (q, v, self.videos[v]) for q, v in zip(ex["query"], ex["video_id"], strict=True) if v in self.videos
+            )
             if self.cfg.p3_max_queries:
                 examples = examples[: self.cfg.p3_max_queries]
             rows, results = generate_p3(
-                self.source, examples, self.score, n=self.cfg.p3_n, alpha=self.cfg.alpha,
-                min_chars=self.cfg.p3_min_chars, max_chars=self.cfg.p3_max_chars, progress=self.progress,
+                self.source,
+                examples,
+                self.score,
+                n=self.cfg.p3_n,
+                alpha=self.cfg.alpha,
+                min_chars=self.cfg.p3_min_chars,
+                max_chars=self.cfg.p3_max_chars,
+                progress=self.progress,
             )
             if self._disc is not None:
                 self._disc.cache.save()
         model = self.source.model if self.source else ""
         pv = self.source.prompt_version if self.source else ""
         table = pa.Table.from_pylist(
-            [{"query": r.query, "text": r.text, "example_video_id": r.example_video_id, "model": model,
-              "prompt_version": pv, "theta": r.theta, "keep": r.keep, "reason": r.reason} for r in rows],
+            [
+                {
+                    "query": r.query,
+                    "text": r.text,
+                    "example_video_id": r.example_video_id,
+                    "model": model,
+                    "prompt_version": pv,
+                    "theta": r.theta,
+                    "keep": r.keep,
+                    "reason": r.reason,
+                }
+                for r in rows
+            ],
             schema=P3_SCHEMA,
         )
         write_table(table, self.work / "p3.parquet")
         kept = table.filter(table.column("keep"))
-        write_table(kept.select(["query", "text", "example_video_id", "model", "prompt_version"]),
-                    self.out / "llm_positives.parquet")
+        write_table(
+            kept.select(["query", "text", "example_video_id", "model", "prompt_version"]),
+            self.out / "llm_positives.parquet",
+        )
         from training.engine.llm_client import iter_errors
 
-        atomic_write_json(self.work / "p3_stats.json", {
-            "queries": len(results), "cached": sum(r.cached for r in results),
-            "errors": iter_errors(results), "descriptions": len(rows),
-            "reasons": {k: sum(r.reason == k for r in rows) for k in sorted({r.reason for r in rows})},
-        })
+        atomic_write_json(
+            self.work / "p3_stats.json",
+            {
+                "queries": len(results),
+                "cached": sum(r.cached for r in results),
+                "errors": iter_errors(results),
+                "descriptions": len(rows),
+                "reasons": {k: sum(r.reason == k for r in rows) for k in sorted({r.reason for r in rows})},
+            },
+        )
 
     def _assemble(self) -> None:
         self._register("log_samples", "p1_candidates", "p2_candidates", "theta", "p3")
         raw = self.work / "samples_raw.parquet"
         self.engine.write(assemble_sql(self.cfg), raw)
         t = read_table(raw).select(SAMPLES_SCHEMA.names).cast(SAMPLES_SCHEMA)
-        t = t.sort_by([("query", "ascending"), ("level", "descending"), ("source", "ascending"),
-                       ("video_id", "ascending"), ("text", "ascending")])
+        t = t.sort_by(
+            [
+                ("query", "ascending"),
+                ("level", "descending"),
+                ("source", "ascending"),
+                ("video_id", "ascending"),
+                ("text", "ascending"),
+            ]
+        )
         write_table(t, self.out / "samples.parquet")
 
 

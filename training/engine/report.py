@@ -49,10 +49,15 @@ def alpha_sweep(
         kept = theta > a if strict else theta >= a
         k = int(kept.sum())
         tp = int((kept & relevant).sum())
-        rows.append({
-            "alpha": float(a), "kept": k, "kept_never_exposed": int((kept & never_exposed).sum()),
-            "precision": tp / k if k else float("nan"), "recall": tp / n_rel if n_rel else float("nan"),
-        })
+        rows.append(
+            {
+                "alpha": float(a),
+                "kept": k,
+                "kept_never_exposed": int((kept & never_exposed).sum()),
+                "precision": tp / k if k else float("nan"),
+                "recall": tp / n_rel if n_rel else float("nan"),
+            }
+        )
     return rows
 
 
@@ -62,9 +67,14 @@ def build_report(m: Miner, total_seconds: float) -> dict[str, Any]:
     cfg = m.cfg
     samples = read_table(m.out / "samples.parquet")
     rep: dict[str, Any] = {
-        "engine": m.engine_name, "alpha": cfg.alpha, "config": cfg.__dict__ | {"alpha_sweep": list(cfg.alpha_sweep)},
-        "inputs": {"logs": str(m.inp.logs), "videos": str(m.inp.videos),
-                   "labels": str(m.inp.labels) if m.inp.labels else None},
+        "engine": m.engine_name,
+        "alpha": cfg.alpha,
+        "config": cfg.__dict__ | {"alpha_sweep": list(cfg.alpha_sweep)},
+        "inputs": {
+            "logs": str(m.inp.logs),
+            "videos": str(m.inp.videos),
+            "labels": str(m.inp.labels) if m.inp.labels else None,
+        },
         "rows": samples.num_rows,
         "queries": len(set(samples.column("query").to_pylist())),
     }
@@ -91,8 +101,10 @@ def build_report(m: Miner, total_seconds: float) -> dict[str, Any]:
         never = np.array([(q, v) not in exposed for q, v in zip(qs, vs, strict=True)], dtype=bool)
         kept = th > cfg.alpha
         info: dict[str, Any] = {
-            "candidates": len(qs), "candidates_never_exposed": int(never.sum()),
-            "kept": int(kept.sum()), "kept_never_exposed": int((kept & never).sum()),
+            "candidates": len(qs),
+            "candidates_never_exposed": int(never.sum()),
+            "kept": int(kept.sum()),
+            "kept_never_exposed": int((kept & never).sum()),
         }
         if labels is not None:
             ev = np.array([is_eval_query(q) for q in qs], dtype=bool)
@@ -107,7 +119,8 @@ def build_report(m: Miner, total_seconds: float) -> dict[str, Any]:
     p3 = read_table(m.work / "p3.parquet")
     p3_keep = p3.column("keep").to_pylist()
     persp["P3"] = {
-        "descriptions": p3.num_rows, "kept": int(sum(p3_keep)),
+        "descriptions": p3.num_rows,
+        "kept": int(sum(p3_keep)),
         "kept_never_exposed": int(sum(p3_keep)),  # synthetic texts: never shown by the legacy stack
         "reasons": dict(Counter(p3.column("reason").to_pylist())),
     }
@@ -117,9 +130,7 @@ def build_report(m: Miner, total_seconds: float) -> dict[str, Any]:
     if p3.num_rows:
         th3 = np.array([t if t is not None else -1.0 for t in p3.column("theta").to_pylist()])
         scored = th3 >= 0
-        persp["P3"]["kept_vs_alpha"] = [
-            {"alpha": a, "kept": int((scored & (th3 >= a)).sum())} for a in cfg.alpha_sweep
-        ]
+        persp["P3"]["kept_vs_alpha"] = [{"alpha": a, "kept": int((scored & (th3 >= a)).sum())} for a in cfg.alpha_sweep]
     rep["perspectives"] = persp
     rep["alpha_sweep"] = sweeps
 
@@ -183,33 +194,51 @@ def _fmt(x: Any) -> str:
 
 def render_markdown(rep: dict[str, Any]) -> str:
     lines = [
-        "# CroPS data engine: mining report", "",
+        "# CroPS data engine: mining report",
+        "",
         f"Engine **{rep['engine']}**, α = {rep['alpha']}, {rep['rows']} samples over {rep['queries']} queries, "
-        f"{rep['total_seconds']} s. Logs: `{rep['inputs']['logs']}`; labels: `{rep['inputs']['labels']}`.", "",
-        "## Samples per source (HLA level)", "", "| source | level | rows |", "|---|---|---|",
+        f"{rep['total_seconds']} s. Logs: `{rep['inputs']['logs']}`; labels: `{rep['inputs']['labels']}`.",
+        "",
+        "## Samples per source (HLA level)",
+        "",
+        "| source | level | rows |",
+        "|---|---|---|",
     ]
     for s, n in sorted(rep["per_source"].items(), key=lambda kv: -LEVELS.get(kv[0], 0)):
         lines.append(f"| {s} | {LEVELS.get(s, '?')} | {n} |")
     lines += ["", "| level | rows |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rep["per_level"].items()]
-    lines += ["", "## Added positives the legacy stack never exposed", "",
-              "| perspective | candidates | never exposed | kept (θ>α) | kept & never exposed | in samples, never exposed |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Added positives the legacy stack never exposed",
+        "",
+        "| perspective | candidates | never exposed | kept (θ>α) | kept & never exposed | in samples, never exposed |",
+        "|---|---|---|---|---|---|",
+    ]
     ne = rep["never_exposed_in_samples"]
     for name, key in (("P1", "p1_reformulation"), ("P2", "p2_rec")):
         p = rep["perspectives"][name]
-        lines.append(f"| {name} | {p['candidates']} | {p['candidates_never_exposed']} | {p['kept']} | "
-                     f"{p['kept_never_exposed']} | {ne[key]} |")
+        lines.append(
+            f"| {name} | {p['candidates']} | {p['candidates_never_exposed']} | {p['kept']} | "
+            f"{p['kept_never_exposed']} | {ne[key]} |"
+        )
     p3 = rep["perspectives"]["P3"]
-    lines.append(f"| P3 | {p3['descriptions']} descriptions | all (synthetic) | {p3['kept']} (θ≥α) | "
-                 f"{p3['kept_never_exposed']} | {rep['per_source'].get('p3_llm', 0)} |")
+    lines.append(
+        f"| P3 | {p3['descriptions']} descriptions | all (synthetic) | {p3['kept']} (θ≥α) | "
+        f"{p3['kept_never_exposed']} | {rep['per_source'].get('p3_llm', 0)} |"
+    )
     if p3.get("reasons"):
         lines += ["", "P3 filter: " + ", ".join(f"{k}: {v}" for k, v in sorted(p3["reasons"].items()))]
     if rep["alpha_sweep"]:
-        lines += ["", "## α sweep (held-out queries, vs truth)", "",
-                  "Precision: kept candidates that are truly relevant. Recall: kept relevant / relevant "
-                  "candidates offered by the perspective.", "",
-                  "| α | " + " | ".join(f"{n} kept | {n} prec | {n} recall" for n in rep["alpha_sweep"]) + " |",
-                  "|---|" + "---|---|---|" * len(rep["alpha_sweep"])]
+        lines += [
+            "",
+            "## α sweep (held-out queries, vs truth)",
+            "",
+            "Precision: kept candidates that are truly relevant. Recall: kept relevant / relevant "
+            "candidates offered by the perspective.",
+            "",
+            "| α | " + " | ".join(f"{n} kept | {n} prec | {n} recall" for n in rep["alpha_sweep"]) + " |",
+            "|---|" + "---|---|---|" * len(rep["alpha_sweep"]),
+        ]
         names = list(rep["alpha_sweep"])
         for i, r0 in enumerate(rep["alpha_sweep"][names[0]]):
             cells = []
@@ -220,14 +249,19 @@ def render_markdown(rep: dict[str, Any]) -> str:
         lines += ["", "![alpha sweep](alpha_sweep.png)"]
     th = rep["theta"]
     if th and not th.get("fake_scorer"):
-        lines += ["", "## θ (MiniLM-L6 bi-encoder features → logistic head → Platt scaling)", "",
-                  f"- fitted on {th.get('n_pairs')} pairs ({th.get('label_origin')}), "
-                  f"{th.get('fit_total_seconds', 0):.1f} s",
-                  f"- test split: AUC {_fmt(th.get('auc_test'))}, ECE {_fmt(th.get('ece_test'))} "
-                  f"(before Platt {_fmt(th.get('ece_test_raw'))}), Brier {_fmt(th.get('brier_test'))}"]
+        lines += [
+            "",
+            "## θ (MiniLM-L6 bi-encoder features → logistic head → Platt scaling)",
+            "",
+            f"- fitted on {th.get('n_pairs')} pairs ({th.get('label_origin')}), {th.get('fit_total_seconds', 0):.1f} s",
+            f"- test split: AUC {_fmt(th.get('auc_test'))}, ECE {_fmt(th.get('ece_test'))} "
+            f"(before Platt {_fmt(th.get('ece_test_raw'))}), Brier {_fmt(th.get('brier_test'))}",
+        ]
         if "ece_eval_candidates" in th:
-            lines.append(f"- P1+P2 candidates of held-out queries ({th['eval_candidates']} pairs): "
-                         f"ECE {_fmt(th['ece_eval_candidates'])}")
+            lines.append(
+                f"- P1+P2 candidates of held-out queries ({th['eval_candidates']} pairs): "
+                f"ECE {_fmt(th['ece_eval_candidates'])}"
+            )
         lines += ["", "![theta reliability](theta_reliability.png)"]
     lines += ["", "## Step timings (s)", ""] + [f"- {k}: {v}" for k, v in rep["timings_s"].items()]
     return "\n".join(lines) + "\n"
