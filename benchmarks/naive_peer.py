@@ -7,13 +7,31 @@ and exists only to be measured against.
     python benchmarks/naive_peer.py --vectors V.npy --port 8100
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, Field
+
+# No `from __future__ import annotations` here: FastAPI must see these classes, not strings.
+
+
+class Query(BaseModel):
+    query: str
+    user_id: str | None = None
+    top_k: int = Field(100, ge=1, le=100)
+
+
+class Candidate(BaseModel):
+    video_id: str
+    score: float
+
+
+class Answer(BaseModel):
+    arm: str
+    candidates: list[Candidate]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -22,7 +40,6 @@ def create_app(vectors_path: Path, model_dir: Path | None = None) -> Any:
     import faiss
     import numpy as np
     from fastapi import FastAPI
-    from pydantic import BaseModel, Field
     from sentence_transformers import SentenceTransformer
 
     from core.tokenizer import default_model_dir
@@ -33,19 +50,6 @@ def create_app(vectors_path: Path, model_dir: Path | None = None) -> Any:
     for s in range(0, vectors.shape[0], 100_000):
         index.add(np.ascontiguousarray(vectors[s : s + 100_000], dtype=np.float32))
     ids = [f"v{i:07d}" for i in range(index.ntotal)]
-
-    class Query(BaseModel):
-        query: str
-        user_id: str | None = None
-        top_k: int = Field(100, ge=1, le=100)
-
-    class Candidate(BaseModel):
-        video_id: str
-        score: float
-
-    class Answer(BaseModel):
-        arm: str
-        candidates: list[Candidate]
 
     app = FastAPI()
 
