@@ -53,5 +53,10 @@ lint: install-dev
 test: install-dev
 	$(BIN)/pytest -q
 
+# One run, limit vs service vs naive peer on a 1M index (docs/bench.md); installs wrk if missing.
+# BENCH_ARGS=--quick for a 100k-vector, 10 s-per-point development run.
+bench: install-dev
+	$(BIN)/python benchmarks/bench.py --publish $(BENCH_ARGS)
+
 clean:
 	rm -rf runs/default .pytest_cache .mypy_cache .ruff_cache
