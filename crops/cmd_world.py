@@ -35,5 +35,66 @@ def catalog(
     typer.echo(f"catalog: {len(cat)} videos → {out} in {time.perf_counter() - t0:.1f}s")
 
 
+@world_app.command("build")
+def build(
+    out: Annotated[Path, typer.Option("--out", help="world folder to write")],
+    config: Annotated[Path | None, typer.Option("--config", help="YAML/JSON knobs (partial is fine)")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="world seed")] = 0,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--catalog", help="real titles: microlens100k_titles, kuairec_captions, activitynet_captions or a .jsonl"
+        ),
+    ] = None,
+    videos: Annotated[int | None, typer.Option("--videos", min=50, help="override catalog.n_videos")] = None,
+    requests: Annotated[int | None, typer.Option("--requests", min=10, help="override n_requests")] = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report/--no-report",
+            help="also write the stats report (lexical + logs only; `crops world report` adds MiniLM)",
+        ),
+    ] = False,
+) -> None:
+    """Simulate the platform and write logs, truth and eval sets (see docs/world.md)."""
+    from training.world.build import build_world
+    from training.world.config import load_config
+
+    cfg = load_config(config)
+    over: dict[str, int] = {}
+    if videos is not None:
+        over["catalog.n_videos"] = videos
+    if requests is not None:
+        over["n_requests"] = requests
+    if over:
+        cfg = cfg.with_overrides(**over)
+    info = build_world(out, cfg, seed=seed, source=source)
+    c = info["counts"]
+    typer.echo(
+        f"world → {out}: {c['videos']} videos, {c['requests']} requests "
+        f"({c['train_requests']} train / {c['test_requests']} test), {c['search_log_rows']} search-log rows, "
+        f"{c['rec_log_rows']} feed rows in {info['build_seconds']['total']}s"
+    )
+    if report:
+        from training.world.report import write_report
+
+        md = write_report(out, dense=False)
+        typer.echo(f"report → {md}")
+
+
+@world_app.command("report")
+def report_cmd(
+    world: Annotated[Path, typer.Option("--world", help="world folder (from `crops world build`)")],
+    dense: Annotated[bool, typer.Option("--dense/--no-dense", help="also evaluate pretrained MiniLM")] = True,
+    max_queries: Annotated[int, typer.Option(min=10, help="eval queries per set (sampled, seeded)")] = 2000,
+    out: Annotated[Path | None, typer.Option("--out", help="report folder (default WORLD/report)")] = None,
+) -> None:
+    """Stats report (markdown + PNG): bubble, CTR, reformulations, feed overlap, BM25/MiniLM baselines."""
+    from training.world.report import write_report
+
+    md = write_report(world, dense=dense, max_queries=max_queries, out_dir=out)
+    typer.echo(f"report → {md}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(world_app, name="world")

@@ -48,8 +48,11 @@ def test_real_sources_load(name: str) -> None:
 
 def test_real_titles_mix_into_catalog(tmp_path: Path) -> None:
     src = tmp_path / "titles.jsonl"
-    src.write_text("".join(json.dumps({"title": f"my ball python shedding day {i}"}) + "\n" for i in range(50))
-                   + json.dumps("just a plain string title") + "\n")
+    src.write_text(
+        "".join(json.dumps({"title": f"my ball python shedding day {i}"}) + "\n" for i in range(50))
+        + json.dumps("just a plain string title")
+        + "\n"
+    )
     out = tmp_path / "v.parquet"
     cat = build_catalog_file(out, n_videos=200, seed=0, source=str(src), progress=False)
     real = cat.real_text.nonzero()[0]

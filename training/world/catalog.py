@@ -147,9 +147,7 @@ def generate_catalog(
     titles: list[str] = []
     captions: list[str] = []
     tags: list[list[str]] = []
-    tknobs = TextKnobs(
-        knobs.synonym_text_prob, knobs.clickbait_prob, knobs.noise_tag_prob, knobs.spam_tag_prob
-    )
+    tknobs = TextKnobs(knobs.synonym_text_prob, knobs.clickbait_prob, knobs.noise_tag_prob, knobs.spam_tag_prob)
     for i in tqdm(range(n_gen), desc="catalog", unit="video", disable=not progress, mininterval=2.0):
         t = int(p_topic[i])
         topic = onto.topics[t]
@@ -243,9 +241,7 @@ def _iter_microlens(folder: Path) -> Iterator[RealText]:
             for row in csv.reader(fh):
                 if len(row) >= 2 and row[1].strip():
                     title = ",".join(row[1:]).strip()
-                    tags = tuple(
-                        t.strip().replace(" ", "") for t in re.findall(r"#\s*([^#]+?)\s*(?=#|$)", title)
-                    )
+                    tags = tuple(t.strip().replace(" ", "") for t in re.findall(r"#\s*([^#]+?)\s*(?=#|$)", title))
                     yield RealText(title, "", tags, None)
 
 
@@ -260,9 +256,7 @@ def _iter_kuairec(folder: Path) -> Iterator[RealText]:
                 if not (cap or cover):
                     continue
                 tags = tuple(
-                    t.strip(" '\"")
-                    for t in (row.get("topic_tag") or "").strip("[]").split(",")
-                    if t.strip(" '\"")
+                    t.strip(" '\"") for t in (row.get("topic_tag") or "").strip("[]").split(",") if t.strip(" '\"")
                 )
                 cat = (row.get("first_level_category_name") or "").strip()
                 yield RealText(cover or cap[:40], cap, tags, cat if cat and cat != "UNKNOWN" else None)
@@ -295,9 +289,7 @@ def _iter_jsonl(path: Path) -> Iterator[RealText]:
             cap = str(row.get("caption") or row.get("text") or "").strip()
             if title or cap:
                 tags = row.get("tags") if isinstance(row.get("tags"), list) else []
-                yield RealText(
-                    title or cap[:60], cap if title else "", tuple(map(str, tags)), row.get("category")
-                )
+                yield RealText(title or cap[:60], cap if title else "", tuple(map(str, tags)), row.get("category"))
 
 
 def load_real_texts(source: str | Path) -> list[RealText]:
@@ -309,8 +301,7 @@ def load_real_texts(source: str | Path) -> list[RealText]:
     if not path.exists():
         raise CropsError(
             ErrorKind.NOT_FOUND,
-            f"catalog source {source} not found (named sets: "
-            f"{', '.join(REAL_SOURCES)}, or a .jsonl of titles)",
+            f"catalog source {source} not found (named sets: {', '.join(REAL_SOURCES)}, or a .jsonl of titles)",
         )
     name = path.name
     if path.is_dir() and "microlens" in name:
@@ -322,9 +313,7 @@ def load_real_texts(source: str | Path) -> list[RealText]:
     elif path.is_file() and name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
         it = _iter_jsonl(path)
     else:
-        raise CropsError(
-            ErrorKind.INVALID_INPUT, f"catalog source {source}: expected a known data folder or .jsonl"
-        )
+        raise CropsError(ErrorKind.INVALID_INPUT, f"catalog source {source}: expected a known data folder or .jsonl")
     seen: set[str] = set()
     out = []
     for r in it:
@@ -411,9 +400,7 @@ def assign_real(onto: Ontology, texts: list[RealText], rng: np.random.Generator)
             t = best[0]
             topic = onto.topics[t]
             facets = onto.categories[onto.topic_category[t]].facets
-            facet = next(
-                (f for f in facets if any(w in text for w in onto.facets[f].words)), facets[i % len(facets)]
-            )
+            facet = next((f for f in facets if any(w in text for w in onto.facets[f].words)), facets[i % len(facets)])
             out.p_topic[i] = t
             out.p_intent[i] = onto.intent_of[(t, facet)]
             mod = next((m for m in topic.modifiers if m in text), None)

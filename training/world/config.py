@@ -22,20 +22,12 @@ class _Section(BaseModel):
 
 class CatalogKnobs(_Section):
     n_videos: int = Field(default=20_000, ge=50)
-    supply_follows_demand: float = Field(
-        default=0.6, ge=0, description="exponent of category popularity in supply"
-    )
+    supply_follows_demand: float = Field(default=0.6, ge=0, description="exponent of category popularity in supply")
     modifier_prob: float = Field(default=0.5, ge=0, le=1)
-    secondary_prob: float = Field(
-        default=0.25, ge=0, le=1, description="a video also expresses a second intent"
-    )
+    secondary_prob: float = Field(default=0.25, ge=0, le=1, description="a video also expresses a second intent")
     upload_history_days: int = Field(default=180, ge=1)
-    new_upload_share: float = Field(
-        default=0.12, ge=0, le=1, description="share uploaded during the logged days"
-    )
-    real_share: float = Field(
-        default=0.5, ge=0, le=1, description="with --catalog: share of videos with real text"
-    )
+    new_upload_share: float = Field(default=0.12, ge=0, le=1, description="share uploaded during the logged days")
+    real_share: float = Field(default=0.5, ge=0, le=1, description="with --catalog: share of videos with real text")
     synonym_text_prob: float = Field(default=0.35, ge=0, le=1)
     clickbait_prob: float = Field(default=0.08, ge=0, le=1)
     noise_tag_prob: float = Field(default=0.5, ge=0, le=1)
@@ -44,9 +36,7 @@ class CatalogKnobs(_Section):
 
 class UserKnobs(_Section):
     n_users: int = Field(default=8_000, ge=2)
-    category_zipf: float = Field(
-        default=1.0, ge=0, description="skew of global category popularity (0 = flat)"
-    )
+    category_zipf: float = Field(default=1.0, ge=0, description="skew of global category popularity (0 = flat)")
     interest_concentration: float = Field(
         default=0.4, gt=0, description="Dirichlet concentration of a user's interests"
     )
@@ -63,9 +53,7 @@ class QueryKnobs(_Section):
         default=0.45, ge=0, le=1, description="sessions that start with a head (topic-only) query"
     )
     tail_share: float = Field(default=0.25, ge=0, le=1, description="sessions that start with a tail query")
-    need_modifier_prob: float = Field(
-        default=0.5, ge=0, le=1, description="a need includes a specific modifier"
-    )
+    need_modifier_prob: float = Field(default=0.5, ge=0, le=1, description="a need includes a specific modifier")
     typo_prob: float = Field(default=0.06, ge=0, le=1)
     slang_prob: float = Field(default=0.12, ge=0, le=1)
     synonym_query_prob: float = Field(default=0.15, ge=0, le=1)
@@ -82,23 +70,17 @@ class LegacyKnobs(_Section):
     query_category_weight: float = Field(
         default=2.0, ge=0, description="weight of log P(category|query) learned from clicks"
     )
-    feedback_weight: float = Field(
-        default=1.5, ge=0, description="weight of the (query, video) click history"
-    )
+    feedback_weight: float = Field(default=1.5, ge=0, description="weight of the (query, video) click history")
     lexical_weight: float = Field(default=1.0, ge=0)
     prerank_noise: float = Field(default=0.3, ge=0)
     rank_noise: float = Field(default=0.3, ge=0)
-    exploration: float = Field(
-        default=0.0, ge=0, le=1, description="share of exposed slots given to random candidates"
-    )
+    exploration: float = Field(default=0.0, ge=0, le=1, description="share of exposed slots given to random candidates")
 
 
 class ClickKnobs(_Section):
     position_decay: float = Field(default=0.8, ge=0, description="P(examine position p) = 1/(1+p)^decay")
     click_prob: tuple[float, float, float, float] = (0.03, 0.12, 0.40, 0.75)  # by the user's true grade 0..3
-    satisfied_grade: int = Field(
-        default=2, ge=1, le=3, description="a click at this grade or higher satisfies"
-    )
+    satisfied_grade: int = Field(default=2, ge=1, le=3, description="a click at this grade or higher satisfies")
     reformulate_prob: float = Field(default=0.75, ge=0, le=1, description="an unsatisfied user reformulates")
     max_reformulations: int = Field(default=2, ge=0)
     reformulation_window_s: float = Field(default=90.0, gt=1)
@@ -108,17 +90,11 @@ class ClickKnobs(_Section):
 
 
 class RecKnobs(_Section):
-    per_request: float = Field(
-        default=3.0, ge=0, description="background feed interactions per search request"
-    )
-    lean_prob: float = Field(
-        default=0.6, ge=0, le=1, description="a search session's user sees intent-leaning items"
-    )
+    per_request: float = Field(default=3.0, ge=0, description="background feed interactions per search request")
+    lean_prob: float = Field(default=0.6, ge=0, le=1, description="a search session's user sees intent-leaning items")
     lean_count: float = Field(default=3.0, ge=0, description="mean leaning items per leaning session")
     lean_noise: float = Field(default=0.25, ge=0, le=1, description="a leaning item is off-intent instead")
-    lean_window_s: float = Field(
-        default=1800.0, gt=0, description="leaning items fall within ± this of the search"
-    )
+    lean_window_s: float = Field(default=1800.0, gt=0, description="leaning items fall within ± this of the search")
 
 
 class WorldConfig(BaseModel):

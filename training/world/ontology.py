@@ -72,7 +72,7 @@ class Ontology:
         self.intent_topic = np.array(it, dtype=np.int32)
         surf: dict[str, list[int]] = {}
         for t in self.topics:
-            for s in {t.head, *t.names}:
+            for s in {t.head, *t.names, *t.synonyms}:
                 surf.setdefault(s, []).append(t.topic_id)
         self.surface_topics = {s: tuple(sorted(v)) for s, v in surf.items()}
 

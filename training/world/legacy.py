@@ -1,0 +1,198 @@
+"""The legacy search stack that produced the logs: retrieve → pre-rank → rank → expose.
+
+It is lexical (BM25 over title + caption + tags, no typo correction, no synonyms) and it learns
+only from what it showed: observed popularity (feed views + search clicks), a query → category
+prior and a (query, video) click history, all updated at the end of each day from its own logs.
+That feedback loop is the filter-bubble mechanism: the sense most users clicked yesterday is shown
+more today, and a relevant video that was never shown never earns a click. Set the weights of
+popularity, category prior and feedback to 0 for an unbiased (purely lexical) stack.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.world.catalog import Catalog
+from training.world.config import LegacyKnobs
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def legacy_tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def legacy_query_key(text: str) -> str:
+    """The legacy stack's notion of "the same query": its sorted tokens (word order ignored)."""
+    return " ".join(sorted(legacy_tokens(text)))
+
+
+@dataclass
+class Candidates:
+    vids: np.ndarray  # int64, best first by the retrieval score
+    score: np.ndarray  # retrieval score (lexical + popularity + category prior + feedback)
+    feedback: np.ndarray  # the (query, video) click-history feature, reused by the ranker
+
+
+class LegacyStack:
+    def __init__(self, cat: Catalog, knobs: LegacyKnobs, *, k1: float = 1.2, b: float = 0.75) -> None:
+        self.knobs = knobs
+        self.n = len(cat)
+        self.upload_ts = cat.upload_ts
+        cats = sorted(set(cat.category))
+        cidx = {c: i for i, c in enumerate(cats)}
+        self.video_cat = np.array([cidx[c] for c in cat.category], dtype=np.int32)
+        self.n_cat = len(cats)
+        self._build_bm25(cat, k1, b)
+        self.views = np.zeros(self.n, np.float64)
+        self.fb_keys: np.ndarray = np.empty(0, np.int64)  # sorted (query key id * n + video)
+        self.fb_clicks: np.ndarray = np.empty(0, np.float64)
+        self.qkey_index: dict[str, int] = {}
+        self.qc = np.zeros((0, self.n_cat), np.float64)  # clicks per (query key, category)
+        self._pop_scale = 1.0
+        self._mark = np.zeros(self.n, bool)
+        self._cache: dict[str, Candidates] = {}
+        self._top_by_cat: list[np.ndarray] = [np.empty(0, np.int64)] * self.n_cat
+
+    # ------------------------------------------------------------------ lexical index
+    def _build_bm25(self, cat: Catalog, k1: float, b: float) -> None:
+        vocab: dict[str, int] = {}
+        rows: list[int] = []
+        cols: list[int] = []
+        for i, (t, c, tags) in enumerate(zip(cat.title, cat.caption, cat.tags, strict=True)):
+            toks = legacy_tokens(f"{t} {c} {' '.join(tags)}")
+            for w in toks:
+                cols.append(vocab.setdefault(w, len(vocab)))
+            rows.extend([i] * len(toks))
+        tf = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (np.array(rows, np.int64), np.array(cols, np.int64))),
+            shape=(self.n, len(vocab)),
+        )
+        tf.sum_duplicates()
+        dl = np.asarray(tf.sum(axis=1)).ravel()
+        avg = max(dl.mean(), 1.0)
+        df = np.bincount(tf.indices, minlength=len(vocab))
+        idf = np.log(1.0 + (self.n - df + 0.5) / (df + 0.5))
+        tfc = tf.tocoo()
+        denom = tfc.data + k1 * (1 - b + b * dl[tfc.row] / avg)
+        w = idf[tfc.col] * tfc.data * (k1 + 1) / denom
+        self.common_df = max(50, int(0.03 * self.n))
+        self.bm25 = sp.csc_matrix((w.astype(np.float32), (tfc.row, tfc.col)), shape=tf.shape)
+        self.vocab = vocab
+
+    def lexical(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(videos, BM25 score) for every video sharing a token with the query."""
+        ids = [self.vocab[w] for w in set(legacy_tokens(text)) if w in self.vocab]
+        if not ids:
+            return np.empty(0, np.int64), np.empty(0, np.float32)
+        ip = self.bm25.indptr
+        # like any inverted-index engine, candidates come from the selective terms ("how", "to" and
+        # "video" alone retrieve nothing); common terms still add to the score of those candidates
+        rare = [j for j in ids if ip[j + 1] - ip[j] <= self.common_df]
+        if rare and len(rare) < len(ids):
+            cand, _ = self.lexical_ids(rare)
+            allv, alls = self.lexical_ids(ids)
+            keep = np.isin(allv, cand, assume_unique=True)
+            return allv[keep], alls[keep]
+        return self.lexical_ids(ids)
+
+    def lexical_ids(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        ip, ind, dat = self.bm25.indptr, self.bm25.indices, self.bm25.data
+        if len(ids) == 1:  # one token: its posting list is already unique and sorted
+            j = ids[0]
+            return ind[ip[j] : ip[j + 1]].astype(np.int64), dat[ip[j] : ip[j + 1]].astype(np.float32)
+        v = np.concatenate([ind[ip[j] : ip[j + 1]] for j in ids])
+        s = np.concatenate([dat[ip[j] : ip[j + 1]] for j in ids])
+        if self.n <= 300_000:  # a dense accumulator beats sorting at this size
+            acc = np.bincount(v, weights=s, minlength=self.n)
+            nz = np.flatnonzero(acc)
+            return nz.astype(np.int64), acc[nz].astype(np.float32)
+        uniq, inv = np.unique(v, return_inverse=True)
+        return uniq.astype(np.int64), np.bincount(inv, weights=s).astype(np.float32)
+
+    # ------------------------------------------------------------------ learned state
+    def qkey(self, text: str) -> int:
+        k = legacy_query_key(text)
+        if k not in self.qkey_index:
+            self.qkey_index[k] = len(self.qkey_index)
+            if len(self.qkey_index) > len(self.qc):
+                grow = np.zeros((max(1024, len(self.qc)), self.n_cat))
+                self.qc = np.vstack([self.qc, grow])
+        return self.qkey_index[k]
+
+    def start_day(self, day_start_ts: int) -> None:
+        """Freeze today's features: what was observed before today, and what is uploaded by now."""
+        self.available = self.upload_ts < day_start_ts
+        self._cache = {}
+        pop = np.log1p(self.views)
+        self._pop_scale = max(float(np.quantile(pop, 0.99)), 1.0)
+        self._pop = pop / self._pop_scale
+        tops = []
+        for c in range(self.n_cat):
+            idx = np.flatnonzero((self.video_cat == c) & self.available)
+            tops.append(idx[np.argsort(-self.views[idx], kind="stable")[:20]])
+        self._top_by_cat = tops
+
+    def _feedback(self, q: int, vids: np.ndarray) -> np.ndarray:
+        if len(self.fb_keys) == 0:
+            return np.zeros(len(vids))
+        keys = q * self.n + vids
+        pos = np.minimum(np.searchsorted(self.fb_keys, keys), len(self.fb_keys) - 1)
+        clicks = np.where(self.fb_keys[pos] == keys, self.fb_clicks[pos], 0.0)
+        out: np.ndarray = np.minimum(np.log1p(clicks) / np.log1p(10.0), 1.5)
+        return out
+
+    def retrieve(self, text: str) -> Candidates:
+        """Top ``retrieve_k`` candidates for a query (call ``start_day`` first)."""
+        hit = self._cache.get(text)
+        if hit is not None:
+            return hit
+        kn = self.knobs
+        q = self.qkey(text)
+        vids, lex = self.lexical(text)
+        qc = self.qc[q]
+        if qc.sum() > 0:  # the category it learned for this query also contributes its popular videos
+            extra = self._top_by_cat[int(np.argmax(qc))]
+            self._mark[vids] = True
+            extra = extra[~self._mark[extra]]
+            self._mark[vids] = False
+            vids = np.concatenate([vids, extra])
+            lex = np.concatenate([lex, np.zeros(len(extra), np.float32)])
+        keep = self.available[vids]
+        vids, lex = vids[keep], lex[keep]
+        if len(vids) == 0:
+            return Candidates(vids, np.empty(0), np.empty(0))
+        lexn = lex / max(float(lex.max()), 1e-6)
+        prior = np.log((qc + 1.0) / (qc.sum() + self.n_cat)) - np.log(1.0 / self.n_cat)
+        qcat = np.clip(prior[self.video_cat[vids]], -3.0, 3.0) / 3.0
+        fb = self._feedback(q, vids)
+        score = (
+            kn.lexical_weight * lexn
+            + kn.popularity_weight * self._pop[vids]
+            + kn.query_category_weight * qcat
+            + kn.feedback_weight * fb
+        )
+        k = min(kn.retrieve_k, len(vids))
+        top = np.argpartition(-score, k - 1)[:k] if k < len(vids) else np.arange(len(vids))
+        top = top[np.argsort(-score[top], kind="stable")]
+        out = Candidates(vids[top], score[top], fb[top])
+        self._cache[text] = out
+        return out
+
+    def end_day(self, qkeys: np.ndarray, vids: np.ndarray, clicks: np.ndarray, feed_views: np.ndarray) -> None:
+        """Learn from today's exposures: clicks per (query, video) and (query, category), views."""
+        c = clicks.astype(bool)
+        extra = np.bincount(vids[c], minlength=self.n) + np.bincount(feed_views, minlength=self.n)
+        self.views = self.views + extra.astype(np.float64)
+        if c.any():
+            keys = qkeys[c].astype(np.int64) * self.n + vids[c]
+            all_keys = np.concatenate([self.fb_keys, keys])
+            all_vals = np.concatenate([self.fb_clicks, np.ones(len(keys))])
+            uniq, inv = np.unique(all_keys, return_inverse=True)
+            self.fb_keys = uniq.astype(np.int64)
+            self.fb_clicks = np.bincount(inv, weights=all_vals).astype(np.float64)
+            np.add.at(self.qc, (qkeys[c], self.video_cat[vids[c]]), 1.0)
