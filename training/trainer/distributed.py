@@ -33,7 +33,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     sizes = [int(n) for n in gather_objects(int(x.shape[0]))]  # type: ignore[call-overload]
     longest = max(sizes)
     padded = torch.cat([x, x.new_zeros(longest - x.shape[0], *x.shape[1:])], dim=0)
-    parts = all_gather(padded)
+    parts = all_gather(padded)  # type: ignore[no-untyped-call]
     return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)], dim=0)
 
 

@@ -192,6 +192,7 @@ def train(
         if refresh_hard_negatives is not None and step > start and step % cfg.ance_refresh == 0:
             refresh(step)
         ts0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout masks depend on (seed, step): resumable
         b = sampler.batch(step)
         if world > 1:
             all_keys = [k for keys in ddp.gather_objects(b.doc_keys) for k in keys]  # type: ignore[attr-defined]
@@ -200,7 +201,7 @@ def train(
             levels = b.levels
         opt.zero_grad(set_to_none=True)
         loss = batch_loss(model, cfg, b.queries, b.doc_texts, levels)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         ddp.average_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

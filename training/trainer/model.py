@@ -43,13 +43,13 @@ class Tower(nn.Module):
 
     def __init__(self, hf_model: nn.Module, n_train_layers: int = 0) -> None:
         super().__init__()
-        self.model = hf_model
+        self.model: Any = hf_model
         n_layers = len(self.layers)
         if not 0 <= n_train_layers <= n_layers:
             raise ValueError(f"n_train_layers must be in 0..{n_layers}, got {n_train_layers}")
         self.split = 0 if n_train_layers == 0 else n_layers - n_train_layers
         if self.split > 0:
-            for p in self.model.embeddings.parameters():
+            for p in hf_model.embeddings.parameters():  # type: ignore[union-attr]
                 p.requires_grad_(False)
             for layer in self.layers[: self.split]:
                 for p in layer.parameters():
@@ -217,7 +217,7 @@ class DualEncoder(nn.Module):
         from transformers import AutoModel
         from transformers import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
         base = AutoModel.from_pretrained(str(self.model_dir))
         self.query_tower = Tower(base, n_train_layers)
@@ -274,9 +274,9 @@ class DualEncoder(nn.Module):
             assert cache is not None
             hidden, mask = cache.batch(texts, self.device)
             return tower.top(hidden, mask)
-        ids, mask = encode_batch(self.q_tok if side == "q" else self.d_tok, list(texts))
+        ids_np, mask_np = encode_batch(self.q_tok if side == "q" else self.d_tok, list(texts))
         return tower.forward_tokens(
-            torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
+            torch.from_numpy(ids_np).to(self.device), torch.from_numpy(mask_np).to(self.device)
         )
 
     def embed_queries(self, texts: Sequence[str]) -> torch.Tensor:

@@ -1,0 +1,69 @@
+"""``crops experiment``: the Table-1 comparison on a world; ``crops experiment beir``: SciFact fine-tune."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+exp_app = typer.Typer(
+    help="Table-1 experiment (methods × seeds) and the BEIR fine-tune.", invoke_without_command=True
+)
+
+
+@exp_app.callback()
+def experiment(
+    ctx: typer.Context,
+    world: Annotated[
+        Path | None, typer.Option("--world", help="a built world (videos, train/, eval/)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="output folder (resumable)")] = None,
+    methods: Annotated[str | None, typer.Option(help="comma-separated subset of the methods")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="number of seeds (0..N-1)")] = 3,
+    budget: Annotated[str, typer.Option(help="tiny, small, full (2-core CPU) or gpu")] = "small",
+    samples: Annotated[Path | None, typer.Option(help="samples.parquet (default: mine the world)")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="sentence-transformers folder (default MiniLM-L6)")
+    ] = None,
+) -> None:
+    """Train and evaluate bm25, dpr, ance, fs-lr, crops and its ablations; write table1.{md,png,json}."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from core.errors import CropsError, ErrorKind
+    from training.experiment.runner import run_experiment
+
+    if world is None or out is None:
+        raise CropsError(ErrorKind.INVALID_INPUT, "crops experiment needs --world and --out")
+    if not world.is_dir():
+        raise CropsError(ErrorKind.NOT_FOUND, f"--world {world} is not a folder")
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    run_experiment(world, out, chosen, seeds, budget, samples=samples, model_dir=model)
+    typer.echo((out / "table1.md").read_text())
+
+
+@exp_app.command("beir")
+def beir(
+    data: Annotated[Path, typer.Option("--data", help="BEIR folder with qrels/train.tsv and qrels/test.tsv")],
+    out: Annotated[Path, typer.Option("--out")] = Path("runs/beir"),
+    budget: Annotated[
+        str, typer.Option(help="small (CPU adapter recipe) or gpu (full fine-tuning)")
+    ] = "small",
+    seed: Annotated[int, typer.Option()] = 0,
+    steps: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Fine-tune on train qrels (BM25 ranks as lower levels); print test nDCG@10 and Recall@100."""
+    from training.experiment.beir import run_beir
+
+    extra: dict[str, object] = {"steps": steps} if steps else {}
+    result = run_beir(data, out, budget, seed, True, **extra)
+    typer.echo(
+        json.dumps(
+            {k: result[k] for k in ("fine_tuned", "pretrained_same_recipe", "bm25s", "published")}, indent=2
+        )
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(exp_app, name="experiment")

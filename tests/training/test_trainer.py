@@ -1,0 +1,165 @@
+"""Trainer on hand-made samples with a tiny real BERT: batching, recipes, loss, resume, checkpoint, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.trainer import BatchSampler, DualEncoder, TrainConfig, build_training_set, train
+from training.trainer.data import text_key
+
+ROWS = [
+    {"query": "Cat videos", "video_id": "v1", "text": None, "level": 4, "source": "p0_click"},
+    {"query": "cat videos", "video_id": "v2", "text": None, "level": 5, "source": "p1_reformulation"},
+    {"query": "cat videos", "video_id": "v3", "text": None, "level": 3, "source": "exposed_unclicked"},
+    {"query": "cat videos", "video_id": None, "text": "A kitten video", "level": 4, "source": "p3_llm"},
+    {"query": "pasta", "video_id": "v3", "text": None, "level": 4, "source": "p0_click"},
+    {"query": "pasta", "video_id": "v1", "text": None, "level": 1, "source": "prerank_filtered"},
+    {"query": "pasta", "video_id": "v9", "text": None, "level": 4, "source": "p0_click"},  # unknown video
+    {"query": "no positive", "video_id": "v4", "text": None, "level": 2, "source": "rank_unexposed"},
+]
+VIDEOS = {"v1": "cat playing", "v2": "kitten sleeping", "v3": "pasta recipe", "v4": "drum solo"}
+
+
+def test_groups_levels_and_cross_query_labels() -> None:
+    ts = build_training_set(ROWS, VIDEOS)
+    assert ts.queries == ["cat videos", "pasta"]  # normalised; "no positive" has no level >= 4
+    assert ts.groups[0] == {"v1": 4, "v2": 5, "v3": 3, text_key("a kitten video"): 4}
+    assert "v9" not in ts.groups[1]
+    b = BatchSampler(ts, batch_queries=2, docs_per_query=8, seed=0).batch(0)
+    col = {k: i for i, k in enumerate(b.doc_keys)}
+    qi = {q: i for i, q in enumerate(b.queries)}
+    # v3 is a level-3 negative for "cat videos" and a positive (4) for "pasta", whoever brought it
+    assert b.levels[qi["cat videos"], col["v3"]] == 3 and b.levels[qi["pasta"], col["v3"]] == 4
+    assert b.levels[qi["pasta"], col["v2"]] == 0  # in-batch negative
+    assert len(set(b.doc_keys)) == len(b.doc_keys)
+    # deterministic per (seed, step)
+    again = BatchSampler(ts, 2, 8, seed=0).batch(0)
+    assert again.doc_keys == b.doc_keys and torch.equal(again.levels, b.levels)
+
+
+def test_source_filter_and_binary_map() -> None:
+    ts = build_training_set(
+        ROWS,
+        VIDEOS,
+        sources=("p0_click", "prerank_filtered"),
+        level_map=lambda lvl, src: 1 if lvl >= 4 else 0,
+        pos_level=1,
+    )
+    assert ts.groups[0] == {"v1": 1} and ts.groups[1] == {"v3": 1, "v1": 0}
+
+
+def test_cached_top_layer_matches_full_forward(tiny_bert: Path) -> None:
+    full = DualEncoder(tiny_bert, n_train_layers=0)
+    top = DualEncoder(tiny_bert, n_train_layers=1)
+    texts = ["cat playing piano", "a", "substation voltage grid tour video"]
+    a = full.encode(texts)
+    b = top.encode(texts)
+    assert abs(a - b).max() < 1e-3  # cache is fp16
+    frozen = [n for n, p in top.named_parameters() if not p.requires_grad]
+    assert any("embeddings" in n for n in frozen) and any("layer.0." in n for n in frozen)
+    assert all("layer.1." not in n for n in frozen)
+
+
+@pytest.mark.parametrize("recipe", ["full", "top1", "adapter"])
+def test_training_lowers_loss_and_writes_checkpoint(tiny_bert: Path, tmp_path: Path, recipe: str) -> None:
+    from model_export.towers import resolve_checkpoint
+
+    ts = build_training_set(ROWS, VIDEOS)
+    cfg = TrainConfig(
+        steps=25,
+        batch_queries=2,
+        docs_per_query=4,
+        lr=5e-3 if recipe == "adapter" else 1e-3,
+        warmup_steps=1,
+        n_train_layers=1 if recipe == "top1" else 0,
+        adapter=recipe == "adapter",
+        shared_towers=recipe != "full",
+        device="cpu",
+    )
+    res = train(ts, cfg, tmp_path / "run", model_dir=tiny_bert, progress=False)
+    assert sum(res.losses[-5:]) < sum(res.losses[:5])
+    if recipe == "adapter":
+        assert (res.checkpoint / "adapter.pt").is_file()
+        return
+    _, d_dir, meta = resolve_checkpoint(res.checkpoint)  # what `crops export --checkpoint` reads
+    assert (d_dir is not None) == (recipe == "full")  # separate towers → query/ and doc/
+    assert meta["training"]["config"]["steps"] == 25
+
+
+def test_resume_gives_the_same_model(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ts = build_training_set(ROWS, VIDEOS)
+    cfg = TrainConfig(
+        steps=8, batch_queries=2, docs_per_query=4, lr=1e-3, warmup_steps=1, checkpoint_every=3, device="cpu"
+    )
+    straight = train(ts, cfg, tmp_path / "a", model_dir=tiny_bert, progress=False)
+
+    original = BatchSampler.batch
+
+    def crash_at_7(self: BatchSampler, step: int):  # type: ignore[no-untyped-def]
+        if step == 7:
+            raise RuntimeError("simulated crash")
+        return original(self, step)
+
+    monkeypatch.setattr(BatchSampler, "batch", crash_at_7)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(ts, cfg, tmp_path / "b", model_dir=tiny_bert, progress=False)
+    assert (tmp_path / "b" / "train_state.pt").is_file()
+    monkeypatch.setattr(BatchSampler, "batch", original)
+    resumed = train(ts, cfg, tmp_path / "b", model_dir=tiny_bert, progress=False)
+    assert resumed.losses == pytest.approx(straight.losses, abs=1e-5)
+    assert not (tmp_path / "b" / "train_state.pt").exists()
+
+
+def _ddp_worker(rank: int, world: int, port: int, model_dir: str, out: str) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "LOCAL_RANK": str(rank),
+        }
+    )
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    ts = build_training_set(ROWS, VIDEOS)
+    cfg = TrainConfig(steps=4, batch_queries=1, docs_per_query=4, lr=1e-3, warmup_steps=1, device="cpu")
+    model = DualEncoder(model_dir)
+    res = train(ts, cfg, out, model=model, progress=False)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"sum": float(flat.sum()), "loss": res.losses}))
+    dist.destroy_process_group()
+
+
+def test_ddp_two_ranks_keep_identical_weights(tiny_bert: Path, tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tiny_bert), str(tmp_path)), nprocs=2, join=True)
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["sum"] == pytest.approx(r1["sum"], rel=1e-6)  # gradients were averaged across ranks
+    assert r0["loss"] != r1["loss"]  # each rank trained on its own share of the batch
+    assert (tmp_path / "checkpoint" / "config.json").is_file()
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    from core.errors import CropsError
+
+    ts = build_training_set(ROWS, VIDEOS)
+    with pytest.raises(CropsError, match="loss must be"):
+        train(ts, TrainConfig(loss="triplet"), tmp_path)
+    with pytest.raises(CropsError, match="no query has a positive"):
+        build_training_set(ROWS[-1:], VIDEOS)
