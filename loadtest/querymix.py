@@ -218,8 +218,9 @@ def default_mix(seed: int = 0, n_tail: int = 3000, zipf_s: float = 1.05) -> Quer
 
 
 def _find_search_log(world: Path) -> Path:
+    if world.is_file():
+        return world
     candidates = [
-        world,
         world / "train" / "search_log.parquet",
         world / "search_log.parquet",
         world / "train" / "search_log",
@@ -236,6 +237,7 @@ def _find_search_log(world: Path) -> Path:
 
 def mix_from_world(world: Path | str, *, max_queries: int = 50_000, max_users: int = 100_000) -> QueryMix:
     """Distinct queries and users from a world's search log, weighted by their number of requests."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -244,6 +246,8 @@ def mix_from_world(world: Path | str, *, max_queries: int = 50_000, max_users: i
         table = pq.read_table(path, columns=["request_id", "user_id", "query"])
     except Exception as exc:  # pyarrow raises several untyped errors for bad files
         raise CropsError(ErrorKind.INVALID_INPUT, f"cannot read search log {path}: {exc}") from exc
+    # logs are often dictionary-encoded (and ids may be ints): aggregate plain strings
+    table = pa.table({name: pc.cast(table[name], pa.string()) for name in table.column_names})
     reqs = table.group_by(["request_id"]).aggregate([("query", "min"), ("user_id", "min")])
     reqs = reqs.filter(pc.invert(pc.is_null(reqs["query_min"])))
     if reqs.num_rows == 0:

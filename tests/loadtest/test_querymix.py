@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -69,7 +70,10 @@ def _write_log(path: Path) -> None:
             rows["video_id"].append(f"v{i}")
             rows["stage"].append("exposed")
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(rows), path)
+    table = pa.table(rows)
+    # worlds write dictionary-encoded strings: the reader must cope
+    table = table.set_column(2, "query", pc.dictionary_encode(table["query"]))
+    pq.write_table(table, path)
 
 
 def test_mix_from_world_counts_requests_not_candidate_rows(tmp_path: Path) -> None:
