@@ -43,8 +43,7 @@ def _description_source(
     if sim_error_rate is not None:
         kwargs["error_rate"] = sim_error_rate
     impl = SimulatedLLM(world_dir, **kwargs)
-    tag = "" if sim_error_rate is None else f"-err{sim_error_rate}"
-    return SimulatedSource(impl, model=f"simulated-llm{tag}-seed{seed}", cache_dir=cache)
+    return SimulatedSource(impl, model=f"{impl.model}-err{impl.error_rate}-seed{seed}", cache_dir=cache)
 
 
 def mine_cmd(
@@ -65,6 +64,9 @@ def mine_cmd(
     rec_window_s: Annotated[float, typer.Option(help="P2: rec interactions within ± this (s) of the query")] = 1800.0,
     rec_cap: Annotated[int, typer.Option(help="P2: at most this many rec videos per (query, user)")] = 100,
     rec_actions: Annotated[str, typer.Option(help="P2: comma-separated rec_log actions that count (default all)")] = "",
+    rec_exclude_actions: Annotated[
+        str, typer.Option(help="P2: comma-separated rec_log actions that are not interactions")
+    ] = "skip",
     p3_n: Annotated[int, typer.Option(min=0, help="P3: descriptions per query (0 = no P3)")] = 3,
     p3_max_queries: Annotated[int, typer.Option(min=0, help="P3: at most this many queries (0 = all)")] = 0,
     llm_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://host:8000/v1")] = None,
@@ -87,6 +89,7 @@ def mine_cmd(
         rec_window_s=rec_window_s,
         rec_cap_per_user=rec_cap,
         rec_actions=tuple(a.strip() for a in rec_actions.split(",") if a.strip()),
+        rec_exclude_actions=tuple(a.strip() for a in rec_exclude_actions.split(",") if a.strip()),
         p3_n=p3_n,
         p3_max_queries=p3_max_queries,
     ).validate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,18 @@ def fake_theta(queries: list[str], docs: list[str]) -> list[float]:
     return out
 
 
+@dataclass
+class FakeGenerated:
+    text: str
+    is_error: bool
+
+
 class FakeLLM:
-    """A fake knowledge source: fixed descriptions covering every filter outcome."""
+    """A fake knowledge source: fixed descriptions covering every filter outcome; like the world's
+    SimulatedLLM it can say which descriptions are hallucinated (here: the θ = 0.59 one)."""
+
+    def generate_labeled(self, query: str, example_text: str, n: int) -> list[FakeGenerated]:
+        return [FakeGenerated(t, "theta=0.59" in t) for t in self.generate(query, example_text, n)]
 
     def generate(self, query: str, example_text: str, n: int) -> list[str]:
         return [

@@ -13,8 +13,7 @@ from .handmade import build_logs
 
 
 def _crops(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "crops", "mine", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "crops", "mine", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:

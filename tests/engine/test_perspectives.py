@@ -111,6 +111,11 @@ def test_p3_filter_and_alpha_ge(mined: Any, tmp_path_factory: pytest.TempPathFac
     reasons = res.report["perspectives"]["P3"]["reasons"]
     n = len(queries_with_clicks)
     assert reasons == {"ok": n, "theta below alpha": n, "duplicate": n, "copy of example": n, "too short": n}
+    # P3 precision/recall of the θ filter against the fake's hallucination labels (θ ≥ α kept)
+    sweep = {r["alpha"]: r for r in res.report["alpha_sweep"]["P3"]}
+    assert sweep[0.6]["kept"] == n and sweep[0.6]["precision"] == 1.0 and sweep[0.6]["recall"] == 1.0
+    assert sweep[0.5]["kept"] == 2 * n and sweep[0.5]["precision"] == 0.5
+    assert sweep[0.7]["kept"] == 0 and sweep[0.7]["recall"] == 0.0
     llm_pos = pq.read_table(res.out / "llm_positives.parquet")
     assert llm_pos.num_rows == n
     assert set(llm_pos.column_names) == {"query", "text", "example_video_id", "model", "prompt_version"}

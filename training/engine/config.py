@@ -18,6 +18,7 @@ class MineConfig:
     rec_window_s: float = 1800.0  # P2: rec interactions within ± this many seconds of the query
     rec_cap_per_user: int = 100  # P2: at most this many rec videos per (query, user), nearest in time first
     rec_actions: tuple[str, ...] = ()  # P2: rec_log actions that count as interactions; () = every row
+    rec_exclude_actions: tuple[str, ...] = ("skip",)  # P2: actions that are not interest (a skip)
     p3_n: int = 3  # P3: descriptions asked per query
     p3_max_queries: int = 0  # P3: cap on queries sent to the LLM (0 = every query with a click)
     p3_min_chars: int = 12
@@ -33,7 +34,7 @@ class MineConfig:
             raise CropsError(ErrorKind.INVALID_INPUT, f"rec cap must be >= 1, got {self.rec_cap_per_user}")
         if self.p3_n < 0 or self.p3_min_chars < 1 or self.p3_max_chars < self.p3_min_chars:
             raise CropsError(ErrorKind.INVALID_INPUT, "bad P3 settings (n >= 0, 1 <= min_chars <= max_chars)")
-        for a in self.rec_actions:
+        for a in (*self.rec_actions, *self.rec_exclude_actions):
             if not a.replace("_", "").isalnum():  # they are pasted into SQL: keep them plain words
                 raise CropsError(ErrorKind.INVALID_INPUT, f"rec action {a!r} must be a plain word")
         return self

@@ -195,7 +195,7 @@ class Discriminator:
         model_dir: Path | str | None = None,
         cache_path: Path | None = None,
         max_query_tokens: int = 16,
-        max_doc_tokens: int = 48,
+        max_doc_tokens: int = 32,
         threads: int = 2,
         batch_size: int = 256,
     ) -> None:

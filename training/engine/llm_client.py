@@ -91,6 +91,8 @@ class GenerationResult:
     error: str | None = None  # why nothing usable came back (malformed reply, gave up after retries)
     cached: bool = False
     attempts: int = 0
+    # Simulated sources only: whether each text truly fits the query (evaluation, never filtering).
+    truth_ok: list[bool] | None = None
 
 
 @dataclass
@@ -139,9 +141,18 @@ class ReplyCache:
             return None  # a damaged entry is a miss, not a crash
         return [str(t) for t in texts]
 
-    def put(self, key: str, query: str, texts: list[str]) -> None:
+    def get_entry(self, key: str) -> dict[str, Any] | None:
+        if self.root is None or not self._path(key).is_file():
+            return None
+        try:
+            entry = json.loads(self._path(key).read_text())
+        except ValueError:
+            return None
+        return entry if isinstance(entry, dict) and isinstance(entry.get("texts"), list) else None
+
+    def put(self, key: str, query: str, texts: list[str], **extra: Any) -> None:
         if self.root is not None:
-            atomic_write_json(self._path(key), {"query": query, "texts": texts})
+            atomic_write_json(self._path(key), {"query": query, "texts": texts, **extra})
 
 
 class OpenAIChatClient:
@@ -269,16 +280,24 @@ class OpenAIChatClient:
 
 class SimulatedSource:
     """Adapter: the world simulator's knowledge source (a SIMULATION of an LLM) behind the same
-    interface and cache as the HTTP client. ``impl`` has ``generate(query, example_text, n)``."""
+    interface and cache as the HTTP client. ``impl`` has ``generate(query, example_text, n)``; when
+    it also has ``generate_labeled`` (the world's ``SimulatedLLM``), whether each description is a
+    hallucination is kept for the report's P3 precision (never used to filter)."""
 
-    def __init__(self, impl: Any, *, model: str = "simulated-llm", cache_dir: Path | None = None) -> None:
+    def __init__(self, impl: Any, *, model: str | None = None, cache_dir: Path | None = None) -> None:
         self.impl = impl
-        self.model = model
-        self.prompt_version = PROMPT_VERSION
+        self.model = model or str(getattr(impl, "model", "simulated-llm"))
+        self.prompt_version = f"{PROMPT_VERSION}+{getattr(impl, 'prompt_version', 'sim')}"
         self.cache = ReplyCache(cache_dir)
 
     def generate(self, query: str, example_text: str, n: int) -> list[str]:
         return [str(t) for t in self.impl.generate(query, example_text, n)]
+
+    def _labeled(self, query: str, example_text: str, n: int) -> tuple[list[str], list[bool] | None]:
+        if hasattr(self.impl, "generate_labeled"):
+            gen = self.impl.generate_labeled(query, example_text, n)
+            return [str(g.text) for g in gen], [not bool(g.is_error) for g in gen]
+        return self.generate(query, example_text, n), None
 
     def generate_many(self, requests: Sequence[GenerationRequest], progress: bool = False) -> list[GenerationResult]:
         from tqdm import tqdm
@@ -286,17 +305,19 @@ class SimulatedSource:
         out = []
         for r in tqdm(requests, desc="P3 simulated llm", disable=not progress, unit="query"):
             key = self.cache.key(self.model, self.prompt_version, r.query, r.n)
-            hit = self.cache.get(key)
+            hit = self.cache.get_entry(key)
             if hit is not None:
-                out.append(GenerationResult(r.query, hit, cached=True))
+                out.append(
+                    GenerationResult(r.query, [str(t) for t in hit["texts"]], cached=True, truth_ok=hit.get("truth_ok"))
+                )
                 continue
             try:
-                texts = self.generate(r.query, r.example_text, r.n)
+                texts, ok = self._labeled(r.query, r.example_text, r.n)
             except Exception as exc:  # a simulator bug must not kill a long mining run
                 out.append(GenerationResult(r.query, error=f"simulated LLM failed: {exc}"))
                 continue
-            self.cache.put(key, r.query, texts)
-            out.append(GenerationResult(r.query, texts, attempts=1))
+            self.cache.put(key, r.query, texts, truth_ok=ok)
+            out.append(GenerationResult(r.query, texts, attempts=1, truth_ok=ok))
         return out
 
 

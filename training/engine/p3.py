@@ -41,15 +41,23 @@ class P3Row:
     theta: float | None
     keep: bool
     reason: str  # "ok" or why the description was dropped
+    truth_ok: bool | None = None  # simulated sources: the description truly fits the query
 
 
 def prefilter(
-    query: str, example_video_id: str, example_text: str, texts: Sequence[str], *, min_chars: int, max_chars: int
+    query: str,
+    example_video_id: str,
+    example_text: str,
+    texts: Sequence[str],
+    *,
+    min_chars: int,
+    max_chars: int,
+    truth_ok: Sequence[bool] | None = None,
 ) -> list[P3Row]:
     """Length, copy-of-example and duplicate checks (θ is applied afterwards, in one batch)."""
     out: list[P3Row] = []
     seen: set[str] = set()
-    for raw in texts:
+    for i, raw in enumerate(texts):
         text = " ".join(str(raw).split())
         norm = normalize_text(text)
         if len(text) < min_chars:
@@ -63,7 +71,8 @@ def prefilter(
         else:
             reason = "ok"
         seen.add(norm)
-        out.append(P3Row(query, text, example_video_id, None, reason == "ok", reason))
+        ok = None if truth_ok is None or i >= len(truth_ok) else bool(truth_ok[i])
+        out.append(P3Row(query, text, example_video_id, None, reason == "ok", reason, ok))
     return out
 
 
@@ -83,7 +92,9 @@ def generate_p3(
     results = source.generate_many(reqs, progress=progress)
     rows: list[P3Row] = []
     for (q, vid, ex_text), res in zip(examples, results, strict=True):
-        rows.extend(prefilter(q, vid, ex_text, res.texts, min_chars=min_chars, max_chars=max_chars))
+        rows.extend(
+            prefilter(q, vid, ex_text, res.texts, min_chars=min_chars, max_chars=max_chars, truth_ok=res.truth_ok)
+        )
     cand = [r for r in rows if r.keep]
     if cand:
         theta = score([r.query for r in cand], [r.text for r in cand])

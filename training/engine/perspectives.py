@@ -54,10 +54,13 @@ def p2_candidates_sql(cfg: MineConfig) -> str:
     """P2 (system level): rec-feed interactions of the query's users within ± window of the query
     time, at most ``rec_cap_per_user`` distinct videos per (query, user), nearest in time first."""
     window_ms = round(cfg.rec_window_s * 1000)
-    action_filter = ""
+    conds = []
     if cfg.rec_actions:
-        actions = ", ".join(f"'{a}'" for a in cfg.rec_actions)
-        action_filter = f"WHERE r.action IN ({actions})"
+        conds.append("r.action IN ({})".format(", ".join(f"'{a}'" for a in cfg.rec_actions)))
+    if cfg.rec_exclude_actions:
+        excl = ", ".join(f"'{a}'" for a in cfg.rec_exclude_actions)
+        conds.append(f"COALESCE(r.action, '') NOT IN ({excl})")
+    action_filter = ("WHERE " + " AND ".join(conds)) if conds else ""
     return f"""
 WITH {_REQUESTS},
 issued AS (SELECT DISTINCT user_id, query, ts FROM requests),

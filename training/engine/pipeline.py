@@ -67,6 +67,7 @@ P3_SCHEMA = pa.schema(
         ("theta", pa.float64()),
         ("keep", pa.bool_()),
         ("reason", pa.string()),
+        ("truth_ok", pa.bool_()),  # simulated LLM only: the description truly fits (evaluation)
     ]
 )
 
@@ -206,7 +207,7 @@ class Miner:
         source: DescriptionSource | None = None,
         scorer: Scorer | None = None,
         relevant_grade: int = 2,
-        max_fit_pairs: int = 40_000,
+        max_fit_pairs: int = 30_000,
         seed: int = 0,
         progress: bool = True,
         threads: int = 2,
@@ -296,7 +297,11 @@ class Miner:
         t_start = time.perf_counter()
         fp = {"search": _fingerprint(self.inp.search_log), "rec": _fingerprint(self.inp.rec_log)}
         d_sql = _digest(
-            "sql", fp, self.cfg.digest("reformulation_window_s", "rec_window_s", "rec_cap_per_user", "rec_actions")
+            "sql",
+            fp,
+            self.cfg.digest(
+                "reformulation_window_s", "rec_window_s", "rec_cap_per_user", "rec_actions", "rec_exclude_actions"
+            ),
         )
         sql_outs = [self.work / f"{n}.parquet" for n in ("log_samples", "p1_candidates", "p2_candidates", "examples")]
         try:
@@ -374,8 +379,15 @@ class Miner:
         cq, cv = self.candidate_pairs()
         pool: set[tuple[str, str]] = set(zip(cq, cv, strict=True))
         pool.update(zip(ls["query"], ls["video_id"], strict=True))
-        logged_queries = set(ls["query"])
-        pool.update(k for k, y in labels.items() if y and k[0] in logged_queries)
+        # A few truth positives per query (capped: each new video costs an embedding).
+        by_query: dict[str, list[str]] = {}
+        for (q, v), y in labels.items():
+            if y:
+                by_query.setdefault(q, []).append(v)
+        for q in sorted(set(ls["query"])):
+            vids = sorted(by_query.get(q, []))
+            for j in rng.permutation(len(vids))[:5]:
+                pool.add((q, vids[int(j)]))
         fit = sorted(p for p in pool if not is_eval_query(p[0]) and p[1] in self.videos)
         all_videos = sorted({p[1] for p in fit})
         fit_queries = sorted({p[0] for p in fit})
@@ -476,6 +488,7 @@ class Miner:
                     "theta": r.theta,
                     "keep": r.keep,
                     "reason": r.reason,
+                    "truth_ok": r.truth_ok,
                 }
                 for r in rows
             ],

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.atomic import atomic_write_json, atomic_write_text
@@ -25,6 +26,14 @@ def _exposed_lookup(m: Miner) -> set[tuple[str, str]]:
 
     t = read_table(m.work / "log_samples.parquet", ["query", "video_id", "exposed_ever"])
     t = t.filter(pc.equal(t.column("exposed_ever"), True))
+    return set(zip(t.column("query").to_pylist(), t.column("video_id").to_pylist(), strict=True))
+
+
+def _clicked_lookup(m: Miner) -> set[tuple[str, str]]:
+    from training.engine.pipeline import read_table
+
+    t = read_table(m.work / "log_samples.parquet", ["query", "video_id", "level"])
+    t = t.filter(pc.equal(t.column("level"), LEVELS["p0_click"]))
     return set(zip(t.column("query").to_pylist(), t.column("video_id").to_pylist(), strict=True))
 
 
@@ -89,6 +98,7 @@ def build_report(m: Miner, total_seconds: float) -> dict[str, Any]:
     }
 
     exposed = _exposed_lookup(m)
+    clicked = _clicked_lookup(m)
     labels = load_labels(m.inp.labels, m.relevant_grade) if m.inp.labels else None
     from training.engine.pipeline import is_eval_query
 
@@ -107,7 +117,8 @@ def build_report(m: Miner, total_seconds: float) -> dict[str, Any]:
             "kept_never_exposed": int((kept & never).sum()),
         }
         if labels is not None:
-            ev = np.array([is_eval_query(q) for q in qs], dtype=bool)
+            # "added" positives: held-out queries, pairs not already clicked for the query (P0)
+            ev = np.array([is_eval_query(q) and (q, v) not in clicked for q, v in zip(qs, vs, strict=True)], dtype=bool)
             rel = np.array([labels.get((q, v), 0) for q, v in zip(qs, vs, strict=True)], dtype=bool)
             info["eval_candidates"] = int(ev.sum())
             info["eval_relevant_rate"] = float(rel[ev].mean()) if ev.any() else float("nan")
@@ -117,6 +128,8 @@ def build_report(m: Miner, total_seconds: float) -> dict[str, Any]:
         persp[label] = info
 
     p3 = read_table(m.work / "p3.parquet")
+    if "truth_ok" not in p3.column_names:
+        p3 = p3.append_column("truth_ok", pa.nulls(p3.num_rows, pa.bool_()))
     p3_keep = p3.column("keep").to_pylist()
     persp["P3"] = {
         "descriptions": p3.num_rows,
@@ -129,8 +142,16 @@ def build_report(m: Miner, total_seconds: float) -> dict[str, Any]:
         persp["P3"]["llm"] = json.loads(p3_stats.read_text())
     if p3.num_rows:
         th3 = np.array([t if t is not None else -1.0 for t in p3.column("theta").to_pylist()])
-        scored = th3 >= 0
+        scored = th3 >= 0  # passed the length / copy / duplicate checks
         persp["P3"]["kept_vs_alpha"] = [{"alpha": a, "kept": int((scored & (th3 >= a)).sum())} for a in cfg.alpha_sweep]
+        ok = p3.column("truth_ok").to_pylist()
+        if scored.any() and all(ok[i] is not None for i in np.flatnonzero(scored)):
+            # simulated LLM: precision/recall of the θ ≥ α filter against its hallucination labels
+            rel = np.array([bool(x) for x in ok], dtype=bool)
+            sweeps["P3"] = alpha_sweep(
+                th3[scored], rel[scored], np.ones(int(scored.sum()), bool), cfg.alpha_sweep, strict=False
+            )
+            persp["P3"]["truly_fitting_rate_before_theta"] = float(rel[scored].mean())
     rep["perspectives"] = persp
     rep["alpha_sweep"] = sweeps
 
@@ -163,7 +184,7 @@ def _plots(out: Path, sweeps: dict[str, list[dict[str, float]]], rel_eval: Any, 
             ax.plot(a, [r["precision"] for r in rows], "o-", label=f"{name} precision")
             ax.plot(a, [r["recall"] for r in rows], "s--", label=f"{name} recall")
         ax.set_xlabel("α (θ threshold)")
-        ax.set_ylabel("vs truth (held-out queries)")
+        ax.set_ylabel("vs truth (P1/P2: held-out queries; P3: simulated labels)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -233,8 +254,9 @@ def render_markdown(rep: dict[str, Any]) -> str:
             "",
             "## α sweep (held-out queries, vs truth)",
             "",
-            "Precision: kept candidates that are truly relevant. Recall: kept relevant / relevant "
-            "candidates offered by the perspective.",
+            "Candidates of queries θ was not fitted on, minus pairs already clicked (P0). Precision: "
+            "kept candidates that are truly relevant. Recall: kept relevant / relevant candidates "
+            "offered by the perspective.",
             "",
             "| α | " + " | ".join(f"{n} kept | {n} prec | {n} recall" for n in rep["alpha_sweep"]) + " |",
             "|---|" + "---|---|---|" * len(rep["alpha_sweep"]),
