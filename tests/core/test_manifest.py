@@ -87,7 +87,7 @@ def test_missing_and_garbage_manifest(tmp_path: Path) -> None:
 def test_missing_file_is_refused(tmp_path: Path) -> None:
     d = _fake_bundle(tmp_path)
     (d / "id_map.json").unlink()
-    with pytest.raises(CropsError, match="missing file id_map.json"):
+    with pytest.raises(CropsError, match=r"missing file id_map\.json"):
         verify_bundle(d)
 
 

@@ -47,7 +47,7 @@ def test_flat_index_has_exact_recall_and_retriever_finds_the_topic(tiny_bundle: 
     (res,), timings = r.retrieve(["funny cat compilation"], k=100)
     assert len(res.ids) == 100 and len(set(res.ids)) == 100
     assert res.scores == sorted(res.scores, reverse=True)
-    corpus_rows = {row["_id"]: row for row in map(json.loads, open(m.index.corpus or ""))}
+    corpus_rows = {row["_id"]: row for row in map(json.loads, Path(m.index.corpus or "").read_text().splitlines())}
     top10 = [corpus_rows[i]["text"] for i in res.ids[:10]]
     assert sum("#cats" in t for t in top10) >= 8
     assert timings.encode_ms > 0 and timings.search_ms > 0
