@@ -100,7 +100,10 @@ class RecKnobs(_Section):
 class WorldConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    n_requests: int = Field(default=100_000, ge=10)
+    n_requests: int = Field(default=100_000, ge=10, description="target; sessions = this / requests_per_session")
+    requests_per_session: float = Field(
+        default=1.38, ge=1.0, description="expected requests per session (with reformulations), sizes the sessions"
+    )
     days: int = Field(default=14, ge=2)
     test_days: int = Field(default=3, ge=1)
     start_ts_ms: int = 1_767_571_200_000  # 2026-01-05 00:00 UTC

@@ -90,6 +90,8 @@ class FeedSampler:
     def sample(pools: dict[int, _Pool], keys: np.ndarray, ts: np.ndarray, u: np.ndarray) -> np.ndarray:
         """For each row, a video of pool ``keys[i]`` ∝ quality among those uploaded before ``ts[i]``."""
         out = np.full(len(keys), -1, np.int64)
+        if len(keys) == 0:
+            return out
         order = np.argsort(keys, kind="stable")
         uniq, starts = np.unique(keys[order], return_index=True)
         ends = np.append(starts[1:], len(keys))
@@ -255,11 +257,13 @@ def simulate(
     logs = Logs()
     ck = cfg.clicks
     per_day = cfg.n_requests / cfg.days
-    ratio = 1.3
+    # sessions per day are fixed up front (not steered by outcomes), so that changing a mechanism's
+    # knob never changes who searches for what; the request total is then approximate
+    n_sess_day = max(1, round(per_day / cfg.requests_per_session))
     bar = tqdm(total=cfg.n_requests, desc="search requests", unit="req", disable=not progress, mininterval=2.0)
     for day in range(cfg.days):
         rng = stream(seed, f"search-{day}")
-        n_sess = max(1, round((per_day * (day + 1) - logs.n_requests) / ratio))
+        n_sess = n_sess_day
         s = make_sessions(onto, users, cfg, seed, day, n_sess)
         off = logs.n_sessions
         legacy.start_day(cfg.start_ts_ms + day * DAY_MS)
@@ -340,7 +344,6 @@ def simulate(
             surf = new_surf
         logs.sessions.append(s)
         logs.n_sessions += n_sess
-        ratio = logs.n_requests / max(logs.n_sessions, 1)
         # the feed: background (interest only) + leaning toward today's search intents
         bg = background_feed(cat, users, feed, cfg, seed, day, round(cfg.rec.per_request * per_day))
         ln = leaning_feed(cat, users, feed, cfg, seed, day, s, off)

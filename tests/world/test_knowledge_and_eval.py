@@ -1,0 +1,82 @@
+"""SimulatedLLM (the offline P3 knowledge source) and the reusable evaluation helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.errors import CropsError
+from training.world.build import build_world
+from training.world.config import tiny_config
+from training.world.evaluation import bm25_run, eval_queries, evaluate_run, load_eval_sets
+from training.world.knowledge import SimulatedLLM
+from training.world.ontology import load_ontology
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("world") / "w"
+    build_world(out, tiny_config(**{"n_requests": 1500, "catalog.n_videos": 800}), seed=0, progress=False)
+    return out
+
+
+def test_simulated_llm_is_deterministic_and_knows_every_sense(world: Path) -> None:
+    onto = load_ontology()
+    senses = set(onto.surface_topics["transformer"])
+    llm = SimulatedLLM(world, error_rate=0.0, seed=0)
+    example = "Transformer attention explained: self-attention encoder decoder"
+    out = llm.generate_labeled("transformer", example, 40)
+    assert len(out) == 40 and all(isinstance(g.text, str) and g.text for g in out)
+    assert not any(g.is_error for g in out) and {g.topic_id for g in out} <= senses
+    assert len({g.topic_id for g in out}) >= 2  # beyond the example's sense: the minority senses too
+    assert llm.generate("transformer", example, 5) == SimulatedLLM(world, error_rate=0.0).generate(
+        "transformer", example, 5)
+    assert SimulatedLLM(world, error_rate=0.0, seed=1).generate("transformer", example, 5) != llm.generate(
+        "transformer", example, 5)
+
+
+def test_simulated_llm_error_rate_and_typos(world: Path) -> None:
+    wrong = SimulatedLLM(world, error_rate=1.0).generate_labeled("ball python care guide", "my snake", 20)
+    snake = onto_topic("ball_python")
+    assert all(g.is_error and g.topic_id != snake for g in wrong)
+    some = SimulatedLLM(world, error_rate=0.3).generate_labeled("ball python care guide", "my snake", 400)
+    share = sum(g.is_error for g in some) / len(some)
+    assert 0.2 < share < 0.4
+    # a query the world never logged, with a typo, is still understood
+    llm = SimulatedLLM(world, error_rate=0.0)
+    topics, facet, _ = llm.interpret("pyhton tutorial for beginers")
+    assert topics == [onto_topic("python_lang")] and facet == "tutorial"
+    with pytest.raises(CropsError):
+        SimulatedLLM(world, error_rate=2.0)
+
+
+def onto_topic(key: str) -> int:
+    return next(t.topic_id for t in load_ontology().topics if t.key == key)
+
+
+def test_evaluate_run_perfect_empty_and_bm25(world: Path) -> None:
+    sets = load_eval_sets(world)
+    perfect: dict[str, list[str]] = {}
+    for qrels in sets.values():
+        for q, rel in qrels.items():
+            ranked = sorted(rel, key=lambda v: -rel[v])
+            perfect[q] = ranked + [v for v in perfect.get(q, []) if v not in rel]
+    # one query can be in several sets: rank the union so every set sees its positives on top
+    for q in perfect:
+        gains: dict[str, float] = {}
+        for qrels in sets.values():
+            for v, g in qrels.get(q, {}).items():
+                gains[v] = max(gains.get(v, 0.0), g + (10.0 if q in sets["ct"] and v in sets["ct"][q] else 0.0))
+        perfect[q] = sorted(gains, key=lambda v: -gains[v])
+    m = evaluate_run(world, perfect)
+    assert m["ct"]["all"]["recall@100"] == pytest.approx(1.0)
+    assert m["qr"]["all"]["recall@100"] > 0.95
+    empty = evaluate_run(world, {})
+    assert empty["ct"]["all"]["recall@100"] == 0.0 and empty["graded"]["all"]["ndcg@4"] == 0.0
+    assert set(m["ct"]) == {"all", "head", "torso", "tail", "ambiguous"}
+    qs = eval_queries(world, max_per_set=30)
+    bm = evaluate_run(world, bm25_run(world, qs), only_ranked=True)
+    for name, metric in (("ct", "recall@100"), ("qr", "recall@100"), ("graded", "ndcg@4")):
+        assert 0.0 < bm[name]["all"][metric] < 1.0 or name == "ct"
+        assert 0 < bm[name]["all"]["queries"] <= len(qs)
