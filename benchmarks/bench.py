@@ -66,15 +66,16 @@ def log(msg: str) -> None:
 
 
 def ensure_model_bundle(path: Path | None) -> Path:
-    """An exported model bundle (no index): the given one, or ``crops export`` into runs/perf/model."""
+    """An exported model bundle (no index): the given one, or ``crops export`` (with its int8 variant)
+    into runs/perf/model."""
     if path is not None:
         return path
-    for cand in (ROOT / "runs" / "bench" / "model", PERF / "model"):
-        if (cand / "manifest.json").is_file():
-            return cand
-    log("exporting the pretrained model to runs/perf/model (crops export)")
-    subprocess.run([sys.executable, "-m", "crops", "export", "--out", str(PERF / "model")], check=True)
-    return PERF / "model"
+    target = PERF / "model"
+    if (target / "manifest.json").is_file():
+        return target
+    log("exporting the pretrained model to runs/perf/model (crops export, variants auto)")
+    subprocess.run([sys.executable, "-m", "crops", "export", "--out", str(target)], check=True)
+    return target
 
 
 def _base_texts() -> tuple[list[str], str]:
@@ -178,16 +179,11 @@ def encode_queries(bundle: Path, queries: list[str]) -> np.ndarray:
     return enc.encode_batched([normalize_text(q) for q in queries], 64, normalized=True)
 
 
-def ensure_bench_bundle(n: int, model: Path, work: Path, queries: list[str]) -> tuple[Path, Path, str]:
-    """(bundle, vectors.npy, description): reuse runs/bench/bundle_<n> when the index benchmark built it."""
+def ensure_bench_bundle(n: int, model: Path, work: Path, tune_texts: list[str]) -> tuple[Path, Path, str]:
+    """(bundle, vectors.npy, description), built once under ``work`` and reused."""
     vec_path = work / "vectors.npy"
-    theirs = ROOT / "runs" / "bench" / f"bundle_{n}"
-    if (theirs / "manifest.json").is_file() and (ROOT / "runs" / "bench" / "base_docs.npy").is_file():
-        bundle, base = theirs, np.load(ROOT / "runs" / "bench" / "base_docs.npy")
-        source = "runs/bench/bundle (index benchmark)"
-    else:
-        bundle = work / "bundle"
-        base, source = base_embeddings(model, PERF)
+    bundle = work / "bundle"
+    base, source = base_embeddings(model, PERF)
     if not vec_path.is_file():
         log(f"expanding {len(base)} real embeddings to {n} vectors (clustered perturbation)")
         work.mkdir(parents=True, exist_ok=True)
@@ -197,7 +193,7 @@ def ensure_bench_bundle(n: int, model: Path, work: Path, queries: list[str]) -> 
         tmp.replace(vec_path)
     if not (bundle / "manifest.json").is_file() or not _has_index(bundle):
         vecs = np.load(vec_path)
-        tune = encode_queries(model, sorted(set(queries))[:1000])
+        tune = encode_queries(model, tune_texts)
         log(f"building the index over {n} vectors (this is the slow part at 1M: minutes)")
         build_bundle(model, vecs, tune, bundle, corpus=f"bench:expanded:{n}")
     return bundle, vec_path, f"{len(base)} real embeddings ({source}) expanded to {n}"
@@ -207,14 +203,16 @@ def _has_index(bundle: Path) -> bool:
     return bool(json.loads((bundle / "manifest.json").read_text()).get("index"))
 
 
-def measured_recall(bundle: Path, vec_path: Path, queries: list[str], n_q: int = 300) -> float:
-    """recall@100 of the bundle's index (its nprobe/k_factor) vs exact search, on the bench's own queries."""
+def measured_recall(bundle: Path, vec_path: Path, queries: list[str], exclude: set[str], n_q: int = 300
+                    ) -> tuple[float, int]:
+    """recall@100 of the bundle's index (its nprobe/k_factor) vs exact search, on the bench's own
+    queries minus those the index was tuned on."""
     import faiss
 
     from core.manifest import verify_bundle
     from index_builder.faiss_utils import exact_topk, recall_vs_exact, set_search_params
 
-    qs = list(dict.fromkeys(queries))[:n_q]
+    qs = [q for q in dict.fromkeys(queries) if q not in exclude][:n_q]
     qv = encode_queries(bundle, qs)
     m = verify_bundle(bundle, require_index=True, check_checksums=False).index
     assert m is not None
@@ -222,7 +220,7 @@ def measured_recall(bundle: Path, vec_path: Path, queries: list[str], n_q: int =
     set_search_params(index, nprobe=m.nprobe, k_factor=m.k_factor)
     _, found = index.search(qv, 100)
     truth = exact_topk(np.load(vec_path), qv, 100)
-    return round(recall_vs_exact(found, truth), 4)
+    return round(recall_vs_exact(found, truth), 4), len(qs)
 
 
 # --------------------------------------------------------------------------- processes
@@ -595,6 +593,7 @@ def main() -> None:
     rng = random.Random(0)
     queries = [mix.sample(rng)[0] for _ in range(4000)]
     bodies = mix.request_bodies(4000, seed=1)
+    tune_texts = mix.queries[1::2][:1000]  # nprobe/k_factor are tuned on these; recall is measured on others
 
     if a.bundle:
         if not a.vectors:
@@ -602,7 +601,7 @@ def main() -> None:
         bundle, vec_path, vec_desc = a.bundle, a.vectors, f"given ({a.vectors})"
     else:
         model = ensure_model_bundle(a.model_bundle)
-        bundle, vec_path, vec_desc = ensure_bench_bundle(n, model, work, queries)
+        bundle, vec_path, vec_desc = ensure_bench_bundle(n, model, work, tune_texts)
     from core.manifest import verify_bundle
 
     man = verify_bundle(bundle, require_index=True)
@@ -613,7 +612,7 @@ def main() -> None:
     if precision != "fp32" and onnx_file is None:
         raise SystemExit(f"error: the bundle has no {precision} encoder variant")
     log(f"measuring recall@100 vs exact on the bench queries ({bundle})")
-    recall = measured_recall(bundle, vec_path, queries)
+    recall, recall_n = measured_recall(bundle, vec_path, queries, set(tune_texts))
 
     rows: dict[str, Any] = {"limit": run_limit_row(bundle, queries, seconds, onnx_file)}
     log(f"limit: {rows['limit']['rps']} req/s")
@@ -700,7 +699,7 @@ def main() -> None:
         "service_p99_ms_at_400": rows["service"].get("fixed_rate", {}).get("p99_ms"),
         "service_p50_ms_at_400": rows["service"].get("fixed_rate", {}).get("p50_ms"),
         "recall_at_100": recall,
-        "recall_queries": min(300, len(set(queries))),
+        "recall_queries": recall_n,
         "service_over_limit": round(service_rps / limit_rps, 3) if limit_rps else None,
         "service_over_naive": round(service_rps / naive_rps, 1)
         if naive_rps and naive_rps == naive_rps
