@@ -37,6 +37,11 @@ def register(app: typer.Typer) -> None:
             os.environ["CROPS_EXPERIMENTS"] = str(experiments.resolve())
         if redis_url:
             os.environ["CROPS_REDIS_URL"] = redis_url
+        if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Several workers: each writes its metrics here and /metrics sums them (any worker answers).
+            import tempfile
+
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="crops-metrics-")
         from service.app import app_from_env  # fail fast in this process on a bad bundle/config
 
         app_from_env()
@@ -44,3 +49,34 @@ def register(app: typer.Typer) -> None:
                    "-H 'content-type: application/json' -d '{\"query\":\"cat video\"}')")
         uvicorn.run("service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level, access_log=False)
+
+    @app.command("exposures")
+    def exposures(
+        out: Annotated[Path, typer.Option("--out", help="search_log parquet to write")],
+        jsonl: Annotated[Path | None, typer.Option(help="JSONL exposure log (CROPS_EXPOSURE_JSONL)")] = None,
+        redis_url: Annotated[str | None, typer.Option(help="read the Redis exposure stream instead")] = None,
+        prefix: Annotated[str, typer.Option(help="Redis key prefix (CROPS_REDIS_PREFIX)")] = "crops:",
+        stage: Annotated[str, typer.Option(help="stage written for every candidate")] = "rank_unexposed",
+    ) -> None:
+        """Convert the service's exposure log into a search_log parquet (one row per returned candidate)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from core.atomic import atomic_write_bytes
+        from core.errors import CropsError, ErrorKind
+        from service.exposure import read_jsonl, read_stream, to_search_log
+
+        if (jsonl is None) == (redis_url is None):
+            raise CropsError(ErrorKind.INVALID_INPUT, "give exactly one of --jsonl or --redis-url")
+        if stage not in ("prerank_filtered", "rank_unexposed", "exposed"):
+            raise CropsError(ErrorKind.INVALID_INPUT, f"unknown stage {stage!r}")
+        if jsonl is not None and not jsonl.is_file():
+            raise CropsError(ErrorKind.NOT_FOUND, f"{jsonl} does not exist")
+        records = read_jsonl(jsonl) if jsonl is not None else read_stream(str(redis_url), prefix)
+        table = to_search_log(records, stage=stage)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf)
+        atomic_write_bytes(out, buf.getvalue().to_pybytes())
+        typer.echo(f"{table.num_rows} search_log rows from {len({*table.column('request_id').to_pylist()})} "
+                   f"requests -> {out}")

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from core.errors import CropsError, ErrorKind
 from core.normalize import normalize_text
@@ -40,7 +41,9 @@ log = logging.getLogger("service")
 FORCE_ARM_HEADER = "x-crops-force-arm"
 ADMIN_TOKEN_HEADER = "x-crops-admin-token"
 JSON = "application/json"
+_HEADER_UNSAFE = re.compile(r"[^!-~]")
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "the body is not parseable"},
     401: {"model": ErrorBody, "description": "admin token missing or wrong (QA force-arm header)"},
     422: {"model": ErrorBody, "description": "invalid input (message says which field and why)"},
     503: {"model": ErrorBody, "description": "overloaded or past the deadline; see Retry-After"},
@@ -93,9 +96,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def admit() -> None:
         if state.in_flight >= settings.max_in_flight:
             metrics.shed.labels(reason="in_flight").inc()
-            raise CropsError(
-                ErrorKind.OVERLOADED, f"overloaded: {state.in_flight} requests in flight; retry shortly"
-            )
+            raise CropsError(ErrorKind.OVERLOADED, f"overloaded: {state.in_flight} requests in flight; retry shortly")
         state.in_flight += 1
         metrics.in_flight.inc()
 
@@ -212,7 +213,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             headers={
                 "x-request-id": out["request_id"],
                 "x-crops-arm": out["arm"],
-                "x-crops-bundle": out["bundle_id"],
+                "x-crops-bundle": _HEADER_UNSAFE.sub("?", out["bundle_id"]),
                 "server-timing": (
                     f"normalize;dur={t['normalize_ms']}, cache;dur={t['cache_ms']}, queue;dur={t['queue_ms']}, "
                     f"encode;dur={t['encode_ms']}, search;dur={t['search_ms']}, total;dur={t['total_ms']}"
@@ -260,7 +261,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         """Arms, their bundles' manifest summaries, config version, last reload/config outcome."""
         return _json(state.info())
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
         """Prometheus exposition (crops_* metrics)."""
         body, ctype = metrics.render()
@@ -270,6 +271,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         "/admin/reload",
         responses={
             200: {"description": "reloaded"},
+            400: _ERRORS[400],
             401: _ERRORS[401],
             404: {"model": ErrorBody},
             409: {"model": ErrorBody},
@@ -289,6 +291,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         "/admin/config",
         responses={
             200: {"description": "applied"},
+            400: _ERRORS[400],
             401: _ERRORS[401],
             409: {"model": ErrorBody},
             422: _ERRORS[422],

@@ -45,9 +45,7 @@ class QueryCache:
         self._results: TTLCache[str, Result] = TTLCache(maxsize=size, ttl=ttl_s)
         self._embeddings: TTLCache[str, np.ndarray] = TTLCache(maxsize=size, ttl=ttl_s)
         self._hit = {c: metrics.cache.labels(cache=c, result="hit") for c in ("result", "redis", "embedding")}
-        self._miss = {
-            c: metrics.cache.labels(cache=c, result="miss") for c in ("result", "redis", "embedding")
-        }
+        self._miss = {c: metrics.cache.labels(cache=c, result="miss") for c in ("result", "redis", "embedding")}
 
     def _redis_key(self, key: str) -> str:
         assert self.redis is not None

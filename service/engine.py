@@ -57,9 +57,7 @@ class Retriever:
         # One OpenMP thread: two never helped faiss at batch 1 and they oversubscribe 2 workers.
         faiss.omp_set_num_threads(1)
         self.bundle_dir = Path(bundle_dir)
-        self.manifest: BundleManifest = verify_bundle(
-            self.bundle_dir, require_index=True, check_checksums=verify
-        )
+        self.manifest: BundleManifest = verify_bundle(self.bundle_dir, require_index=True, check_checksums=verify)
         model, index_sec = self.manifest.model, self.manifest.index
         assert model is not None and index_sec is not None
         onnx_file = model.query_onnx

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from core.errors import CropsError, ErrorKind
@@ -66,5 +67,19 @@ def install_handlers(app: Any, on_error: Any) -> None:
         details = [{"loc": _loc(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()[:20]]
         return error_response(ErrorKind.INVALID_INPUT, validation_message(exc), details=details)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own errors (unparseable body 400, unknown path 404, wrong method 405): same body shape.
+        assert isinstance(exc, StarletteHTTPException)
+        kind = {404: ErrorKind.NOT_FOUND, 401: ErrorKind.UNAUTHORIZED}.get(exc.status_code, ErrorKind.INVALID_INPUT)
+        on_error(kind, request.url.path, exc.status_code)
+        body = {"error": kind.value, "message": str(exc.detail)}
+        return Response(
+            orjson.dumps(body),
+            status_code=exc.status_code,
+            media_type="application/json",
+            headers=getattr(exc, "headers", None),
+        )
+
     app.add_exception_handler(CropsError, crops_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)

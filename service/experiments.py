@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from core.errors import CropsError, ErrorKind
 
 BUCKETS = 10_000
+_ARM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # it travels in a response header and metric labels
 DEFAULT_ARM = "default"
 
 
@@ -113,42 +115,34 @@ class ExperimentConfig(BaseModel):
                 for arm_name, arm in exp.arms.items():
                     if arm.bundle is not None and arm.bundle not in self.bundles:
                         raise ValueError(f"arm {arm_name}: bundle {arm.bundle!r} is not in bundles")
-                    if arm_name in seen_arms or arm_name == DEFAULT_ARM or "+" in arm_name:
-                        raise ValueError(f"arm name {arm_name!r} must be unique, not 'default', no '+'")
+                    if arm_name in seen_arms or arm_name == DEFAULT_ARM or not _ARM_NAME.match(arm_name):
+                        raise ValueError(
+                            f"arm name {arm_name!r} must be unique, not 'default', of [A-Za-z0-9_.-]{{1,64}}"
+                        )
                     seen_arms.add(arm_name)
         return self
 
 
 def single_bundle_config(bundle: Path | str) -> ExperimentConfig:
     """The config of a service with one bundle: everything goes to arm ``default``."""
-    return ExperimentConfig(
-        version=0, bundles={DEFAULT_ARM: str(bundle)}, defaults=Defaults(bundle=DEFAULT_ARM)
-    )
+    return ExperimentConfig(version=0, bundles={DEFAULT_ARM: str(bundle)}, defaults=Defaults(bundle=DEFAULT_ARM))
 
 
-def parse_config(
-    text: str | bytes, *, base_dir: Path | None = None, source: str = "config"
-) -> ExperimentConfig:
+def parse_config(text: str | bytes, *, base_dir: Path | None = None, source: str = "config") -> ExperimentConfig:
     """Parse YAML/JSON text into a validated config; relative bundle paths resolve against base_dir."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise CropsError(
-            ErrorKind.CONFIG_INVALID, f"{source}: not YAML/JSON ({str(exc).splitlines()[0]})"
-        ) from exc
+        raise CropsError(ErrorKind.CONFIG_INVALID, f"{source}: not YAML/JSON ({str(exc).splitlines()[0]})") from exc
     if not isinstance(raw, dict):
         raise CropsError(ErrorKind.CONFIG_INVALID, f"{source}: must be a mapping")
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        errs = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()[:3]
-        )
+        errs = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()[:3])
         raise CropsError(ErrorKind.CONFIG_INVALID, f"{source}: {errs}") from exc
     if base_dir is not None:
-        cfg.bundles = {
-            k: str(p if Path(p).is_absolute() else (base_dir / p).resolve()) for k, p in cfg.bundles.items()
-        }
+        cfg.bundles = {k: str(p if Path(p).is_absolute() else (base_dir / p).resolve()) for k, p in cfg.bundles.items()}
     return cfg
 
 

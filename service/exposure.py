@@ -82,9 +82,7 @@ class ExposureLog:
             if self.redis is not None:
                 key, maxlen = self.redis.key(STREAM), self.stream_maxlen
 
-                async def xadd(
-                    client: Any, batch: list[bytes] = batch, key: str = key, maxlen: int = maxlen
-                ) -> Any:
+                async def xadd(client: Any, batch: list[bytes] = batch, key: str = key, maxlen: int = maxlen) -> Any:
                     pipe = client.pipeline(transaction=False)
                     for item in batch:
                         pipe.xadd(key, {"r": item}, maxlen=maxlen, approximate=True)

@@ -98,9 +98,7 @@ class Metrics:
             registry=r,
             multiprocess_mode="max" if mp else "all",
         )
-        self.reloads = Counter(
-            "crops_reloads", "Bundle reloads by result (ok/failed)", ["result"], registry=r
-        )
+        self.reloads = Counter("crops_reloads", "Bundle reloads by result (ok/failed)", ["result"], registry=r)
         self.redis_up = Gauge(
             "crops_redis_up",
             "1 when Redis answers, 0 when it is down or unset",

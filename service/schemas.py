@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 MAX_TOP_K = 100
 
@@ -19,14 +19,29 @@ def request_models(max_query_chars: int, max_batch_items: int) -> tuple[type[Bas
         query: StrictStr = Field(
             min_length=1,
             max_length=max_query_chars,
-            description="free-text search query",
+            pattern=r"\S",
+            description="free-text search query (at least one non-space character)",
             examples=["cat video"],
         )
         user_id: StrictStr | None = Field(
             None, min_length=1, max_length=256, description="A/B unit; the request id when absent"
         )
-        top_k: StrictInt = Field(default=100, ge=1, le=MAX_TOP_K)
-        request_id: StrictStr | None = Field(default=None, min_length=1, max_length=128)
+        top_k: int = Field(default=100, ge=1, le=MAX_TOP_K, description="an integer; 5.0 is accepted, '5' not")
+        request_id: StrictStr | None = Field(
+            default=None,
+            min_length=1,
+            max_length=128,
+            pattern=r"^[!-~]+$",
+            description="printable ASCII without spaces (it is echoed in the x-request-id header)",
+        )
+
+        @field_validator("top_k", mode="before")
+        @classmethod
+        def _no_strings(cls, v: Any) -> Any:
+            # JSON Schema's integer admits 5.0 (so lax int), but a string or bool is a caller bug.
+            if isinstance(v, str | bool):
+                raise ValueError("Input should be a valid integer")
+            return v
 
         @field_validator("query")
         @classmethod
