@@ -272,9 +272,12 @@ class Discriminator:
         *,
         seed: int = 0,
         l2: float = 1.0,
+        calib_mask: np.ndarray | None = None,
     ) -> FitReport:
         """Fit head + Platt on labelled pairs. ``groups`` (one id per pair, e.g. the query) splits
-        60/20/20 into head-train / calibration / test so no query leaks across the splits."""
+        60/20/20 into head-train / calibration / test so no query leaks across the splits. With
+        ``calib_mask``, calibration and test use only those pairs: the distribution θ is applied
+        to (P1/P2 candidates), so the probability is calibrated where it is used."""
         import time
 
         from sklearn.linear_model import LogisticRegression
@@ -289,6 +292,8 @@ class Discriminator:
         part[perm[:cut1]], part[perm[cut1:cut2]], part[perm[cut2:]] = 0, 1, 2
         split = part[np.searchsorted(ug, groups)]
         tr, ca, te = split == 0, split == 1, split == 2
+        if calib_mask is not None:
+            ca, te = ca & calib_mask, te & calib_mask
         for name, m in (("train", tr), ("calibration", ca), ("test", te)):
             if len(np.unique(y[m])) < 2:
                 raise CropsError(
@@ -326,12 +331,13 @@ class Discriminator:
         *,
         seed: int = 0,
         progress: bool = False,
+        calib_mask: np.ndarray | None = None,
     ) -> FitReport:
         """Fit on labelled text pairs (label 1 = relevant); split by query."""
         q = self.embed(queries, kind="query", progress=progress)
         d = self.embed(docs, kind="doc", progress=progress)
         _, groups = np.unique(np.asarray(list(queries), dtype=object).astype(str), return_inverse=True)
-        return self.fit_vectors(q, d, np.asarray(labels), groups, seed=seed)
+        return self.fit_vectors(q, d, np.asarray(labels), groups, seed=seed, calib_mask=calib_mask)
 
     # -- persistence (plain numbers, no pickle)
     def save(self, folder: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.atomic import atomic_write_bytes, atomic_write_json
@@ -131,6 +132,10 @@ def _check_columns(path: Path, needed: tuple[str, ...]) -> set[str]:
     if missing:
         raise CropsError(ErrorKind.INVALID_INPUT, f"{path} lacks columns {missing} (DESIGN §4)")
     return names
+
+
+def _sql_str(s: str) -> str:
+    return s.replace("'", "''")
 
 
 def _fingerprint(path: Path) -> str:
@@ -361,57 +366,106 @@ class Miner:
         srt = sorted(pairs)
         return [p[0] for p in srt], [p[1] for p in srt]
 
-    def _fit_pairs(self) -> tuple[list[str], list[str], list[int], str]:
-        """Labelled pairs of the fit half of the queries: candidates, log samples and truth positives
-        labelled from the labels file, plus random videos as easy negatives; or weak click labels."""
+    def duck(self) -> Any:
+        """An in-process DuckDB over this run's tables (the shared Python steps use it for joins
+        over millions of pairs; it is a library here, whichever engine ran the perspectives)."""
+        import duckdb
+
+        con = duckdb.connect(":memory:")
+        con.execute(f"SET threads = {max(1, self.threads)}")
+        for n in ("log_samples", "p1_candidates", "p2_candidates", "theta"):
+            path = self.work / f"{n}.parquet"
+            if path.exists():
+                src = str(path / "*.parquet") if path.is_dir() else str(path)
+                con.execute(f"CREATE VIEW {n} AS SELECT * FROM read_parquet('{_sql_str(src)}')")
+        qs = pc.unique(read_table(self.work / "log_samples.parquet", ["query"]).column("query")).to_pylist()
+        con.register("qflags", pa.table({"query": qs, "is_eval": [is_eval_query(q) for q in qs]}))
+        con.register("vids", pa.table({"video_id": sorted(self.videos)}))
+        if self.inp.labels is not None:
+            src = _sql_str(str(self.inp.labels))
+            cols = set(pq.read_schema(self.inp.labels).names)
+            y = f"CAST(grade >= {int(self.relevant_grade)} AS INT)" if "grade" in cols else "CAST(label AS INT)"
+            con.execute(
+                f"CREATE VIEW truth AS SELECT CAST(query AS VARCHAR) AS query, CAST(video_id AS VARCHAR) "
+                f"AS video_id, MAX({y}) AS y FROM read_parquet('{src}') GROUP BY 1, 2"
+            )
+        return con
+
+    def _fit_pairs(self) -> tuple[list[str], list[str], list[int], np.ndarray, str]:
+        """Labelled pairs of the fit half of the queries (the other half is held out for the α sweep):
+        a few P1/P2 candidates, log samples, truth positives and random videos per query, labelled
+        from the labels file (or weak click labels without one), then a uniform sample of at most
+        ``max_fit_pairs``. Returns (queries, video_ids, labels, is_candidate, origin)."""
+        con = self.duck()
         rng = np.random.default_rng(self.seed)
-        ls = read_table(self.work / "log_samples.parquet", ["query", "video_id", "level"]).to_pydict()
+        fitq = [q for q, e in con.execute("SELECT query, is_eval FROM qflags").fetchall() if not e]
+        vid_list = sorted(self.videos)
+        rnd = rng.integers(0, len(vid_list), size=(len(fitq), 2))
+        con.register(
+            "rand_pairs",
+            pa.table(
+                {
+                    "query": np.repeat(np.array(fitq, dtype=object), 2).tolist(),
+                    "video_id": [vid_list[int(i)] for i in rnd.ravel()],
+                }
+            ),
+        )
         if self.inp.labels is None:
             # Weak labels: clicked = relevant, filtered before ranking = irrelevant.
-            qs, vs, ys = [], [], []
-            for q, v, lvl in zip(ls["query"], ls["video_id"], ls["level"], strict=True):
-                if lvl in (4, 1) and v in self.videos:
-                    qs.append(q)
-                    vs.append(v)
-                    ys.append(int(lvl == 4))
-            return qs, vs, ys, "weak labels (clicked vs filtered before ranking)"
-        labels = load_labels(self.inp.labels, self.relevant_grade)
-        cq, cv = self.candidate_pairs()
-        pool: set[tuple[str, str]] = set(zip(cq, cv, strict=True))
-        pool.update(zip(ls["query"], ls["video_id"], strict=True))
-        # A few truth positives per query (capped: each new video costs an embedding).
-        by_query: dict[str, list[str]] = {}
-        for (q, v), y in labels.items():
-            if y:
-                by_query.setdefault(q, []).append(v)
-        for q in sorted(set(ls["query"])):
-            vids = sorted(by_query.get(q, []))
-            for j in rng.permutation(len(vids))[:5]:
-                pool.add((q, vids[int(j)]))
-        fit = sorted(p for p in pool if not is_eval_query(p[0]) and p[1] in self.videos)
-        all_videos = sorted({p[1] for p in fit})
-        fit_queries = sorted({p[0] for p in fit})
-        # Easy negatives: random videos (already embedded for other pairs) for each fit query.
-        for q in fit_queries:
-            for j in rng.choice(len(all_videos), size=min(3, len(all_videos)), replace=False):
-                fit.append((q, all_videos[int(j)]))
-        fit = sorted(set(fit))
-        if len(fit) > self.max_fit_pairs:
-            idx = rng.choice(len(fit), size=self.max_fit_pairs, replace=False)
-            fit = [fit[int(i)] for i in sorted(idx)]
-        ys = [labels.get(p, 0) for p in fit]
-        return [p[0] for p in fit], [p[1] for p in fit], ys, f"labels from {self.inp.labels.name}"
+            con.execute(
+                "CREATE VIEW truth AS SELECT query, video_id, CAST(level = 4 AS INT) AS y "
+                "FROM log_samples WHERE level IN (1, 4)"
+            )
+            origin = "weak labels (clicked vs filtered before ranking)"
+            pool = "SELECT query, video_id, 1 AS is_cand, 1 AS kind FROM truth"
+        else:
+            origin = f"labels from {self.inp.labels.name}"
+            pool = """
+  SELECT query, video_id, 1 AS is_cand, 0 AS kind FROM p1_candidates
+  UNION ALL SELECT query, video_id, 1, 0 FROM p2_candidates
+  UNION ALL SELECT query, video_id, 0, 1 FROM log_samples
+  UNION ALL SELECT query, video_id, 0, 2 FROM truth WHERE y = 1
+  UNION ALL SELECT query, video_id, 0, 3 FROM rand_pairs"""
+        seed = int(self.seed)
+        rows = con.execute(f"""
+WITH pool AS ({pool}),
+fit AS (
+  SELECT p.* FROM pool p JOIN qflags f ON f.query = p.query AND NOT f.is_eval
+  JOIN vids v ON v.video_id = p.video_id
+),
+ranked AS (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY query, kind ORDER BY hash(video_id, {seed})) AS rn FROM fit
+),
+picked AS (
+  SELECT query, video_id, MAX(is_cand) AS is_cand FROM ranked
+  WHERE rn <= CASE kind WHEN 0 THEN 6 WHEN 1 THEN 3 ELSE 2 END
+  GROUP BY query, video_id
+)
+SELECT p.query, p.video_id, COALESCE(t.y, 0) AS y, p.is_cand FROM picked p
+LEFT JOIN truth t ON t.query = p.query AND t.video_id = p.video_id
+ORDER BY hash(p.query, p.video_id, {seed}), p.query, p.video_id
+LIMIT {int(self.max_fit_pairs)}
+""").fetchall()
+        con.close()
+        rows.sort()
+        return (
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [int(r[2]) for r in rows],
+            np.array([bool(r[3]) for r in rows]),
+            origin,
+        )
 
     def _fit_theta(self) -> None:
         if self.fake_scorer is not None:
             atomic_write_json(self.work / "theta_fit.json", {"fake_scorer": True})
             return
-        qs, vs, ys, origin = self._fit_pairs()
+        qs, vs, ys, is_cand, origin = self._fit_pairs()
         if len(set(ys)) < 2:
             raise CropsError(ErrorKind.INVALID_INPUT, f"θ needs relevant and irrelevant labelled pairs ({origin})")
         t0 = time.perf_counter()
         disc = self.discriminator
-        rep = disc.fit(qs, [self.videos[v] for v in vs], ys, seed=self.seed, progress=self.progress)
+        rep = disc.fit(qs, [self.videos[v] for v in vs], ys, seed=self.seed, progress=self.progress, calib_mask=is_cand)
         disc.cache.save()
         disc.save(self.work / "theta_model")
         d = Discriminator.report_dict(rep)

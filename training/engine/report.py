@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from core.atomic import atomic_write_json, atomic_write_text
 from training.engine.discriminator import expected_calibration_error, reliability_table
@@ -21,30 +20,23 @@ if TYPE_CHECKING:
     from training.engine.pipeline import Miner
 
 
-def _exposed_lookup(m: Miner) -> set[tuple[str, str]]:
-    from training.engine.pipeline import read_table
-
-    t = read_table(m.work / "log_samples.parquet", ["query", "video_id", "exposed_ever"])
-    t = t.filter(pc.equal(t.column("exposed_ever"), True))
-    return set(zip(t.column("query").to_pylist(), t.column("video_id").to_pylist(), strict=True))
-
-
-def _clicked_lookup(m: Miner) -> set[tuple[str, str]]:
-    from training.engine.pipeline import read_table
-
-    t = read_table(m.work / "log_samples.parquet", ["query", "video_id", "level"])
-    t = t.filter(pc.equal(t.column("level"), LEVELS["p0_click"]))
-    return set(zip(t.column("query").to_pylist(), t.column("video_id").to_pylist(), strict=True))
-
-
-def _candidates_with_theta(m: Miner, name: str) -> tuple[list[str], list[str], np.ndarray]:
-    from training.engine.pipeline import read_table
-
-    cand = read_table(m.work / f"{name}.parquet", ["query", "video_id"])
-    theta = read_table(m.work / "theta.parquet")
-    j = cand.join(theta, ["query", "video_id"], join_type="left outer")
-    th = j.column("theta").to_numpy(zero_copy_only=False).astype(np.float64)
-    return j.column("query").to_pylist(), j.column("video_id").to_pylist(), np.nan_to_num(th, nan=0.0)
+def _annotated(con: Any, name: str, has_truth: bool) -> dict[str, np.ndarray]:
+    """θ, exposed-ever, already-clicked, truth label and held-out flag of every candidate pair."""
+    rel = "COALESCE(tr.y, 0)" if has_truth else "0"
+    join = "LEFT JOIN truth tr ON tr.query = c.query AND tr.video_id = c.video_id" if has_truth else ""
+    rel_ = con.sql(f"""
+SELECT COALESCE(t.theta, 0.0) AS theta, COALESCE(l.exposed_ever, FALSE) AS exposed,
+       COALESCE(l.level, 0) = {LEVELS["p0_click"]} AS clicked, {rel} = 1 AS relevant,
+       COALESCE(q.is_eval, FALSE) AS is_eval
+FROM {name} c
+LEFT JOIN theta t ON t.query = c.query AND t.video_id = c.video_id
+LEFT JOIN log_samples l ON l.query = c.query AND l.video_id = c.video_id
+LEFT JOIN qflags q ON q.query = c.query
+{join}
+""")
+    # duckdb 2.x names it to_arrow_table; 1.x fetch_arrow_table
+    t = rel_.to_arrow_table() if hasattr(rel_, "to_arrow_table") else rel_.fetch_arrow_table()
+    return {k: t.column(k).to_numpy(zero_copy_only=False) for k in t.column_names}
 
 
 def alpha_sweep(
@@ -71,7 +63,7 @@ def alpha_sweep(
 
 
 def build_report(m: Miner, total_seconds: float) -> dict[str, Any]:
-    from training.engine.pipeline import load_labels, read_table
+    from training.engine.pipeline import read_table
 
     cfg = m.cfg
     samples = read_table(m.out / "samples.parquet")
@@ -97,35 +89,33 @@ def build_report(m: Miner, total_seconds: float) -> dict[str, Any]:
         for s in ("p1_reformulation", "p2_rec")
     }
 
-    exposed = _exposed_lookup(m)
-    clicked = _clicked_lookup(m)
-    labels = load_labels(m.inp.labels, m.relevant_grade) if m.inp.labels else None
-    from training.engine.pipeline import is_eval_query
-
+    has_truth = m.inp.labels is not None
+    con = m.duck()
     persp: dict[str, Any] = {}
     sweeps: dict[str, list[dict[str, float]]] = {}
     calib_p: list[np.ndarray] = []
     calib_y: list[np.ndarray] = []
     for name, label in (("p1_candidates", "P1"), ("p2_candidates", "P2")):
-        qs, vs, th = _candidates_with_theta(m, name)
-        never = np.array([(q, v) not in exposed for q, v in zip(qs, vs, strict=True)], dtype=bool)
+        a = _annotated(con, name, has_truth)
+        th, never = a["theta"].astype(np.float64), ~a["exposed"].astype(bool)
         kept = th > cfg.alpha
         info: dict[str, Any] = {
-            "candidates": len(qs),
+            "candidates": len(th),
             "candidates_never_exposed": int(never.sum()),
             "kept": int(kept.sum()),
             "kept_never_exposed": int((kept & never).sum()),
         }
-        if labels is not None:
+        if has_truth:
             # "added" positives: held-out queries, pairs not already clicked for the query (P0)
-            ev = np.array([is_eval_query(q) and (q, v) not in clicked for q, v in zip(qs, vs, strict=True)], dtype=bool)
-            rel = np.array([labels.get((q, v), 0) for q, v in zip(qs, vs, strict=True)], dtype=bool)
+            ev = a["is_eval"].astype(bool) & ~a["clicked"].astype(bool)
+            rel = a["relevant"].astype(bool)
             info["eval_candidates"] = int(ev.sum())
             info["eval_relevant_rate"] = float(rel[ev].mean()) if ev.any() else float("nan")
             sweeps[label] = alpha_sweep(th[ev], rel[ev], never[ev], cfg.alpha_sweep)
             calib_p.append(th[ev])
             calib_y.append(rel[ev].astype(np.float64))
         persp[label] = info
+    con.close()
 
     p3 = read_table(m.work / "p3.parquet")
     if "truth_ok" not in p3.column_names:
