@@ -31,9 +31,11 @@ def test_simulated_llm_is_deterministic_and_knows_every_sense(world: Path) -> No
     assert not any(g.is_error for g in out) and {g.topic_id for g in out} <= senses
     assert len({g.topic_id for g in out}) >= 2  # beyond the example's sense: the minority senses too
     assert llm.generate("transformer", example, 5) == SimulatedLLM(world, error_rate=0.0).generate(
-        "transformer", example, 5)
+        "transformer", example, 5
+    )
     assert SimulatedLLM(world, error_rate=0.0, seed=1).generate("transformer", example, 5) != llm.generate(
-        "transformer", example, 5)
+        "transformer", example, 5
+    )
 
 
 def test_simulated_llm_error_rate_and_typos(world: Path) -> None:

@@ -22,9 +22,18 @@ from training.world.simulate import simulate
 
 UNBIASED = {"legacy.popularity_weight": 0.0, "legacy.query_category_weight": 0.0, "legacy.feedback_weight": 0.0}
 TABLES = (
-    "videos.parquet", "train/search_log.parquet", "test/search_log.parquet", "train/rec_log.parquet",
-    "test/rec_log.parquet", "truth/relevance.parquet", "truth/queries.parquet", "truth/requests.parquet",
-    "truth/video_intents.parquet", "eval/ct.parquet", "eval/qr.parquet", "eval/graded.parquet",
+    "videos.parquet",
+    "train/search_log.parquet",
+    "test/search_log.parquet",
+    "train/rec_log.parquet",
+    "test/rec_log.parquet",
+    "truth/relevance.parquet",
+    "truth/queries.parquet",
+    "truth/requests.parquet",
+    "truth/video_intents.parquet",
+    "eval/ct.parquet",
+    "eval/qr.parquet",
+    "eval/graded.parquet",
 )
 
 
@@ -69,20 +78,48 @@ def test_same_seed_same_world_other_seed_differs(tmp_path: Path, world: Path) ->
 def test_schemas(world: Path) -> None:
     str_ = (pa.string(), pa.dictionary(pa.int32(), pa.string()))
     expect = {
-        "videos.parquet": {"video_id": str_, "title": str_, "caption": str_, "tags": (pa.list_(pa.string()),),
-                           "category": str_, "upload_ts": (pa.int64(),)},
+        "videos.parquet": {
+            "video_id": str_,
+            "title": str_,
+            "caption": str_,
+            "tags": (pa.list_(pa.string()),),
+            "category": str_,
+            "upload_ts": (pa.int64(),),
+        },
         "train/search_log.parquet": {
-            "request_id": str_, "user_id": str_, "ts": (pa.int64(),), "query": str_, "video_id": str_,
-            "stage": str_, "position": (pa.int16(),), "clicked": (pa.bool_(),), "play_ms": (pa.int64(),)},
-        "train/rec_log.parquet": {"user_id": str_, "ts": (pa.int64(),), "video_id": str_, "action": str_,
-                                  "play_ms": (pa.int64(),)},
+            "request_id": str_,
+            "user_id": str_,
+            "ts": (pa.int64(),),
+            "query": str_,
+            "video_id": str_,
+            "stage": str_,
+            "position": (pa.int16(),),
+            "clicked": (pa.bool_(),),
+            "play_ms": (pa.int64(),),
+        },
+        "train/rec_log.parquet": {
+            "user_id": str_,
+            "ts": (pa.int64(),),
+            "video_id": str_,
+            "action": str_,
+            "play_ms": (pa.int64(),),
+        },
         "truth/relevance.parquet": {"query": str_, "video_id": str_, "grade": (pa.int8(),)},
-        "truth/queries.parquet": {"query": str_, "query_class": str_, "ambiguous": (pa.bool_(),),
-                                  "intent_ids": (pa.list_(pa.int32()),)},
+        "truth/queries.parquet": {
+            "query": str_,
+            "query_class": str_,
+            "ambiguous": (pa.bool_(),),
+            "intent_ids": (pa.list_(pa.int32()),),
+        },
         "eval/ct.parquet": {"query": str_, "video_id": str_, "query_class": str_, "ambiguous": (pa.bool_(),)},
         "eval/qr.parquet": {"query": str_, "video_id": str_, "query_class": str_, "ambiguous": (pa.bool_(),)},
-        "eval/graded.parquet": {"query": str_, "video_id": str_, "grade": (pa.int8(),), "query_class": str_,
-                                "ambiguous": (pa.bool_(),)},
+        "eval/graded.parquet": {
+            "query": str_,
+            "video_id": str_,
+            "grade": (pa.int8(),),
+            "query_class": str_,
+            "ambiguous": (pa.bool_(),),
+        },
     }
     for rel, cols in expect.items():
         schema = pq.read_schema(world / rel)
@@ -112,8 +149,9 @@ def test_schemas(world: Path) -> None:
 
 def test_ct_and_qr_come_from_test_day_clicks(world: Path) -> None:
     log = _read(world, "test/search_log.parquet").to_pandas()
-    clicked = set(zip(log.loc[log["clicked"], "query"].astype(str), log.loc[log["clicked"], "video_id"].astype(str),
-                      strict=True))
+    clicked = set(
+        zip(log.loc[log["clicked"], "query"].astype(str), log.loc[log["clicked"], "video_id"].astype(str), strict=True)
+    )
     ct = _read(world, "eval/ct.parquet").to_pandas()
     assert set(zip(ct["query"].astype(str), ct["video_id"].astype(str), strict=True)) == clicked
     req = _read(world, "truth/requests.parquet").to_pandas()
@@ -188,12 +226,15 @@ def test_config_file_and_cli(tmp_path: Path) -> None:
     from crops.cli import app
 
     cfg_file = tmp_path / "w.yaml"
-    cfg_file.write_text("n_requests: 400\ndays: 3\ntest_days: 1\ngraded_queries: 9\n"
-                        "catalog: {n_videos: 300}\nusers: {n_users: 50}\n")
+    cfg_file.write_text(
+        "n_requests: 400\ndays: 3\ntest_days: 1\ngraded_queries: 9\ncatalog: {n_videos: 300}\nusers: {n_users: 50}\n"
+    )
     assert load_config(cfg_file).catalog.n_videos == 300
     assert load_config(cfg_file).legacy == WorldConfig().legacy  # partial sections keep defaults
-    r = CliRunner().invoke(app, ["world", "build", "--out", str(tmp_path / "w"), "--config", str(cfg_file),
-                                 "--seed", "2", "--videos", "250"])
+    r = CliRunner().invoke(
+        app,
+        ["world", "build", "--out", str(tmp_path / "w"), "--config", str(cfg_file), "--seed", "2", "--videos", "250"],
+    )
     assert r.exit_code == 0, r.output
     info = json.loads((tmp_path / "w" / "world.json").read_text())
     assert info["counts"]["videos"] == 250 and info["seed"] == 2

@@ -51,6 +51,7 @@ class Catalog:
     quality: np.ndarray  # intrinsic appeal (lognormal), drives the feed and clicks a little
     duration_ms: np.ndarray
     real_text: np.ndarray  # bool: text came from a real source
+    asr: list[str]  # hidden speech transcript: the legacy stack indexes it, the published catalog lacks it
 
     def __len__(self) -> int:
         return len(self.video_id)
@@ -82,6 +83,7 @@ class Catalog:
                 "modifier": pa.array(self.modifier, pa.int32()),
                 "quality": pa.array(self.quality, pa.float32()),
                 "real_text": pa.array(self.real_text, pa.bool_()),
+                "asr_text": pa.array(self.asr, pa.string()),
             }
         )
 
@@ -199,6 +201,7 @@ def generate_catalog(
     quality = rng.lognormal(0.0, 0.8, n).astype(np.float32)
     duration = np.clip(rng.lognormal(np.log(30_000), 0.6, n), 5_000, 180_000).astype(np.int64)
     width = max(6, len(str(n)))
+    asr = _asr(onto, p_topic[perm], knobs.asr_prob, seed)
     return Catalog(
         video_id=[f"v{i:0{width}d}" for i in range(n)],
         title=[titles[j] for j in perm],
@@ -214,7 +217,26 @@ def generate_catalog(
         quality=quality,
         duration_ms=duration,
         real_text=np.concatenate([np.zeros(n_gen, bool), np.ones(n_real, bool)])[perm],
+        asr=asr,
     )
+
+
+def _asr(onto: Ontology, p_topic: np.ndarray, prob: float, seed: int) -> list[str]:
+    """What is said in the video (speech recognition): usually the topic's plain name and a few of its
+    words, even when title and caption use a synonym. Its own random stream: the visible catalog is
+    the same whatever this knob is."""
+    rng = stream(seed, "catalog-asr")
+    u = rng.random((len(p_topic), 4))
+    out = []
+    for i, t in enumerate(p_topic.tolist()):
+        if t < 0 or u[i, 0] >= prob:
+            out.append("")
+            continue
+        tp = onto.topics[t]
+        k = len(tp.vocab)
+        name = tp.names[int(u[i, 1] * len(tp.names)) % len(tp.names)]
+        out.append(f"{tp.head} {name} {tp.vocab[int(u[i, 2] * k) % k]} {tp.vocab[int(u[i, 3] * k) % k]}")
+    return out
 
 
 # ---------------------------------------------------------------- real sources

@@ -27,6 +27,9 @@ class CatalogKnobs(_Section):
     secondary_prob: float = Field(default=0.25, ge=0, le=1, description="a video also expresses a second intent")
     upload_history_days: int = Field(default=180, ge=1)
     new_upload_share: float = Field(default=0.12, ge=0, le=1, description="share uploaded during the logged days")
+    asr_prob: float = Field(
+        default=0.7, ge=0, le=1, description="a video's hidden speech transcript names its topic (legacy indexes it)"
+    )
     real_share: float = Field(default=0.5, ge=0, le=1, description="with --catalog: share of videos with real text")
     synonym_text_prob: float = Field(default=0.35, ge=0, le=1)
     clickbait_prob: float = Field(default=0.08, ge=0, le=1)

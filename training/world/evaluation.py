@@ -144,7 +144,7 @@ def dense_run(
 ) -> dict[str, list[str]]:
     """Pretrained (or given) MiniLM: encode catalog + queries, exact search. Uses CUDA when available.
 
-    Doc embeddings of the pretrained model are cached in ``WORLD/cache/`` (keyed by catalog size).
+    Doc embeddings of the pretrained model are cached in ``WORLD/cache/`` (keyed by the catalog text).
     """
     import torch
 
@@ -157,7 +157,10 @@ def dense_run(
         encoder = TextEncoder()
         if torch.cuda.is_available():
             encoder = encoder.to("cuda")
-    cache_file = Path(world_dir) / "cache" / f"minilm_docs_{len(ids)}.npy"
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()[:16]
+    cache_file = Path(world_dir) / "cache" / f"minilm_docs_{digest}.npy"
     if pretrained and cache and cache_file.is_file():
         dv = np.load(cache_file)
     else:

@@ -1,6 +1,7 @@
 """The legacy search stack that produced the logs: retrieve → pre-rank → rank → expose.
 
-It is lexical (BM25 over title + caption + tags, no typo correction, no synonyms) and it learns
+It is lexical (BM25 over title + caption + tags + the speech transcript that the published catalog
+lacks, no typo correction, no synonyms) and it learns
 only from what it showed: observed popularity (feed views + search clicks), a query → category
 prior and a (query, video) click history, all updated at the end of each day from its own logs.
 That feedback loop is the filter-bubble mechanism: the sense most users clicked yesterday is shown
@@ -55,6 +56,9 @@ class LegacyStack:
         self.qc = np.zeros((0, self.n_cat), np.float64)  # clicks per (query key, category)
         self._pop_scale = 1.0
         self._mark = np.zeros(self.n, bool)
+        self._lex_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._lex_cached = 0
+        self.lex_cache_entries = 5_000_000
         self._cache: dict[str, Candidates] = {}
         self._top_by_cat: list[np.ndarray] = [np.empty(0, np.int64)] * self.n_cat
 
@@ -63,8 +67,8 @@ class LegacyStack:
         vocab: dict[str, int] = {}
         rows: list[int] = []
         cols: list[int] = []
-        for i, (t, c, tags) in enumerate(zip(cat.title, cat.caption, cat.tags, strict=True)):
-            toks = legacy_tokens(f"{t} {c} {' '.join(tags)}")
+        for i, (t, c, tags, asr) in enumerate(zip(cat.title, cat.caption, cat.tags, cat.asr, strict=True)):
+            toks = legacy_tokens(f"{t} {c} {' '.join(tags)} {asr}")
             for w in toks:
                 cols.append(vocab.setdefault(w, len(vocab)))
             rows.extend([i] * len(toks))
@@ -85,7 +89,18 @@ class LegacyStack:
         self.vocab = vocab
 
     def lexical(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """(videos, BM25 score) for every video sharing a token with the query."""
+        """(videos, BM25 score) for every video sharing a selective token with the query (memoised:
+        the index is static, and head queries come back every day)."""
+        hit = self._lex_cache.get(text)
+        if hit is not None:
+            return hit
+        out = self._lexical(text)
+        if self._lex_cached + len(out[0]) <= self.lex_cache_entries:
+            self._lex_cache[text] = out
+            self._lex_cached += len(out[0])
+        return out
+
+    def _lexical(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         ids = [self.vocab[w] for w in set(legacy_tokens(text)) if w in self.vocab]
         if not ids:
             return np.empty(0, np.int64), np.empty(0, np.float32)
