@@ -80,3 +80,77 @@ def register(app: typer.Typer) -> None:
         atomic_write_bytes(out, buf.getvalue().to_pybytes())
         typer.echo(f"{table.num_rows} search_log rows from {len({*table.column('request_id').to_pylist()})} "
                    f"requests -> {out}")
+
+    @app.command("serve-bench")
+    def serve_bench(
+        bundle: Annotated[Path, typer.Option("--bundle", help="bundle to serve")],
+        workers: Annotated[str, typer.Option(help="comma-separated worker counts")] = "1,2",
+        connections: Annotated[str, typer.Option(help="comma-separated wrk connection counts")] = "1,2,4,8",
+        duration: Annotated[float, typer.Option(min=1, help="seconds per point")] = 10.0,
+        cache: Annotated[str, typer.Option(help="comma-separated cache modes: none (every request "
+                                                 "encodes) and/or memory (Zipf query mix)")] = "none,memory",
+        out: Annotated[Path, typer.Option(help="JSON results")] = Path("runs/serve-bench/results.json"),
+    ) -> None:
+        """requests/s and p50/p99 of /retrieve under wrk, at each worker count, cache mode and concurrency."""
+        import json
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        from core.atomic import atomic_write_json
+        from core.errors import CropsError, ErrorKind
+        from core.manifest import verify_bundle
+        from loadtest.querymix import default_mix
+        from loadtest.wrk import run_wrk, write_script
+
+        verify_bundle(bundle, require_index=True)
+        mix = default_mix()
+        modes = [m.strip() for m in cache.split(",") if m.strip()]
+        if not set(modes) <= {"none", "memory"}:
+            raise CropsError(ErrorKind.INVALID_INPUT, f"--cache takes none and/or memory, not {cache!r}")
+        # cache=none: distinct queries (no cache either way); memory: the Zipf mix, as production sees it
+        distinct = [json.dumps({"query": f"{q} {i}", "user_id": f"u{i}"}).encode()
+                    for i, q in enumerate(mix.queries[:2000] * 3)]
+        zipf = mix.request_bodies(5000, seed=1)
+        rows: list[dict[str, object]] = []
+        for n_workers in [int(x) for x in workers.split(",")]:
+            for mode in modes:
+                port = 18_000 + n_workers * 10 + len(rows)
+                env = {**os.environ, "CROPS_CACHE": mode, "CROPS_MAX_IN_FLIGHT": "256"}
+                env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "crops", "serve", "--bundle", str(bundle), "--port", str(port),
+                     "--workers", str(n_workers)],
+                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+                url = f"http://127.0.0.1:{port}"
+                try:
+                    deadline = time.time() + 120
+                    while True:
+                        try:
+                            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
+                                if r.status == 200:
+                                    break
+                        except OSError:
+                            pass
+                        if proc.poll() is not None or time.time() > deadline:
+                            raise CropsError(ErrorKind.BACKEND, "crops serve did not start")
+                        time.sleep(0.5)
+                    time.sleep(2.0 * n_workers)  # let every worker finish loading
+                    script = write_script(distinct if mode == "none" else zipf)
+                    run_wrk(url, script, connections=2, duration=2)  # warm-up
+                    for c in [int(x) for x in connections.split(",")]:
+                        res = run_wrk(url, script, connections=c, duration=duration)
+                        row = {"workers": n_workers, "cache": mode, **res}
+                        rows.append(row)
+                        typer.echo(f"workers={n_workers} cache={mode:6s} conns={c:2d}  {res['rps']:7.1f} req/s  "
+                                   f"p50 {res['p50_ms']:6.2f} ms  p99 {res['p99_ms']:6.2f} ms  "
+                                   f"errors {res['errors']}")
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, {"bundle": str(bundle), "duration_s": duration, "rows": rows,
+                                "nproc": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]})
+        typer.echo(f"-> {out}")

@@ -19,7 +19,8 @@ def request_models(max_query_chars: int, max_batch_items: int) -> tuple[type[Bas
         query: StrictStr = Field(
             min_length=1,
             max_length=max_query_chars,
-            pattern=r"\S",
+            # in the schema only: the validator below says it in words
+            json_schema_extra={"pattern": r"\S"},
             description="free-text search query (at least one non-space character)",
             examples=["cat video"],
         )
