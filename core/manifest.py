@@ -38,6 +38,12 @@ class EncoderVariant(BaseModel):
     precision: Literal["fp32", "int8", "fp16"]
     mean_cosine_to_fp32: float | None = None
     recall_at_100_delta: float | None = None
+    min_cosine_to_fp32: float | None = None
+    recall_at_100: float | None = None  # overlap with fp32's top-100 (or qrels recall) on the held-out set
+    max_recall_loss: float | None = None  # the gate it passed
+    eval_queries: int | None = None
+    eval_docs: int | None = None
+    providers: list[str] | None = None  # execution providers it was evaluated with
 
 
 class ModelSection(BaseModel):
@@ -78,6 +84,22 @@ class IndexSection(BaseModel):
     id_map_file: str = "id_map.json"
     corpus: str | None = None
     build_seconds: float | None = None
+    # Written by the production index builder (all optional; older bundles lack them).
+    target_recall: float | None = None
+    target_met: bool | None = None
+    built_on: str | None = None  # "gpu" or "cpu": where the IVF part was trained and filled
+    chosen: dict[str, float] | None = None  # latency of the chosen point: b1_ms_p50, b1_ms_p99, b32_ms
+    curve_json: str | None = None  # latency/recall curve over the tuning grid (checksummed files)
+    curve_png: str | None = None
+    recall_queries_file: str | None = None  # held-out query vectors the recall was measured on
+    recall_at_100_report: float | None = None  # on a disjoint report query set, when given
+    report_queries: int | None = None
+    recall_by_level: dict[str, dict[str, float]] | None = None
+    recall_stale: bool | None = None  # True after an update the builder could not re-measure
+    index_bytes: int | None = None
+    memory_budget_bytes: int | None = None
+    timings: dict[str, float] | None = None
+    updates: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class BundleManifest(BaseModel):

@@ -92,3 +92,31 @@ class OnnxEncoder:
             idx = order[start : start + batch_size]
             out[idx] = self.encode([texts[i] for i in idx], normalized=normalized)
         return out
+
+
+def variant_model_path(
+    bundle_dir: Path | str, model: Any, variant: str | None = "fp32", *, gpu: bool | None = None
+) -> tuple[Path, str]:
+    """(ONNX file, variant name) of the query tower to serve from a bundle's ``ModelSection``.
+
+    ``variant``: "fp32" (or None) the exported tower; "int8" / "fp16" a gated variant recorded under
+    ``model.variants`` (error if the bundle has none); "auto": fp16 when the CUDA provider is
+    present, else int8, falling back to fp32 when the bundle lacks the variant.
+    """
+    bundle_dir = Path(bundle_dir)
+    variants = dict(getattr(model, "variants", {}) or {})
+    if variant in (None, "", "fp32"):
+        return bundle_dir / model.query_onnx, "fp32"
+    if variant == "auto":
+        cuda = "CUDAExecutionProvider" in available_providers() if gpu is None else gpu
+        for name in (("fp16",) if cuda else ("int8",)):
+            if name in variants:
+                return bundle_dir / variants[name].file, name
+        return bundle_dir / model.query_onnx, "fp32"
+    if variant not in variants:
+        raise CropsError(
+            ErrorKind.BUNDLE_INVALID,
+            f"{bundle_dir}: no {variant!r} query-tower variant (has: {sorted(variants) or 'none'}); "
+            "run `crops export-variants`",
+        )
+    return bundle_dir / variants[variant].file, variant

@@ -65,7 +65,9 @@ def beir(
             export_bundle(bundle, force=True)
     model_id = read_manifest(bundle).model.model_id  # type: ignore[union-attr]
     chosen = factory or ("Flat" if index == "flat" else None)
-    from index_builder.faiss_utils import choose_factory
+    # "default" = the production recipe (IVF-PQ + refine, scaled to the corpus) even on small corpora,
+    # so its loss vs flat is measured; below the size threshold `crops index build` would pick Flat.
+    from index_builder.faiss_utils import production_factory
 
     eval_bundle = work / f"{data.name}-{model_id}-{(chosen or 'default').replace(',', '_')}"
     if not (eval_bundle / "manifest.json").is_file() or read_manifest(eval_bundle).index is None:
@@ -86,7 +88,7 @@ def beir(
 
             with gzip.open(corpus, "rt") if corpus.suffix == ".gz" else open(corpus) as fh:
                 n = sum(1 for _ in fh)
-            chosen = choose_factory(n, 384)
+            chosen = production_factory(n, 384)
         build_index(eval_bundle, corpus, factory=chosen, progress=not as_json)
 
     from service.engine import Retriever

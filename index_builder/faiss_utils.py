@@ -1,4 +1,4 @@
-"""faiss helpers: factory choice, search-parameter setting, exact ground truth, recall."""
+"""faiss helpers: factory choice, search-parameter setting, exact ground truth, recall, GPU detection."""
 
 from __future__ import annotations
 
@@ -7,23 +7,84 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import CropsError, ErrorKind
+
 FLAT_THRESHOLD = 50_000
+ID_BYTES = 8  # IVF lists store one int64 label per vector
+
+# Refine stores, best first: (factory suffix, bytes per dimension).
+_REFINES = (("RFlat", 4), ("Refine(SQfp16)", 2), ("Refine(SQ8)", 1))
 
 
-def choose_factory(n: int, dim: int) -> str:
-    """Flat below ``FLAT_THRESHOLD`` vectors; IVF-PQ with an exact refine stage above.
+def gpu_count() -> int:
+    """Number of GPUs faiss can use (0 with faiss-cpu)."""
+    import faiss
 
-    IVF-PQ alone saturates near recall@100 0.72 on 384-d MiniLM-like vectors whatever nprobe
-    (DESIGN.md §8), so the default re-ranks PQ candidates against the stored vectors (RFlat).
-    nlist ≈ 4·sqrt(n) keeps ~250 vectors per list at 1M, and at least 39 training points per
-    centroid as faiss requires.
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get else 0
+
+
+def ivf_params(n: int, dim: int) -> tuple[int, int, int]:
+    """(nlist, PQ sub-quantisers m, bits per code) for ``n`` vectors.
+
+    nlist ≈ sqrt(n) rounded to a power of two: ~1000 vectors per list at 1M keeps k-means training
+    affordable on CPU (1024 centroids) while nprobe 16-64 scans 2-6 % of the base; capped so every
+    centroid has ≥ 39 training points as faiss requires. m = dim/8 (8 dims per sub-quantiser,
+    48 bytes at 384-d, GPU-compatible). 8-bit codes need ~10 points per centroid (2 560), below
+    that 4-bit codes.
     """
+    nlist = 2 ** max(2, round(math.log2(max(1.0, math.sqrt(n)))))
+    nlist = max(1, min(nlist, n // 39))
+    m = dim // 8 if dim % 8 == 0 else (dim // 4 if dim % 4 == 0 else dim // 2 if dim % 2 == 0 else dim)
+    nbits = 8 if n >= 2_560 else 4
+    return nlist, m, nbits
+
+
+def production_factory(
+    n: int, dim: int, *, memory_budget_bytes: int | None = None, opq: bool = False, refine: bool = True
+) -> str:
+    """The IVF-PQ(+refine) recipe scaled to ``n``, whatever the corpus size.
+
+    IVF-PQ alone saturates near recall@100 0.72 on 384-d MiniLM vectors (DESIGN.md §8), so a refine
+    stage re-ranks the PQ shortlist against stored vectors: full floats when the memory budget holds
+    them, else fp16 or 8-bit scalar-quantised copies.
+    """
+    if n < 1:
+        raise CropsError(ErrorKind.INVALID_INPUT, "cannot build an index over 0 vectors")
+    nlist, m, nbits = ivf_params(n, dim)
+    pq = f"PQ{m}" if nbits == 8 else f"PQ{m}x{nbits}"
+    head = f"OPQ{m},IVF{nlist},{pq}" if opq else f"IVF{nlist},{pq}"
+    if not refine:
+        return head
+    code_bytes = m * nbits // 8 + ID_BYTES
+    for suffix, per_dim in _REFINES:
+        if memory_budget_bytes is None or n * (code_bytes + per_dim * dim) <= memory_budget_bytes:
+            return f"{head},{suffix}"
+    if n * code_bytes > memory_budget_bytes:  # type: ignore[operator]
+        raise CropsError(
+            ErrorKind.INVALID_INPUT,
+            f"memory budget {memory_budget_bytes} bytes cannot hold even IVF-PQ codes for {n} vectors "
+            f"({n * code_bytes} bytes)",
+        )
+    return head
+
+
+def choose_factory(
+    n: int, dim: int, *, memory_budget_bytes: int | None = None, opq: bool = False, refine: bool = True
+) -> str:
+    """Flat below ``FLAT_THRESHOLD`` vectors (exact and fast enough); the production IVF-PQ above."""
     if n < FLAT_THRESHOLD:
-        return "Flat"
-    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
-    nlist = max(64, min(nlist, n // 39))
-    m = dim // 8 if dim % 8 == 0 else dim // 4
-    return f"IVF{nlist},PQ{m},RFlat"
+        flat_bytes = n * 4 * dim
+        if memory_budget_bytes is None or flat_bytes <= memory_budget_bytes:
+            return "Flat"
+    return production_factory(n, dim, memory_budget_bytes=memory_budget_bytes, opq=opq, refine=refine)
+
+
+def estimate_bytes(index: Any) -> int:
+    """Serialised size of an index (what it takes on disk and, roughly, in RAM)."""
+    import faiss
+
+    return int(faiss.serialize_index(index).size)
 
 
 def ivf_of(index: Any) -> Any:
@@ -33,18 +94,23 @@ def ivf_of(index: Any) -> Any:
     return faiss.try_extract_index_ivf(index)
 
 
-def set_search_params(index: Any, nprobe: int | None = None, k_factor: float | None = None) -> None:
+def refine_of(index: Any) -> Any:
+    """The top-level refine wrapper (IndexRefine / IndexRefineFlat), or None."""
     import faiss
 
+    top = faiss.downcast_index(index)
+    return top if isinstance(top, faiss.IndexRefine) else None
+
+
+def set_search_params(index: Any, nprobe: int | None = None, k_factor: float | None = None) -> None:
     if nprobe is not None:
         ivf = ivf_of(index)
         if ivf is not None:
             ivf.nprobe = int(nprobe)
     if k_factor is not None:
-        refine = faiss.try_extract_index_refine(index) if hasattr(faiss, "try_extract_index_refine") else None
-        target = refine if refine is not None else index
-        if hasattr(target, "k_factor"):
-            target.k_factor = float(k_factor)
+        refine = refine_of(index)
+        if refine is not None:
+            refine.k_factor = float(k_factor)
 
 
 def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -52,8 +118,8 @@ def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     import faiss
 
     flat = faiss.IndexFlatIP(base.shape[1])
-    flat.add(base)
-    _, ids = flat.search(queries, min(k, base.shape[0]))
+    flat.add(np.ascontiguousarray(base, dtype=np.float32))
+    _, ids = flat.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, base.shape[0]))
     return ids
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from core.errors import CropsError, ErrorKind
 from core.manifest import (
@@ -15,11 +17,13 @@ from core.manifest import (
     compute_model_id,
     git_sha,
     register_file,
+    verify_bundle,
     write_manifest,
 )
 from core.tokenizer import DEFAULT_MODEL_NAME, default_model_dir
 from model_export.onnx_export import DEFAULT_OPSET, PROBE_QUERIES, check_parity, export_tower, parity_error
 from model_export.towers import resolve_checkpoint
+from model_export.variants import DEFAULT_MAX_RECALL_LOSS, build_variants
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +39,15 @@ def export_bundle(
     tolerance: float = DEFAULT_TOLERANCE,
     opset: int = DEFAULT_OPSET,
     force: bool = False,
+    variants: Sequence[str] = (),
+    max_recall_loss: float = DEFAULT_MAX_RECALL_LOSS,
+    eval_corpus: Path | str | None = None,
 ) -> BundleManifest:
     """Export the query tower (and the doc tower when separate) into a new bundle folder.
 
     Fails with ``PARITY_FAILED`` when ONNX Runtime and torch disagree above ``tolerance`` on the
     probe queries; the measured error goes into the manifest either way it passes.
+    ``variants`` ("int8", "fp16") are built and gated on Recall@100 loss (see ``variants.py``).
     """
     if max_query_tokens < 2 or max_doc_tokens < 2:
         raise CropsError(ErrorKind.INVALID_INPUT, "max token counts must be >= 2")
@@ -55,7 +63,8 @@ def export_bundle(
             raise CropsError(ErrorKind.INVALID_INPUT, f"{out} is not a bundle; refusing to delete it")
         shutil.rmtree(out)
     if checkpoint is None:
-        query_dir, doc_dir, meta = default_model_dir(), None, {}
+        meta: dict[str, Any] = {}
+        query_dir, doc_dir = default_model_dir(), None
         base = DEFAULT_MODEL_NAME
     else:
         query_dir, doc_dir, meta = resolve_checkpoint(checkpoint)
@@ -105,9 +114,41 @@ def export_bundle(
         )
         manifest.training = meta or None
         write_manifest(tmp, manifest)
+        if variants:
+            build_variants(tmp, variants, max_recall_loss=max_recall_loss, eval_corpus=eval_corpus,
+                           manifest=manifest)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("bundle %s written to %s (parity %.2e)", manifest.bundle_id, out, err)
     return manifest
+
+
+def verify_parity(
+    bundle_dir: Path | str, checkpoint: Path | str | None = None, *, tolerance: float = DEFAULT_TOLERANCE
+) -> float:
+    """Re-run the parity gate of an existing bundle against a checkpoint; returns the max abs error.
+
+    Fails with ``PARITY_FAILED`` (and the numbers) when the bundle's ONNX towers do not reproduce
+    the checkpoint's torch towers, e.g. a bundle exported from other or corrupted weights.
+    """
+    bundle_dir = Path(bundle_dir)
+    manifest = verify_bundle(bundle_dir)
+    model = manifest.model
+    assert model is not None
+    if checkpoint is None:
+        query_dir, doc_dir = default_model_dir(), None
+    else:
+        query_dir, doc_dir, _ = resolve_checkpoint(checkpoint)
+    if (doc_dir is None) != (model.doc_onnx is None):
+        raise CropsError(ErrorKind.INCOMPATIBLE, f"{checkpoint} and {bundle_dir} disagree on separate towers")
+    max_len = max(model.max_query_tokens, model.max_doc_tokens)
+    tok = bundle_dir / model.tokenizer
+    err = parity_error(query_dir, bundle_dir / model.query_onnx, tok, max_len)
+    check_parity(err, tolerance, "query tower")
+    if doc_dir is not None and model.doc_onnx:
+        doc_err = parity_error(doc_dir, bundle_dir / model.doc_onnx, tok, max_len)
+        check_parity(doc_err, tolerance, "doc tower")
+        err = max(err, doc_err)
+    return err

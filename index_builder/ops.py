@@ -1,0 +1,197 @@
+"""Build, grow and shrink a faiss index whose labels are always the rows of the bundle's id map.
+
+Invariant kept by every function here: the live labels are exactly ``0 .. ntotal-1`` and label ``r``
+is row ``r`` of ``id_map.json``. The service maps search results through the id map without any
+side table, and checks ``len(id_map) == index.ntotal``.
+
+- add: new rows get labels ``ntotal ..``; IVF layers take them via ``add_with_ids``, the refine store
+  and flat indexes append (their positions are the labels).
+- remove: the IVF layer drops the labels (``remove_ids``) and the survivors are renumbered in place
+  (one pass over the inverted lists' id arrays, no re-encoding); flat stores compact themselves
+  (``remove_ids`` shifts rows), which is the same renumbering; the id map drops the same rows.
+  Video ids never change; row numbers are internal.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from core.errors import CropsError, ErrorKind
+from index_builder.faiss_utils import gpu_count
+
+log = logging.getLogger(__name__)
+
+MAX_TRAIN = 256 * 1024  # k-means samples beyond ~256 per centroid do not improve centroids
+
+
+def _parts(index: Any) -> tuple[Any, Any, Any]:
+    """(top, base without refine, refine store or None), each downcast."""
+    import faiss
+
+    top = faiss.downcast_index(index)
+    if isinstance(top, faiss.IndexRefine):
+        return top, faiss.downcast_index(top.base_index), faiss.downcast_index(top.refine_index)
+    return top, top, None
+
+
+def new_index(factory: str, dim: int) -> Any:
+    import faiss
+
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "bad factory"
+        raise CropsError(ErrorKind.INVALID_INPUT, f"invalid faiss factory string {factory!r}: {first}") from exc
+
+
+def _no_polysemous(base: Any) -> None:
+    """Skip polysemous training (on by default for factory "PQ" codes): its annealing took ~15 min
+    for 20k vectors here, and only polysemous Hamming filtering, which we never enable, uses it."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(base)
+    for node in (faiss.downcast_index(ivf) if ivf is not None else None, faiss.downcast_index(base)):
+        if node is not None and hasattr(node, "do_polysemous_training"):
+            node.do_polysemous_training = False
+
+
+def _train_sample(vectors: np.ndarray, seed: int) -> np.ndarray:
+    if len(vectors) <= MAX_TRAIN:
+        return vectors
+    rng = np.random.default_rng(seed)
+    return vectors[np.sort(rng.choice(len(vectors), MAX_TRAIN, replace=False))]
+
+
+def _gpu_train_add(base: Any, sample: np.ndarray, vectors: np.ndarray, labels: np.ndarray) -> Any:
+    """Train and fill the (pre-transform +) IVF part on GPU 0; returns it in CPU form."""
+    import faiss
+
+    res = faiss.StandardGpuResources()
+    co = faiss.GpuClonerOptions()
+    co.useFloat16 = True  # IVF-PQ lookup tables in fp16: needed for m=48 within shared memory
+    gpu = faiss.index_cpu_to_gpu(res, 0, base, co)
+    gpu.train(sample)
+    gpu.add_with_ids(vectors, labels)
+    return faiss.index_gpu_to_cpu(gpu)
+
+
+def train_and_add(
+    factory: str, vectors: np.ndarray, *, seed: int = 0, use_gpu: bool | None = None
+) -> tuple[Any, str]:
+    """A trained index holding ``vectors`` as labels 0..n-1, and where it was built ("gpu"/"cpu").
+
+    With faiss GPU (``use_gpu`` None = auto) the IVF part is trained and filled on GPU 0 and copied
+    back; the refine store is a plain copy, built on CPU. Any GPU failure falls back to CPU with a
+    warning, so a build never fails for lack of a GPU feature. The result is always CPU-resident.
+    """
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    index = new_index(factory, dim)
+    top, base, store = _parts(index)
+    _no_polysemous(base)
+    sample = _train_sample(vectors, seed)
+    labels = np.arange(n, dtype=np.int64)
+    if use_gpu and gpu_count() == 0:
+        raise CropsError(ErrorKind.BACKEND, "use_gpu requested but faiss sees no GPU (faiss-cpu installed?)")
+    ivf = faiss.try_extract_index_ivf(base)
+    if ivf is not None and use_gpu is not False and gpu_count() > 0:
+        try:
+            # Seed faiss' k-means so GPU and CPU builds are reproducible run to run.
+            ivf.cp.seed = seed
+            new_base = _gpu_train_add(base, sample, vectors, labels)
+            if store is None:
+                return new_base, "gpu"
+            store.train(sample)
+            store.add(vectors)
+            out = faiss.IndexRefine(new_base, store)
+            out.k_factor = top.k_factor
+            out.own_fields = False  # python references keep new_base/store alive
+            out.referenced_objects = [new_base, store, index]
+            return out, "gpu"
+        except Exception as exc:  # GPU clone not supported for this layout, out of memory, ...
+            log.warning("faiss GPU build failed (%s); building on CPU", exc)
+            index = new_index(factory, dim)
+            top, base, store = _parts(index)
+            _no_polysemous(base)
+    if ivf is not None:
+        faiss.try_extract_index_ivf(base).cp.seed = seed
+    index.train(sample)
+    add_rows(index, vectors, start=0)
+    return index, "cpu"
+
+
+def add_rows(index: Any, vectors: np.ndarray, *, start: int) -> None:
+    """Append ``vectors`` as labels ``start ..``; ``start`` must equal ``index.ntotal``."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if int(index.ntotal) != start:
+        raise CropsError(ErrorKind.BUNDLE_INVALID, f"index holds {index.ntotal} rows, id map {start}")
+    labels = np.arange(start, start + len(vectors), dtype=np.int64)
+    top, base, store = _parts(index)
+    if not base.is_trained:
+        raise CropsError(ErrorKind.BUNDLE_INVALID, "index is not trained")
+    if faiss.try_extract_index_ivf(base) is not None:
+        base.add_with_ids(vectors, labels)
+    else:
+        base.add(vectors)  # flat/HNSW: positions are the labels
+    if store is not None:
+        store.add(vectors)
+        top.ntotal = int(base.ntotal)
+    if int(index.ntotal) != start + len(vectors):
+        raise CropsError(ErrorKind.BACKEND, "index row count out of step after add")
+
+
+def _renumber_ivf(ivf: Any, remap: np.ndarray) -> None:
+    """Rewrite every label in the inverted lists through ``remap`` (old label → new label)."""
+    import faiss
+
+    inv = ivf.invlists
+    for lst in range(ivf.nlist):
+        size = inv.list_size(lst)
+        if size:
+            ids = faiss.rev_swig_ptr(inv.get_ids(lst), size)  # a writable view of the list's labels
+            ids[:] = remap[ids]
+
+
+def remove_rows(index: Any, rows: np.ndarray) -> int:
+    """Remove ``rows`` (labels) and renumber the survivors to ``0 .. ntotal-1``; returns rows removed."""
+    import faiss
+
+    total = int(index.ntotal)
+    rows = np.unique(np.asarray(rows, dtype=np.int64))
+    if len(rows) == 0:
+        return 0
+    if rows[0] < 0 or rows[-1] >= total:
+        raise CropsError(ErrorKind.INVALID_INPUT, f"row out of range 0..{total - 1}")
+    keep = np.ones(total, dtype=bool)
+    keep[rows] = False
+    remap = np.cumsum(keep, dtype=np.int64) - 1
+    top, base, store = _parts(index)
+    sel = faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(rows))
+    ivf = faiss.try_extract_index_ivf(base)
+    if ivf is not None:
+        if ivf.direct_map.type != faiss.DirectMap.NoMap:
+            ivf.make_direct_map(False)  # a direct map would go stale with the renumbering
+        ivf.remove_ids(sel)
+        _renumber_ivf(ivf, remap)
+        if isinstance(base, faiss.IndexPreTransform):
+            base.ntotal = int(ivf.ntotal)  # the wrapper keeps its own counter
+    elif isinstance(base, faiss.IndexFlatCodes):
+        base.remove_ids(sel)  # compacts: survivors shift down, i.e. the same renumbering
+    else:
+        raise CropsError(
+            ErrorKind.INVALID_INPUT,
+            f"index type {type(base).__name__} does not support removal; rebuild the index",
+        )
+    if store is not None:
+        store.remove_ids(sel)
+        top.ntotal = int(store.ntotal)
+    if int(index.ntotal) != total - len(rows):
+        raise CropsError(ErrorKind.BACKEND, "index row count out of step after removal")
+    return len(rows)

@@ -1,0 +1,156 @@
+"""Tune search parameters (nprobe, refine k_factor) to a recall target; the latency/recall curve.
+
+Every grid point gets recall@k vs exact search on held-out queries and its latency at batch 1
+(per query, median and p99) and batch 32 (per batch), single-threaded: one search thread per
+worker process is how the service runs on small boxes (DESIGN.md §8). The chosen point is the
+fastest at batch 1 whose recall reaches the target; if none does, the most accurate one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.atomic import atomic_write_bytes, atomic_write_json
+from index_builder.faiss_utils import ivf_of, recall_vs_exact, refine_of, set_search_params
+
+NPROBE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+K_FACTOR_GRID = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+@dataclass
+class CurvePoint:
+    nprobe: int | None
+    k_factor: float | None
+    recall: float
+    b1_ms_p50: float
+    b1_ms_p99: float
+    b32_ms: float
+
+    @property
+    def b32_ms_per_query(self) -> float:
+        return self.b32_ms / 32
+
+
+def _omp_threads(n: int) -> int:
+    import faiss
+
+    before = int(faiss.omp_get_max_threads())
+    faiss.omp_set_num_threads(n)
+    return before
+
+
+def measure_point(
+    index: Any, queries: np.ndarray, truth: np.ndarray, k: int, *, n_latency: int = 200
+) -> tuple[float, float, float, float]:
+    """(recall@k, batch-1 p50 ms, batch-1 p99 ms, batch-32 ms) at the index's current parameters."""
+    _, found = index.search(queries, k)
+    recall = recall_vs_exact(found, truth)
+    lat_q = queries[: min(n_latency, len(queries))]
+    index.search(lat_q[:4], k)  # warm caches
+    times = []
+    for i in range(len(lat_q)):
+        t0 = time.perf_counter()
+        index.search(lat_q[i : i + 1], k)
+        times.append((time.perf_counter() - t0) * 1e3)
+    b32 = []
+    for s in range(0, max(1, len(lat_q) - 31), 32):
+        t0 = time.perf_counter()
+        index.search(lat_q[s : s + 32], k)
+        b32.append((time.perf_counter() - t0) * 1e3)
+    return recall, float(np.median(times)), float(np.percentile(times, 99)), float(np.median(b32))
+
+
+def tune(
+    index: Any,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    target: float,
+    *,
+    k: int = 100,
+    threads: int = 1,
+    n_latency: int = 200,
+) -> tuple[CurvePoint, list[CurvePoint]]:
+    """Walk nprobe (per k_factor) up until recall stops improving or reaches the target + margin.
+
+    Returns (chosen point, all measured points); leaves the index set to the chosen point.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    ivf = ivf_of(index)
+    refine = refine_of(index)
+    k_factors: tuple[float | None, ...] = K_FACTOR_GRID if refine is not None else (None,)
+    nprobes: tuple[int | None, ...] = tuple(p for p in NPROBE_GRID if p <= ivf.nlist) if ivf else (None,)
+    before = _omp_threads(threads)
+    points: list[CurvePoint] = []
+    try:
+        for kf in k_factors:
+            best = -1.0
+            stale = 0
+            for nprobe in nprobes:
+                set_search_params(index, nprobe=nprobe, k_factor=kf)
+                rec, p50, p99, b32 = measure_point(index, queries, truth, k, n_latency=n_latency)
+                points.append(CurvePoint(nprobe, kf, round(rec, 5), round(p50, 4), round(p99, 4), round(b32, 4)))
+                # Past the target by a margin, more nprobe only costs time; a flat recall means
+                # this k_factor has saturated (the PQ shortlist, not the lists, is the limit).
+                if rec >= min(1.0, target + 0.03) or rec >= 0.9999:
+                    break
+                stale = stale + 1 if rec <= best + 0.002 else 0
+                best = max(best, rec)
+                if stale >= 2:
+                    break
+    finally:
+        _omp_threads(before)
+    ok = [p for p in points if p.recall >= target]
+    chosen = min(ok, key=lambda p: (p.b1_ms_p50, -p.recall)) if ok else max(points, key=lambda p: p.recall)
+    set_search_params(index, nprobe=chosen.nprobe, k_factor=chosen.k_factor)
+    return chosen, points
+
+
+def write_curve(
+    bundle_dir: Path, chosen: CurvePoint, points: list[CurvePoint], meta: dict[str, Any], *, stem: str = "index_curve"
+) -> tuple[str, str]:
+    """Write ``<stem>.json`` and ``<stem>.png`` (recall vs latency at batch 1 and 32) into the bundle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = {**meta, "chosen": asdict(chosen), "points": [asdict(p) for p in points]}
+    atomic_write_json(bundle_dir / f"{stem}.json", data)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups: dict[float | None, list[CurvePoint]] = {}
+    for p in points:
+        groups.setdefault(p.k_factor, []).append(p)
+    for ax, attr, title in (
+        (axes[0], "b1_ms_p50", "batch 1: median ms per query"),
+        (axes[1], "b32_ms_per_query", "batch 32: ms per query"),
+    ):
+        for kf, pts in groups.items():
+            xs = [getattr(p, attr) for p in pts]
+            ax.plot(xs, [p.recall for p in pts], marker="o", ms=3,
+                    label=f"k_factor {kf:g}" if kf is not None else "no refine")
+            for p, x in zip(pts, xs, strict=True):
+                if p.nprobe is not None:
+                    ax.annotate(str(p.nprobe), (x, p.recall), fontsize=6, alpha=0.7)
+        ax.scatter([getattr(chosen, attr)], [chosen.recall], s=90, facecolors="none", edgecolors="red",
+                   label="chosen", zorder=5)
+        ax.axhline(meta.get("target_recall", 0.95), color="grey", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel(title)
+        ax.set_ylabel(f"recall@{meta.get('k', 100)} vs exact")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{meta.get('factory')}  n={meta.get('ntotal')}  ({meta.get('queries')} held-out queries; "
+                 "labels = nprobe)", fontsize=9)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(bundle_dir / f"{stem}.png", buf.getvalue())
+    return f"{stem}.json", f"{stem}.png"
