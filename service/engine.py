@@ -13,7 +13,7 @@ import numpy as np
 from core.errors import CropsError, ErrorKind
 from core.manifest import BundleManifest, load_id_map, verify_bundle
 from core.normalize import normalize_text
-from core.onnx_encoder import OnnxEncoder
+from core.onnx_encoder import OnnxEncoder, available_providers
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,23 @@ class Retriever:
         self.manifest: BundleManifest = verify_bundle(self.bundle_dir, require_index=True, check_checksums=verify)
         model, index_sec = self.manifest.model, self.manifest.index
         assert model is not None and index_sec is not None
-        onnx_file = model.query_onnx
-        if precision is not None and precision in model.variants:
-            onnx_file = model.variants[precision].file
-        elif precision is not None and precision != "fp32":
-            log.warning("%s has no %s encoder variant; serving %s", bundle_dir, precision, onnx_file)
-        self.precision = precision if onnx_file != model.query_onnx else "fp32"
+        onnx_file, self.precision = model.query_onnx, "fp32"
+        wanted: tuple[str, ...] = ()
+        if precision == "auto":  # the gated variant for the device: fp16 on CUDA, int8 on CPU
+            cuda = use_gpu is not False and "CUDAExecutionProvider" in available_providers()
+            wanted = ("fp16",) if cuda else ("int8",)
+        elif precision not in (None, "fp32"):
+            wanted = (str(precision),)
+        for name in wanted:
+            if name in model.variants:
+                onnx_file, self.precision = model.variants[name].file, name
+                break
+        else:
+            if precision not in (None, "fp32", "auto"):
+                raise CropsError(
+                    ErrorKind.BUNDLE_INVALID,
+                    f"{bundle_dir}: no {precision!r} encoder variant (has: {sorted(model.variants) or 'none'})",
+                )
         self.encoder = OnnxEncoder(
             self.bundle_dir / onnx_file,
             self.bundle_dir / model.tokenizer,

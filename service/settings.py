@@ -36,8 +36,10 @@ class ServiceSettings(CropsSettings):
     max_wait_ms: float = Field(default=0.0, ge=0, le=50)
     intra_op_threads: int = Field(default=1, ge=0, description="onnxruntime threads per worker (0 = all cores)")
     use_gpu: bool | None = None
-    encoder_precision: Literal["fp32", "int8", "fp16"] | None = Field(
-        default=None, description="serve this encoder variant of the bundle when it has one (default: fp32 file)"
+    encoder_precision: Literal["fp32", "int8", "fp16", "auto"] | None = Field(
+        default=None,
+        description="query-tower variant: fp32 (default), int8/fp16 (error if the bundle lacks it), auto "
+        "(fp16 on CUDA, int8 on CPU, when the bundle has that gated variant; else fp32)",
     )
 
     # Cache of results keyed by (bundle id, nprobe, normalised query).

@@ -111,7 +111,9 @@ def test_redis_config_hot_update_and_rejection(
         # admin push (validated, applied here, published to Redis), then QA force with the token
         v5 = json.loads((tmp_path / "v2.json").read_text())
         v5["version"] = 5
-        v5["layers"][0]["experiments"][0]["arms"] = {"control": {"weight": 1}, "treatment": {"weight": 0, "bundle": "b"}}
+        v5["layers"][0]["experiments"][0]["arms"] = {
+            "control": {"weight": 1}, "treatment": {"weight": 0, "bundle": "b"},
+        }
         r = srv.client.put("/admin/config", json=v5, headers={"x-crops-admin-token": TOKEN})
         assert r.status_code == 200, r.text
         assert json.loads(client.get(redis_prefix + "experiments"))["version"] == 5
