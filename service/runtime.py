@@ -10,6 +10,7 @@ runs two searches on the same index at once.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import queue
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import CropsError, ErrorKind
+from core.manifest import MANIFEST_NAME
 from service.engine import Retriever
 
 log = logging.getLogger("service.runtime")
@@ -59,6 +61,14 @@ def _resolve(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) ->
         fut.set_result(value)
 
 
+def manifest_sha(path: Path) -> str | None:
+    """sha256 of a bundle's manifest.json (None when unreadable): its identity on disk."""
+    try:
+        return hashlib.sha256((path / MANIFEST_NAME).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 class BundleRuntime:
     """One bundle (Retriever) plus its batcher thread."""
 
@@ -75,6 +85,7 @@ class BundleRuntime:
         on_batch: Any = None,
     ) -> None:
         self.path = Path(path)
+        self.manifest_sha = manifest_sha(self.path)
         self.retriever = Retriever(
             self.path, intra_op_threads=intra_op_threads, use_gpu=use_gpu, verify=verify, precision=precision
         )

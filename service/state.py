@@ -29,7 +29,7 @@ from service.experiments import (
 from service.exposure import ExposureLog
 from service.metrics import Metrics
 from service.redis_link import RedisLink
-from service.runtime import BundleRuntime
+from service.runtime import BundleRuntime, manifest_sha
 from service.settings import ServiceSettings
 
 log = logging.getLogger("service")
@@ -134,7 +134,8 @@ class ServiceState:
         out: dict[str, BundleRuntime] = {}
         for name, path in cfg.bundles.items():
             old = by_path.get(str(Path(path)))
-            if old is not None and not (force and name in force):
+            # reuse only while the folder still holds the same manifest (a bundle replaced in place reloads)
+            if old is not None and not (force and name in force) and old.manifest_sha == manifest_sha(Path(path)):
                 out[name] = old
                 continue
             try:
@@ -263,6 +264,9 @@ class ServiceState:
             cfg = current.config.model_copy(deep=True)
             if path is not None and bundle is not None:
                 cfg.bundles[bundle] = str(path.resolve())
+            if self.redis is not None:
+                # a new version so that the other workers/replicas polling Redis follow this reload
+                cfg.version = current.config.version + 1
             what = f"reload of {', '.join(names)}"
             t0 = time.perf_counter()
             try:
@@ -274,6 +278,10 @@ class ServiceState:
                 raise
             self._publish(View(cfg, Assigner(cfg), runtimes, current.source))
             self.last_reload = Event(True, what)
+            if self.redis is not None:
+                key, payload = self.redis.key(CONFIG_KEY), dump_config(cfg)
+                if await self.redis.call("config_set", lambda c: c.set(key, payload)) is None:
+                    log.warning("reload applied on this worker only: redis unavailable to publish v%d", cfg.version)
             self.metrics.reloads.labels(result="ok").inc()
             ids = {n: runtimes[n].bundle_id for n in names}
             log.warning("%s done in %.1f s: %s", what, time.perf_counter() - t0, ids)

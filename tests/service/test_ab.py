@@ -124,3 +124,21 @@ def test_redis_config_hot_update_and_rejection(
                               headers={"x-crops-force-arm": "treatment", "x-crops-admin-token": TOKEN})
         assert forced.json()["arm"] == "treatment" and forced.json()["bundle_id"] == "second-bundle"
     client.close()
+
+
+def test_reload_on_one_worker_reaches_the_others_through_redis(
+    tiny_bundle: Path, second_bundle: Path, redis_prefix: str
+) -> None:
+    common = {"bundle": tiny_bundle, "redis_url": REDIS_URL, "redis_prefix": redis_prefix, "config_poll_s": 0.1,
+              "admin_token": TOKEN}
+    with LiveServer(**common) as a, LiveServer(**common) as b:
+        assert b.retrieve("cat").json()["bundle_id"] != "second-bundle"
+        r = a.client.post("/admin/reload", json={"bundle": "default", "path": str(second_bundle)},
+                          headers={"x-crops-admin-token": TOKEN})
+        assert r.status_code == 200, r.text
+        assert a.retrieve("cat").json()["bundle_id"] == "second-bundle"
+        deadline = time.time() + 15
+        while b.retrieve("cat").json()["bundle_id"] != "second-bundle":
+            assert time.time() < deadline, "the other worker never followed the reload"
+            time.sleep(0.1)
+        assert b.client.get("/info").json()["config_version"] == a.client.get("/info").json()["config_version"] == 1
