@@ -23,6 +23,10 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option()] = "warning",
     ) -> None:
         """Serve /retrieve. Settings not given here come from CROPS_* environment variables."""
+        from core.settings import limit_native_threads
+
+        # Before numpy/faiss load anywhere (workers inherit it): one BLAS/OpenMP thread per worker.
+        limit_native_threads(1)
         import uvicorn
 
         from core.errors import CropsError, ErrorKind
