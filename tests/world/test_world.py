@@ -244,3 +244,25 @@ def test_config_file_and_cli(tmp_path: Path) -> None:
         load_config(bad)
     r = CliRunner().invoke(app, ["world", "report", "--world", str(tmp_path / "nope"), "--no-dense"])
     assert r.exit_code != 0 and isinstance(r.exception, CropsError)
+
+
+def test_grades_follow_intents_not_text(world: Path) -> None:
+    rel = _read(world, "truth/relevance.parquet").to_pandas()
+    qs = _read(world, "truth/queries.parquet").to_pandas().set_index("query")
+    vi = _read(world, "truth/video_intents.parquet").to_pandas().set_index("video_id")
+    rel = rel.join(vi, on="video_id")
+    rel["query"] = rel["query"].astype(str)
+    head = rel[rel["query"].map(qs["query_class"]) == "head"]
+    topics = head["query"].map(qs["topic_ids"])
+    three = head["grade"] == 3
+    assert three.any()
+    assert all(t in ts for t, ts in zip(head.loc[three, "primary_topic"], topics[three], strict=True))
+    torso = rel[rel["query"].map(qs["query_class"]) == "torso"]
+    intents = torso["query"].map(qs["intent_ids"])
+    t3 = torso["grade"] == 3
+    assert all(i in ii for i, ii in zip(torso.loc[t3, "primary_intent"], intents[t3], strict=True))
+    # an ambiguous head query is relevant to every sense, whatever the logs showed
+    amb = qs[(qs["query_class"] == "head") & qs["ambiguous"]]
+    q = amb.index[0]
+    senses = set(rel.loc[(rel["query"] == q) & (rel["grade"] == 3), "primary_topic"])
+    assert senses == set(amb.loc[q, "topic_ids"]) & set(vi["primary_topic"])
