@@ -75,6 +75,9 @@ def mine_cmd(
     sim_error_rate: Annotated[float | None, typer.Option(help="simulated LLM hallucination rate")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(min=1, help="torch threads for θ")] = 2,
+    theta_backend: Annotated[
+        str, typer.Option(help="θ embeddings: auto (torch on GPU, int8 ONNX Runtime on CPU), torch, onnx-int8")
+    ] = "auto",
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
     """Mine P0–P3 positives, label every sample on the HLA levels, and write the report."""
@@ -113,6 +116,7 @@ def mine_cmd(
         seed=seed,
         progress=progress,
         threads=threads,
+        theta_backend=theta_backend,
     )
     rep = res.report
     typer.echo(f"samples: {res.samples} ({rep.get('rows')} rows); report: {out / 'report.md'}")

@@ -198,7 +198,11 @@ class Discriminator:
         max_doc_tokens: int = 32,
         threads: int = 2,
         batch_size: int = 256,
+        backend: str = "auto",
     ) -> None:
+        if backend not in ("auto", "torch", "onnx-int8"):
+            raise CropsError(ErrorKind.INVALID_INPUT, f"θ backend must be auto, torch or onnx-int8, got {backend!r}")
+        self.backend = backend
         self.model_dir = model_dir
         self.max_query_tokens = max_query_tokens
         self.max_doc_tokens = max_doc_tokens
@@ -211,13 +215,30 @@ class Discriminator:
         self.platt: tuple[float, float] = (1.0, 0.0)
 
     # -- embeddings
+    def resolved_backend(self) -> str:
+        """``auto``: torch on a GPU, int8 ONNX Runtime on CPU (≈3x cheaper, same MiniLM weights)."""
+        if self.backend != "auto":
+            return self.backend
+        import torch
+
+        self.backend = "torch" if torch.cuda.is_available() else "onnx-int8"
+        return self.backend
+
     def _load_encoder(self) -> Any:
         if self._encoder is None:
             import torch
 
+            torch.set_num_threads(max(1, self.threads))
+            if self.resolved_backend() == "onnx-int8":
+                from training.engine.onnx_embed import OnnxInt8Embedder
+
+                where = self.cache.path.parent if self.cache.path is not None else Path.home() / ".cache" / "crops"
+                self._encoder = OnnxInt8Embedder(
+                    Path(self.model_dir) if self.model_dir else None, where, self.max_doc_tokens, self.threads
+                )
+                return self._encoder
             from training.encoder import TextEncoder
 
-            torch.set_num_threads(max(1, self.threads))
             device = "cuda" if torch.cuda.is_available() else "cpu"
             self._encoder = TextEncoder(self.model_dir, max_length=self.max_doc_tokens).to(device)
             self._encoder.eval()
@@ -226,7 +247,7 @@ class Discriminator:
     def embed(self, texts: Sequence[str], *, kind: str = "doc", progress: bool = False) -> np.ndarray:
         """Unit embeddings of ``texts`` (normalised first); computes only what the cache lacks."""
         norm = [normalize_text(t) for t in texts]
-        keyed = [f"{kind}{EMBED_VERSION}:{t}" for t in norm]
+        keyed = [f"{kind}{EMBED_VERSION}{self.resolved_backend()}:{t}" for t in norm]
         todo_keys = self.cache.missing(keyed)
         if todo_keys:
             enc = self._load_encoder()
@@ -358,6 +379,7 @@ class Discriminator:
                 "max_query_tokens": self.max_query_tokens,
                 "max_doc_tokens": self.max_doc_tokens,
                 "embed_version": EMBED_VERSION,
+                "backend": self.resolved_backend(),
                 "encoder": str(self.model_dir or "default all-MiniLM-L6-v2"),
             },
         )
@@ -367,6 +389,7 @@ class Discriminator:
         self.w = np.load(folder / "head_w.npy")
         self.b = float(meta["b"])
         self.platt = (float(meta["platt_a"]), float(meta["platt_b"]))
+        self.backend = str(meta.get("backend", "torch"))  # features must come from the fitted backend
         return self
 
     @staticmethod

@@ -216,7 +216,9 @@ class Miner:
         seed: int = 0,
         progress: bool = True,
         threads: int = 2,
+        theta_backend: str = "auto",
     ) -> None:
+        self.theta_backend = theta_backend
         self.inp = inputs
         self.out = out
         self.work = out / "work"
@@ -289,7 +291,9 @@ class Miner:
     @property
     def discriminator(self) -> Discriminator:
         if self._disc is None:
-            self._disc = Discriminator(cache_path=self.work / "embeddings.npz", threads=self.threads)
+            self._disc = Discriminator(
+                cache_path=self.work / "embeddings.npz", threads=self.threads, backend=self.theta_backend
+            )
         return self._disc
 
     def score(self, queries: list[str], docs: list[str]) -> np.ndarray:
@@ -320,6 +324,7 @@ class Miner:
                 self.max_fit_pairs,
                 self.seed,
                 self.fake_scorer is not None,
+                self.theta_backend,
             )
             self._step("theta_fit", d_fit, [self.work / "theta_fit.json"], self._fit_theta)
             d_score = _digest("score", d_fit, _fingerprint(self.inp.videos))
