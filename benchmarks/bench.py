@@ -95,11 +95,28 @@ def _base_texts() -> tuple[list[str], str]:
         return texts, "generated catalog (shared/data not found)"
 
 
-def base_embeddings(model: Path, work: Path) -> tuple[np.ndarray, str]:
-    """Doc-tower embeddings of the base catalog (cached)."""
+def base_embeddings(model: Path, work: Path, base_bundle: Path | None = None) -> tuple[np.ndarray, str]:
+    """Doc-tower embeddings of the base catalog (cached); ``base_bundle``: the vectors of a bundle's
+    Flat index (e.g. the default bundle over the world catalog) instead of encoding a catalog."""
     cache, src = work / "base_docs.npy", work / "base_source.txt"
     if cache.is_file() and src.is_file():
         return np.load(cache), src.read_text()
+    if base_bundle is not None:
+        import faiss
+
+        from core.manifest import verify_bundle
+
+        sec = verify_bundle(base_bundle, require_index=True).index
+        assert sec is not None
+        flat = faiss.read_index(str(base_bundle / sec.index_file))
+        if sec.factory != "Flat":
+            raise SystemExit(f"error: --base-bundle needs a Flat index, {base_bundle} has {sec.factory}")
+        base = flat.reconstruct_n(0, flat.ntotal)
+        source = f"the Flat index of {base_bundle} ({sec.corpus})"
+        work.mkdir(parents=True, exist_ok=True)
+        np.save(cache, base)
+        src.write_text(source)
+        return base, source
     shared = ROOT / "runs" / "bench" / "base_docs.npy"
     if shared.is_file():  # the index benchmark already encoded the same catalog with the same model
         return np.load(shared), "MicroLens-100k titles + ActivityNet captions (runs/bench cache)"
@@ -179,11 +196,13 @@ def encode_queries(bundle: Path, queries: list[str]) -> np.ndarray:
     return enc.encode_batched([normalize_text(q) for q in queries], 64, normalized=True)
 
 
-def ensure_bench_bundle(n: int, model: Path, work: Path, tune_texts: list[str]) -> tuple[Path, Path, str]:
+def ensure_bench_bundle(
+    n: int, model: Path, work: Path, tune_texts: list[str], base_bundle: Path | None = None
+) -> tuple[Path, Path, str]:
     """(bundle, vectors.npy, description), built once under ``work`` and reused."""
     vec_path = work / "vectors.npy"
     bundle = work / "bundle"
-    base, source = base_embeddings(model, PERF)
+    base, source = base_embeddings(model, PERF, base_bundle)
     if not vec_path.is_file():
         log(f"expanding {len(base)} real embeddings to {n} vectors (clustered perturbation)")
         work.mkdir(parents=True, exist_ok=True)
@@ -203,8 +222,9 @@ def _has_index(bundle: Path) -> bool:
     return bool(json.loads((bundle / "manifest.json").read_text()).get("index"))
 
 
-def measured_recall(bundle: Path, vec_path: Path, queries: list[str], exclude: set[str], n_q: int = 300
-                    ) -> tuple[float, int]:
+def measured_recall(
+    bundle: Path, vec_path: Path, queries: list[str], exclude: set[str], n_q: int = 300
+) -> tuple[float, int]:
     """recall@100 of the bundle's index (its nprobe/k_factor) vs exact search, on the bench's own
     queries minus those the index was tuned on."""
     import faiss
@@ -430,12 +450,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for name, color in (("service", "tab:blue"), ("naive", "tab:orange")):
         pts = result["rows"].get(name, {}).get("sweep", [])
         if pts:
-            axes[1].plot(
-                [p["rps"] for p in pts], [p["p99_ms"] for p in pts], "o-", color=color, label=f"{name} p99"
-            )
-            axes[1].plot(
-                [p["rps"] for p in pts], [p["p50_ms"] for p in pts], "x--", color=color, label=f"{name} p50"
-            )
+            axes[1].plot([p["rps"] for p in pts], [p["p99_ms"] for p in pts], "o-", color=color, label=f"{name} p99")
+            axes[1].plot([p["rps"] for p in pts], [p["p50_ms"] for p in pts], "x--", color=color, label=f"{name} p50")
     axes[1].axhline(result["slo_p99_ms"], color="red", lw=0.8, label="SLO")
     axes[1].set_yscale("log")
     axes[1].set_xlabel("requests/s (wrk, closed loop, growing connections)")
@@ -461,11 +477,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def fmt(x: Any, nd: int = 1) -> str:
     return (
-        "n/a"
-        if x is None or (isinstance(x, float) and x != x)
-        else f"{x:.{nd}f}"
-        if isinstance(x, float)
-        else str(x)
+        "n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
     )
 
 
@@ -562,10 +574,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="100k vectors, 10 s per point, fewer sweep points")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per measurement point (default 20)")
     ap.add_argument("--bundle", type=Path, default=None, help="use this complete bundle (+ --vectors)")
-    ap.add_argument(
-        "--vectors", type=Path, default=None, help=".npy of the bundle's vectors (naive peer, recall)"
-    )
+    ap.add_argument("--vectors", type=Path, default=None, help=".npy of the bundle's vectors (naive peer, recall)")
     ap.add_argument("--model-bundle", type=Path, default=None, help="exported model bundle to index")
+    ap.add_argument(
+        "--base-bundle",
+        type=Path,
+        default=None,
+        help="take the base embeddings from this bundle's Flat index (else encode a catalog)",
+    )
     ap.add_argument(
         "--precision",
         choices=["auto", "fp32", "int8"],
@@ -577,6 +593,8 @@ def main() -> None:
     ap.add_argument("--slo-p99-ms", type=float, default=10.0)
     ap.add_argument("--world", type=Path, default=None, help="query mix from this world's search log")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="build the bench bundle and vectors, then stop (run it under nice; measure later)")
     ap.add_argument("--publish", action="store_true", help="also write docs/bench.md, .png, .json")
     a = ap.parse_args()
     n = 100_000 if a.quick and a.n == 1_000_000 else a.n
@@ -601,7 +619,10 @@ def main() -> None:
         bundle, vec_path, vec_desc = a.bundle, a.vectors, f"given ({a.vectors})"
     else:
         model = ensure_model_bundle(a.model_bundle)
-        bundle, vec_path, vec_desc = ensure_bench_bundle(n, model, work, tune_texts)
+        bundle, vec_path, vec_desc = ensure_bench_bundle(n, model, work, tune_texts, a.base_bundle)
+    if a.prepare_only:
+        log(f"prepared {bundle} ({vec_desc})")
+        return
     from core.manifest import verify_bundle
 
     man = verify_bundle(bundle, require_index=True)
@@ -701,9 +722,7 @@ def main() -> None:
         "recall_at_100": recall,
         "recall_queries": recall_n,
         "service_over_limit": round(service_rps / limit_rps, 3) if limit_rps else None,
-        "service_over_naive": round(service_rps / naive_rps, 1)
-        if naive_rps and naive_rps == naive_rps
-        else None,
+        "service_over_naive": round(service_rps / naive_rps, 1) if naive_rps and naive_rps == naive_rps else None,
         "peak_rss_mib": {k: rows[k].get("peak_rss_mib") for k in rows},
         "n": n,
         "seconds": seconds,
@@ -749,10 +768,7 @@ def main() -> None:
     print((work / "report.md").read_text())
     print(
         json.dumps(
-            {
-                k: result[k]
-                for k in ("limit_rps", "service_rps", "naive_rps", "service_p99_ms_at_400", "recall_at_100")
-            }
+            {k: result[k] for k in ("limit_rps", "service_rps", "naive_rps", "service_p99_ms_at_400", "recall_at_100")}
         )
     )
 

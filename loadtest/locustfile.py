@@ -67,6 +67,7 @@ class RetrieveUser(FastHttpUser):
         ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}")
+                resp.request_meta["context"]["arm"] = "(shed)" if resp.status_code == 503 else "(failed)"
                 return
             try:
                 data = json.loads(resp.content or b"{}")
@@ -89,6 +90,7 @@ class RetrieveUser(FastHttpUser):
         ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}")
+                resp.request_meta["context"]["arm"] = "(shed)" if resp.status_code == 503 else "(failed)"
                 return
             try:
                 data = json.loads(resp.content or b"{}")
