@@ -24,7 +24,7 @@ CHECKS = ",".join([
 def test_schemathesis_finds_no_server_error(tiny_bundle: Path, tmp_path: Path) -> None:
     exe = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
     with LiveServer(bundle=tiny_bundle, max_in_flight=1000, deadline_ms=30_000) as srv:
-        seconds = os.environ.get("CROPS_FUZZ_SECONDS", "30")
+        seconds = os.environ.get("CROPS_FUZZ_SECONDS", "20")
         proc = subprocess.run(
             [exe, "run", f"{srv.url}/openapi.json", "--checks", CHECKS, "--max-examples", "20",
              "--seed", "7", "--max-time", seconds, "--request-timeout", "20", "--no-color"],
