@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         ] = "auto",
         max_recall_loss: Annotated[
             float, typer.Option(min=0.0, max=0.99, help="refuse a variant losing more Recall@100 than this")
-        ] = 0.03,
+        ] = 0.10,
         eval_corpus: Annotated[
             Path | None, typer.Option(help="held-out corpus for the variant gate (default: built-in set)")
         ] = None,
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
     def export_variants(
         bundle: Annotated[Path, typer.Option("--bundle", help="existing bundle")],
         variants: Annotated[str, typer.Option(help="auto, or a list: int8,fp16")] = "auto",
-        max_recall_loss: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.03,
+        max_recall_loss: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.10,
         eval_corpus: Annotated[Path | None, typer.Option()] = None,
     ) -> None:
         """(Re)build and gate reduced-precision query towers of an existing bundle."""
