@@ -43,6 +43,9 @@ def build(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     gpu: Annotated[str, typer.Option(help="auto, on or off (faiss GPU build, CUDA encoder)")] = "auto",
+    reuse_vectors_from: Annotated[
+        Path | None, typer.Option(help="bundle (same model, same docs, Flat index): reuse its vectors")
+    ] = None,
 ) -> None:
     """Encode the corpus with the doc tower, build and tune the index to a recall@100 target."""
     from index_builder.build import build_index
@@ -51,7 +54,7 @@ def build(
         bundle, corpus, factory=factory, target_recall=target_recall, n_recall_queries=recall_queries,
         batch_size=batch_size, shards_dir=from_shards, ann=ann, opq=opq, refine=refine, graded=graded,
         memory_budget_bytes=int(memory_budget_gib * _GiB) if memory_budget_gib else None,
-        use_gpu=_gpu_flag(gpu),
+        use_gpu=_gpu_flag(gpu), reuse_vectors_from=reuse_vectors_from,
     )
     typer.echo(_summary(sec))
     if sec.recall_by_level:

@@ -237,8 +237,12 @@ def build_index(
     graded: Path | GradedSet | None = None,
     use_gpu: bool | None = None,
     threads: int = 1,
+    reuse_vectors_from: Path | str | None = None,
 ) -> IndexSection:
     """Build the bundle's index over ``corpus`` (or over encoded shards) and record the tuned point.
+
+    ``reuse_vectors_from``: a bundle of the same model whose index keeps exact vectors (Flat or a
+    flat refine store) over the same documents: re-index with another factory without re-encoding.
 
     Held-out queries are pseudo-queries drawn from the corpus (first title words), encoded with the
     query tower; the recorded recall@100 is measured on them against exact search.
@@ -264,8 +268,11 @@ def build_index(
         ids = [d.doc_id for d in docs]
         if len(set(ids)) != len(ids):
             raise CropsError(ErrorKind.INVALID_INPUT, f"corpus {corpus} has duplicate document ids")
-        vectors = encode_corpus(bundle_dir, docs, batch_size=batch_size, progress=progress, threads=threads,
-                                use_gpu=use_gpu)
+        if reuse_vectors_from is not None:
+            vectors = vectors_from_bundle(reuse_vectors_from, manifest.model.model_id, ids)
+        else:
+            vectors = encode_corpus(bundle_dir, docs, batch_size=batch_size, progress=progress,
+                                    threads=threads, use_gpu=use_gpu)
     timings["encode_s"] = round(time.perf_counter() - t0, 2)
     qtexts = sample_queries(docs, n_recall_queries, seed=seed)
     qvecs = _query_encoder(bundle_dir, manifest).encode_batched(qtexts)
@@ -311,6 +318,24 @@ def _stored_vectors(index: Any) -> np.ndarray | None:
     if isinstance(store, faiss.IndexFlat) and store.ntotal > 0:
         return faiss.rev_swig_ptr(store.get_xb(), store.ntotal * store.d).reshape(store.ntotal, store.d).copy()
     return None
+
+
+def vectors_from_bundle(src: Path | str, model_id: str, ids: Sequence[str]) -> np.ndarray:
+    """The exact doc vectors stored in another bundle's index, in the order of ``ids``."""
+    import faiss
+
+    m = verify_bundle(src, require_index=True)
+    assert m.index is not None
+    if m.index.model_id != model_id:
+        raise CropsError(ErrorKind.INCOMPATIBLE, f"{src} was indexed by model {m.index.model_id}, not {model_id}")
+    vecs = _stored_vectors(faiss.read_index(str(Path(src) / m.index.index_file)))
+    if vecs is None:
+        raise CropsError(ErrorKind.INVALID_INPUT, f"{src}: index {m.index.factory} keeps no exact vectors")
+    pos = {d: i for i, d in enumerate(load_id_map(Path(src) / m.index.id_map_file))}
+    missing = [d for d in ids if d not in pos]
+    if missing or len(pos) != len(ids):
+        raise CropsError(ErrorKind.INVALID_INPUT, f"{src} indexes other documents ({len(missing)} missing)")
+    return vecs[[pos[d] for d in ids]]
 
 
 def _remeasure(bundle_dir: Path, section: IndexSection, index: Any) -> None:

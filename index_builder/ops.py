@@ -24,7 +24,9 @@ from index_builder.faiss_utils import gpu_count
 
 log = logging.getLogger(__name__)
 
-MAX_TRAIN = 256 * 1024  # k-means samples beyond ~256 per centroid do not improve centroids
+# Training sample cap: ~100 points per centroid at nlist 1024 gives centroids as good for search as
+# faiss' default 256 per centroid, at 40 % of the k-means cost (the dominant build cost on CPU).
+MAX_TRAIN = 100_000
 
 
 def _parts(index: Any) -> tuple[Any, Any, Any]:
