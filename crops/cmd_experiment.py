@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -27,6 +27,7 @@ def experiment(
     model: Annotated[
         Path | None, typer.Option(help="sentence-transformers folder (default MiniLM-L6)")
     ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="override the budget's training steps")] = None,
 ) -> None:
     """Train and evaluate bm25, dpr, ance, fs-lr, crops and its ablations; write table1.{md,png,json}."""
     if ctx.invoked_subcommand is not None:
@@ -39,7 +40,8 @@ def experiment(
     if not world.is_dir():
         raise CropsError(ErrorKind.NOT_FOUND, f"--world {world} is not a folder")
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    run_experiment(world, out, chosen, seeds, budget, samples=samples, model_dir=model)
+    extra: dict[str, Any] = {"steps": steps} if steps else {}
+    run_experiment(world, out, chosen, seeds, budget, samples=samples, model_dir=model, **extra)
     typer.echo((out / "table1.md").read_text())
 
 
@@ -56,7 +58,7 @@ def beir(
     """Fine-tune on train qrels (BM25 ranks as lower levels); print test nDCG@10 and Recall@100."""
     from training.experiment.beir import run_beir
 
-    extra: dict[str, object] = {"steps": steps} if steps else {}
+    extra: dict[str, Any] = {"steps": steps} if steps else {}
     result = run_beir(data, out, budget, seed, True, **extra)
     typer.echo(
         json.dumps(

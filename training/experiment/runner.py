@@ -96,6 +96,7 @@ class Experiment:
         self.rows = read_samples(self.samples_path)
         self.bm25 = BM25Index(self.doc_ids, self.doc_texts)
         self._base: DualEncoder | None = None
+        self._ts: tuple[str, TrainingSet] | None = None
 
     def new_model(self, cfg: TrainConfig) -> DualEncoder:
         model = DualEncoder(
@@ -126,8 +127,8 @@ class Experiment:
             cache_dir = self.out / "cache"
             cache_dir.mkdir(exist_ok=True)
             for side, cache, texts in (
-                ("d", model.d_pooled, self.doc_texts + [str(r["text"]) for r in self.rows if r.get("text")]),
-                ("q", model.q_pooled, self.eval_queries + [str(r["query"]) for r in self.rows]),
+                ("d", model.d_pooled, self.doc_texts + sorted({str(t) for t in self.rows["text"] if t})),
+                ("q", model.q_pooled, self.eval_queries + sorted({str(q) for q in self.rows["query"]})),
             ):
                 assert cache is not None
                 path = cache_dir / f"{side}-{tag}.pt"
@@ -151,13 +152,20 @@ class Experiment:
 
     def training_set(self, spec: MethodSpec) -> TrainingSet:
         assert spec.sources is not None
-        return build_training_set(
-            self.rows,
-            self.video_text,
-            sources=spec.sources,
-            level_map=spec.level_map,
-            pos_level=spec.pos_level,
-        )
+        if self._ts is None or self._ts[0] != spec.name:
+            self._ts = None  # free the previous method's set first
+            ts = build_training_set(
+                self.rows,
+                self.video_text,
+                sources=spec.sources,
+                level_map=spec.level_map,
+                pos_level=spec.pos_level,
+            )
+            self._ts = (spec.name, ts)
+        return self._ts[1]
+
+    def drop_training_set(self) -> None:
+        self._ts = None
 
     def bm25_negatives(self, ts: TrainingSet, n: int) -> dict[str, list[str]]:
         hits = self.bm25.search(ts.queries, k=n + 20)
@@ -276,10 +284,11 @@ def run_experiment(
     )
     start = exp.pretrained()
     runs: dict[str, list[dict[str, Any]]] = {}
-    for seed in seed_list:
-        for m in methods:
+    for m in methods:  # method-major: one training set in memory at a time, shared by its seeds
+        for seed in seed_list:
             log.info("experiment: %s seed %d", m, seed)
             runs.setdefault(m, []).append(exp.run_one(m, seed))
+        exp.drop_training_set()
     return write_report(Path(out), runs, seed_list, budget, start, exp.cfg.to_dict())
 
 

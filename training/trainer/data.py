@@ -38,7 +38,7 @@ def text_key(text: str) -> str:
     return "text:" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def read_samples(path: Path | str) -> list[dict[str, Any]]:
+def read_samples(path: Path | str) -> SampleColumns:
     """Rows of a samples Parquet file/folder (the data engine's output), checked for the contract."""
     import pyarrow.parquet as pq
 
@@ -54,8 +54,23 @@ def read_samples(path: Path | str) -> list[dict[str, Any]]:
             ErrorKind.INVALID_INPUT,
             f"{path}: samples need query, video_id/text, level, source (missing {missing})",
         )
-    cols = [c for c in SAMPLE_COLUMNS if c in table.column_names]
-    return table.select(cols).to_pylist()  # type: ignore[no-any-return]
+    return SampleColumns(
+        {
+            c: table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
+            for c in SAMPLE_COLUMNS
+        }
+    )
+
+
+class SampleColumns(dict[str, list[Any]]):
+    """Samples as columns (cheaper than millions of row dicts); iterates as (query, video_id, text,
+    level, source) tuples."""
+
+    def tuples(self) -> Iterable[tuple[Any, Any, Any, Any, Any]]:
+        return zip(*(self[c] for c in SAMPLE_COLUMNS), strict=True)
+
+    def __len__(self) -> int:
+        return len(self["query"]) if "query" in self else 0
 
 
 @dataclass
@@ -86,7 +101,7 @@ class TrainingSet:
 
 
 def build_training_set(
-    rows: Iterable[Mapping[str, Any]],
+    rows: Iterable[Mapping[str, Any]] | SampleColumns,
     video_text: Mapping[str, str],
     *,
     sources: Iterable[str] | None = None,
@@ -102,11 +117,16 @@ def build_training_set(
     keep = set(sources) if sources is not None else None
     by_query: dict[str, dict[str, int]] = {}
     doc_text: dict[str, str] = {}
-    for r in rows:
-        src = str(r.get("source") or "")
+    tuples = (
+        rows.tuples()
+        if isinstance(rows, SampleColumns)
+        else ((r["query"], r.get("video_id"), r.get("text"), r["level"], r.get("source")) for r in rows)
+    )
+    norm_q: dict[str, str] = {}
+    for query, vid, text, level, source in tuples:
+        src = str(source or "")
         if keep is not None and src not in keep:
             continue
-        vid, text = r.get("video_id"), r.get("text")
         if vid is not None:
             key = str(vid)
             if key not in video_text:
@@ -118,12 +138,14 @@ def build_training_set(
             doc_text.setdefault(key, norm)
         else:
             continue
-        lvl = int(r["level"])
+        lvl = int(level)
         if level_map is not None:
             lvl = level_map(lvl, src)
         if lvl < 0:
             continue
-        q = normalize_text(str(r["query"]))
+        q = norm_q.get(query)
+        if q is None:
+            q = norm_q[query] = normalize_text(str(query))
         grp = by_query.setdefault(q, {})
         grp[key] = max(grp.get(key, -1), lvl)
     queries = sorted(q for q, g in by_query.items() if any(v >= pos_level for v in g.values()))
