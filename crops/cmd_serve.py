@@ -118,6 +118,24 @@ def register(app: typer.Typer) -> None:
                     for i, q in enumerate(mix.queries[:2000] * 3)]
         zipf = mix.request_bodies(5000, seed=1)
         rows: list[dict[str, object]] = []
+        # Reference: the same encode+search in this process, no HTTP (what the service adds is the rest).
+        from service.engine import Retriever
+
+        retriever = Retriever(bundle)
+        lat: list[float] = []
+        t_end = time.perf_counter() + duration
+        i = 0
+        while time.perf_counter() < t_end:
+            t = time.perf_counter()
+            retriever.retrieve([f"{mix.queries[i % 2000]} {i}"], 100)
+            lat.append((time.perf_counter() - t) * 1e3)
+            i += 1
+        lat.sort()
+        base = {"rps": round(len(lat) / sum(lat) * 1e3, 1), "p50_ms": lat[len(lat) // 2],
+                "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "requests": len(lat)}
+        typer.echo(f"in-process encode+search, 1 thread: {base['rps']:7.1f} q/s  p50 {base['p50_ms']:6.2f} ms  "
+                   f"p99 {base['p99_ms']:6.2f} ms")
+        del retriever
         for n_workers in [int(x) for x in workers.split(",")]:
             for mode in modes:
                 port = 18_000 + n_workers * 10 + len(rows)
@@ -155,6 +173,6 @@ def register(app: typer.Typer) -> None:
                     proc.terminate()
                     proc.wait(timeout=30)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out, {"bundle": str(bundle), "duration_s": duration, "rows": rows,
+        atomic_write_json(out, {"bundle": str(bundle), "duration_s": duration, "rows": rows, "in_process": base,
                                 "nproc": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]})
         typer.echo(f"-> {out}")
