@@ -66,6 +66,8 @@ class ModelSection(BaseModel):
     parity_tolerance: float
     parity_probes: int
     variants: dict[str, EncoderVariant] = Field(default_factory=dict)
+    variants_refused: dict[str, dict[str, Any]] = Field(default_factory=dict)  # name -> numbers + reason
+    variants_eval: dict[str, Any] | None = None  # the held-out set the variants were gated on
     checkpoint: str | None = None
 
 

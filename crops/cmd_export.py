@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         for name, v in m.model.variants.items():
             typer.echo(f"  variant {name}: {v.file}, cosine to fp32 {v.mean_cosine_to_fp32}, "
                        f"recall@100 delta {v.recall_at_100_delta}")
-        for name, why in (m.model.model_extra or {}).get("variants_refused", {}).items():
+        for name, why in m.model.variants_refused.items():
             typer.echo(f"  variant {name} not kept: {why.get('reason')}")
 
     @app.command("export-variants")

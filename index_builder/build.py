@@ -114,9 +114,9 @@ def _persist(
         atomic_write_bytes(bundle_dir / QUERIES_FILE, _npy_bytes(queries))
         register_file(bundle_dir, manifest, QUERIES_FILE)
         section.recall_queries_file = QUERIES_FILE
-    for name in (section.curve_json, section.curve_png):
-        if name:
-            register_file(bundle_dir, manifest, name)
+    for extra in (section.curve_json, section.curve_png):
+        if extra:
+            register_file(bundle_dir, manifest, extra)
     section.index_bytes = (bundle_dir / section.index_file).stat().st_size
     manifest.index = section
     write_manifest(bundle_dir, manifest)

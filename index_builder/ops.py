@@ -113,15 +113,16 @@ def train_and_add(
             out = faiss.IndexRefine(new_base, store)
             out.k_factor = top.k_factor
             out.own_fields = False  # python references keep new_base/store alive
-            out.referenced_objects = [new_base, store, index]
+            out.referenced_objects = [new_base, store, index]  # type: ignore[attr-defined]
             return out, "gpu"
         except Exception as exc:  # GPU clone not supported for this layout, out of memory, ...
             log.warning("faiss GPU build failed (%s); building on CPU", exc)
             index = new_index(factory, dim)
             top, base, store = _parts(index)
             _no_polysemous(base)
-    if ivf is not None:
-        faiss.try_extract_index_ivf(base).cp.seed = seed
+    fresh_ivf = faiss.try_extract_index_ivf(base)  # the fresh index after a GPU fallback
+    if fresh_ivf is not None:
+        fresh_ivf.cp.seed = seed
     index.train(sample)
     add_rows(index, vectors, start=0)
     return index, "cpu"
@@ -178,8 +179,7 @@ def remove_rows(index: Any, rows: np.ndarray) -> int:
     sel = faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(rows))
     ivf = faiss.try_extract_index_ivf(base)
     if ivf is not None:
-        if ivf.direct_map.type != faiss.DirectMap.NoMap:
-            ivf.make_direct_map(False)  # a direct map would go stale with the renumbering
+        ivf.make_direct_map(False)  # drop any direct map: it would go stale with the renumbering
         ivf.remove_ids(sel)
         _renumber_ivf(ivf, remap)
         if isinstance(base, faiss.IndexPreTransform):

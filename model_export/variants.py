@@ -11,8 +11,8 @@ Each variant is measured on a held-out set: mean/min cosine of its query embeddi
 Recall@100: by default the overlap of its top-100 with fp32's top-100 over the held-out docs
 (encoded once in fp32, as the index is), or true recall when qrels are given. A variant whose
 recall loss exceeds ``max_recall_loss`` (default 0.10 of fp32's top-100: per-tensor int8 loses
-~0.17 and is refused, per-channel ~0.05-0.08 passes, DESIGN.md §8) is refused: not written into the bundle, and the refusal
-(with the numbers) is recorded under ``model.variants_refused``.
+~0.17 and is refused, per-channel ~0.05-0.08 passes, DESIGN.md §8) is refused: not written into
+the bundle, and the refusal (with the numbers) is recorded under ``model.variants_refused``.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def build_variants(
     fp32_q = fp32.encode_batched(queries, normalized=True)
     gpu = "CUDAExecutionProvider" in available_providers()
     reports: list[VariantReport] = []
-    refused: dict[str, Any] = dict(model.model_extra.get("variants_refused", {}) if model.model_extra else {})
+    refused: dict[str, Any] = dict(model.variants_refused)
     for name in variants:
         fname = Path(model.query_onnx).stem + f".{name}.onnx"
         path = bundle_dir / fname
@@ -221,7 +221,7 @@ def build_variants(
                   "providers": enc.providers}
         if ok and write:
             precision = "int8" if name == "int8" else "fp16"
-            model.variants[name] = EncoderVariant(file=fname, precision=precision, **common)
+            model.variants[name] = EncoderVariant.model_validate({"file": fname, "precision": precision, **common})
             register_file(bundle_dir, manifest, fname)
             refused.pop(name, None)
         else:

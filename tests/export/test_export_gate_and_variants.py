@@ -116,7 +116,7 @@ def test_variant_above_the_recall_loss_budget_is_refused(model_bundle: Path, tmp
     m = verify_bundle(b)
     assert m.model is not None and "int8" not in m.model.variants
     assert not (b / "query_encoder.int8.onnx").exists()
-    refused = (m.model.model_extra or {})["variants_refused"]["int8"]
+    refused = m.model.variants_refused["int8"]
     assert refused["recall_at_100_delta"] == rep.recall_delta
     with pytest.raises(CropsError, match="no 'int8' query-tower variant"):
         variant_model_path(b, m.model, "int8")
