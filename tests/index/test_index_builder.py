@@ -219,7 +219,8 @@ gpu = pytest.mark.skipif(
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_build_matches_cpu_recall(model_bundle: Path, ivf_data: tuple, tmp_path: Path) -> None:
+def test_gpu_build_and_cuda_doc_encoding(model_bundle: Path, ivf_data: tuple, tiny_corpus: Path,
+                                         tmp_path: Path) -> None:
     from index_builder.build import build_from_vectors
     from service.engine import Retriever
 
@@ -231,3 +232,12 @@ def test_gpu_build_matches_cpu_recall(model_bundle: Path, ivf_data: tuple, tmp_p
     assert sec.built_on == "gpu" and sec.target_met
     r = Retriever(b)  # persisted in CPU form, loaded to GPU by the service when present
     assert _top1(r, docs[:50]) == [f"s{i:05d}" for i in range(50)]
+    # corpus encoding on the CUDA execution provider agrees with CPU
+    from core.corpus import load_corpus
+    from index_builder.shards import doc_encoder, encode_chunk
+
+    docs64 = load_corpus(tiny_corpus)[:64]
+    gpu_enc, _ = doc_encoder(model_bundle, use_gpu=True)
+    assert gpu_enc.providers[0] == "CUDAExecutionProvider"
+    cpu_enc, _ = doc_encoder(model_bundle, use_gpu=False)
+    assert np.abs(encode_chunk(gpu_enc, docs64, 32) - encode_chunk(cpu_enc, docs64, 32)).max() < 1e-3
