@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.errors import CropsError
 from training.world.build import build_world
 from training.world.config import tiny_config
-from training.world.evaluation import bm25_run, eval_queries, evaluate_run, load_eval_sets
+from training.world.evaluation import bm25_run, dense_run, eval_queries, evaluate_run, exact_search, load_eval_sets
 from training.world.knowledge import SimulatedLLM
 from training.world.ontology import load_ontology
 
@@ -82,3 +84,25 @@ def test_evaluate_run_perfect_empty_and_bm25(world: Path) -> None:
     for name, metric in (("ct", "recall@100"), ("qr", "recall@100"), ("graded", "ndcg@4")):
         assert 0.0 < bm[name]["all"][metric] < 1.0 or name == "ct"
         assert 0 < bm[name]["all"]["queries"] <= len(qs)
+
+
+class FakeHashEncoder:
+    """Unit-test fake (not a model): bag-of-words hashed into 64 dims, L2-normalised."""
+
+    def encode(self, texts: list[str], batch_size: int = 0, *, normalized: bool = False) -> np.ndarray:
+        out = np.zeros((len(texts), 64), np.float32)
+        for i, t in enumerate(texts):
+            for w in t.split():
+                out[i, zlib.crc32(w.encode()) % 64] += 1.0
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def test_exact_search_and_dense_run_plumbing(world: Path) -> None:
+    rng = np.random.default_rng(0)
+    q, d = rng.standard_normal((7, 16)).astype(np.float32), rng.standard_normal((300, 16)).astype(np.float32)
+    top = exact_search(q, d, 10)
+    assert (top == np.argsort(-(q @ d.T), axis=1, kind="stable")[:, :10]).all()
+    qs = eval_queries(world, max_per_set=10)
+    run = dense_run(world, qs, k=20, encoder=FakeHashEncoder(), cache=False)
+    assert set(run) == set(qs) and all(len(v) == 20 for v in run.values())
+    assert not (world / "cache").exists()  # a given encoder is never cached

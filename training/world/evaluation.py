@@ -153,7 +153,10 @@ def dense_run(
     ids, texts = load_doc_texts(world_dir)
     pretrained = encoder is None
     if encoder is None:
-        torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+        import os
+
+        # one intra-op thread by default: two threads on a busy 2-core box oversubscribe (DESIGN §8)
+        torch.set_num_threads(int(os.environ.get("CROPS_TORCH_THREADS", "1")))
         encoder = TextEncoder()
         if torch.cuda.is_available():
             encoder = encoder.to("cuda")
