@@ -94,6 +94,7 @@ def register(app: typer.Typer) -> None:
         cache: Annotated[str, typer.Option(help="comma-separated cache modes: none (every request "
                                                  "encodes) and/or memory (Zipf query mix)")] = "none,memory",
         out: Annotated[Path, typer.Option(help="JSON results")] = Path("runs/serve-bench/results.json"),
+        precision: Annotated[str, typer.Option(help="encoder variant: fp32, int8, fp16, auto")] = "fp32",
     ) -> None:
         """requests/s and p50/p99 of /retrieve under wrk, at each worker count, cache mode and concurrency."""
         import json
@@ -121,7 +122,7 @@ def register(app: typer.Typer) -> None:
         # Reference: the same encode+search in this process, no HTTP (what the service adds is the rest).
         from service.engine import Retriever
 
-        retriever = Retriever(bundle)
+        retriever = Retriever(bundle, precision=precision)
         lat: list[float] = []
         t_end = time.perf_counter() + duration
         i = 0
@@ -139,7 +140,8 @@ def register(app: typer.Typer) -> None:
         for n_workers in [int(x) for x in workers.split(",")]:
             for mode in modes:
                 port = 18_000 + n_workers * 10 + len(rows)
-                env = {**os.environ, "CROPS_CACHE": mode, "CROPS_MAX_IN_FLIGHT": "256"}
+                env = {**os.environ, "CROPS_CACHE": mode, "CROPS_MAX_IN_FLIGHT": "256",
+                       "CROPS_ENCODER_PRECISION": precision}
                 env.pop("PROMETHEUS_MULTIPROC_DIR", None)
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "crops", "serve", "--bundle", str(bundle), "--port", str(port),
@@ -173,6 +175,7 @@ def register(app: typer.Typer) -> None:
                     proc.terminate()
                     proc.wait(timeout=30)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out, {"bundle": str(bundle), "duration_s": duration, "rows": rows, "in_process": base,
+        atomic_write_json(out, {"bundle": str(bundle), "precision": precision, "duration_s": duration,
+                                "rows": rows, "in_process": base,
                                 "nproc": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]})
         typer.echo(f"-> {out}")

@@ -128,3 +128,17 @@ def test_health_info_and_metrics(srv: LiveServer, tiny_bundle: Path) -> None:
 def test_admin_endpoints_refuse_without_token(srv: LiveServer) -> None:
     assert srv.client.post("/admin/reload").status_code == 401
     assert srv.client.put("/admin/config", json={}).status_code == 401
+
+
+def test_concurrent_queries_are_encoded_in_micro_batches(srv: LiveServer) -> None:
+    before_sum = srv.metric("crops_encoder_batch_size_sum")
+    before_n = srv.metric("crops_encoder_batch_size_count")
+    before_le16 = srv.metric("crops_encoder_batch_size_bucket", le="16.0")
+    items = [{"query": f"micro batch probe {i}", "top_k": 1} for i in range(32)]
+    assert srv.client.post("/retrieve/batch", json={"items": items}).status_code == 200
+    encoded = srv.metric("crops_encoder_batch_size_sum") - before_sum
+    batches = srv.metric("crops_encoder_batch_size_count") - before_n
+    assert encoded == 32
+    assert batches < 32, "32 concurrent misses were encoded one by one"
+    # max_batch (16) bounds every batch: all new batches fall in the le=16 bucket
+    assert srv.metric("crops_encoder_batch_size_bucket", le="16.0") - before_le16 == batches
