@@ -18,6 +18,7 @@ index, tunes nprobe/k_factor on the tuning queries, and the report queries give 
 
     nice -n 10 python benchmarks/index_bench.py prepare   # ~2-4 min, cached in runs/bench/
     nice -n 10 python benchmarks/index_bench.py run --n 1000000
+    python benchmarks/index_bench.py scifact   # after `crops eval beir --index default/flat`
 """
 
 from __future__ import annotations
@@ -150,15 +151,66 @@ def run(bundle: Path, n: int, out_md: Path | None) -> None:
     print(json.dumps(result, indent=2))
 
 
+def scifact(eval_dir: Path) -> None:
+    """nDCG@10 / Recall@100 on SciFact test through the default IVF-PQ+refine index at several
+    operating points vs the Flat index (both bundles from ``crops eval beir``)."""
+    import faiss
+
+    from core.ir_metrics import mean_metrics
+    from core.manifest import load_id_map, verify_bundle
+    from core.onnx_encoder import OnnxEncoder
+    from index_builder.graded import load_graded
+
+    data = DATA / "beir_scifact"
+    gs = load_graded(data)
+    flat_dir = next(eval_dir.glob("beir_scifact-*-Flat"))
+    ivf_dir = next(eval_dir.glob("beir_scifact-*-default"))
+    m = verify_bundle(ivf_dir, require_index=True)
+    assert m.model is not None and m.index is not None
+    qids = list(gs.queries)
+    enc = OnnxEncoder(ivf_dir / m.model.query_onnx, ivf_dir / m.model.tokenizer, m.model.max_query_tokens)
+    qv = enc.encode_batched([gs.queries[q] for q in qids])
+    qrels = {q: {d: float(g) for d, g in r.items()} for q, r in gs.qrels.items()}
+
+    def evaluate(bundle: Path, nprobe: int | None, k_factor: float | None) -> dict[str, float]:
+        mm = verify_bundle(bundle, require_index=True)
+        assert mm.index is not None
+        index = faiss.read_index(str(bundle / mm.index.index_file))
+        ids = load_id_map(bundle / mm.index.id_map_file)
+        if nprobe is not None:
+            faiss.extract_index_ivf(index).nprobe = nprobe
+            faiss.downcast_index(index).k_factor = k_factor
+        faiss.omp_set_num_threads(1)
+        t0 = time.perf_counter()
+        _, rows = index.search(qv, 100)
+        ms = (time.perf_counter() - t0) * 1e3 / len(qv)
+        run = {q: [ids[r] for r in row if r >= 0] for q, row in zip(qids, rows, strict=True)}
+        met = mean_metrics(run, qrels, ks=(10, 100))
+        return {"ndcg@10": round(met["ndcg@10"], 4), "recall@100": round(met["recall@100"], 4),
+                "search_ms_per_query": round(ms, 3)}
+
+    rows = [{"index": "Flat", **evaluate(flat_dir, None, None)}]
+    for nprobe, kf in ((m.index.nprobe, m.index.k_factor), (16, 4.0), (8, 2.0), (4, 1.0), (64, 16.0)):
+        rows.append({"index": m.index.factory, "nprobe": nprobe, "k_factor": kf,
+                     "chosen": (nprobe, kf) == (m.index.nprobe, m.index.k_factor), **evaluate(ivf_dir, nprobe, kf)})
+    for r in rows[1:]:
+        r["ndcg@10_loss_vs_flat"] = round(rows[0]["ndcg@10"] - r["ndcg@10"], 4)
+    (WORK / "scifact_sweep.json").write_text(json.dumps(rows, indent=2))
+    print(json.dumps(rows, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["prepare", "run"])
+    ap.add_argument("step", choices=["prepare", "run", "scifact"])
     ap.add_argument("--bundle", type=Path, default=WORK / "model", help="exported model bundle")
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--report", type=Path, default=None)
+    ap.add_argument("--eval-dir", type=Path, default=ROOT / "runs" / "eval", help="crops eval beir --work")
     a = ap.parse_args()
     if a.step == "prepare":
         prepare(a.bundle)
+    elif a.step == "scifact":
+        scifact(a.eval_dir)
     else:
         run(a.bundle, a.n, a.report)
 
