@@ -68,7 +68,7 @@ def mine_cmd(
         str, typer.Option(help="P2: comma-separated rec_log actions that are not interactions")
     ] = "skip",
     p3_n: Annotated[int, typer.Option(min=0, help="P3: descriptions per query (0 = no P3)")] = 3,
-    p3_max_queries: Annotated[int, typer.Option(min=0, help="P3: at most this many queries (0 = all)")] = 0,
+    p3_max_queries: Annotated[int, typer.Option(min=0, help="P3: at most this many queries (0 = all)")] = 2000,
     llm_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://host:8000/v1")] = None,
     llm_model: Annotated[str, typer.Option(help="model name sent to the LLM endpoint")] = "Qwen2.5-14B-Instruct",
     llm_concurrency: Annotated[int, typer.Option(min=1)] = 8,

@@ -20,7 +20,9 @@ class MineConfig:
     rec_actions: tuple[str, ...] = ()  # P2: rec_log actions that count as interactions; () = every row
     rec_exclude_actions: tuple[str, ...] = ("skip",)  # P2: actions that are not interest (a skip)
     p3_n: int = 3  # P3: descriptions asked per query
-    p3_max_queries: int = 0  # P3: cap on queries sent to the LLM (0 = every query with a click)
+    # P3: queries sent to the LLM (a deterministic hash sample of the queries with a click; 0 = all).
+    # Each description costs an LLM call share and a θ embedding: the default keeps a CPU run short.
+    p3_max_queries: int = 2000
     p3_min_chars: int = 12
     p3_max_chars: int = 300
     alpha_sweep: tuple[float, ...] = field(default=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9))

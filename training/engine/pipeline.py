@@ -520,8 +520,9 @@ LIMIT {int(self.max_fit_pairs)}
             examples = sorted(
                 (q, v, self.videos[v]) for q, v in zip(ex["query"], ex["video_id"], strict=True) if v in self.videos
             )
-            if self.cfg.p3_max_queries:
-                examples = examples[: self.cfg.p3_max_queries]
+            if self.cfg.p3_max_queries:  # a hash sample, not the alphabetical head
+                examples = sorted(examples, key=lambda e: hashlib.sha1(e[0].encode("utf-8")).digest())
+                examples = sorted(examples[: self.cfg.p3_max_queries])
             rows, results = generate_p3(
                 self.source,
                 examples,
