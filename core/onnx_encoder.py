@@ -6,6 +6,7 @@ mean-pooled over the mask and L2-normalised, so every caller gets the same vecto
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,19 @@ def available_providers() -> list[str]:
     import onnxruntime as ort
 
     return list(ort.get_available_providers())
+
+
+_CUDA_PRELOADED = False
+
+
+def _preload_cuda(ort: Any) -> None:
+    """Load CUDA/cuDNN from the nvidia-* pip wheels (onnxruntime-gpu[cuda,cudnn]) once; without it
+    the CUDA provider silently falls back to CPU when the libraries are not on the loader path."""
+    global _CUDA_PRELOADED
+    if not _CUDA_PRELOADED and hasattr(ort, "preload_dlls"):
+        _CUDA_PRELOADED = True
+        with contextlib.suppress(Exception):  # system CUDA installs do not need it
+            ort.preload_dlls()
 
 
 def make_session(
@@ -45,6 +59,7 @@ def make_session(
     providers = ["CPUExecutionProvider"]
     if use_gpu is not False and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
+        _preload_cuda(ort)
     elif use_gpu:
         raise CropsError(ErrorKind.BACKEND, "use_gpu requested but onnxruntime has no CUDA provider")
     try:
