@@ -142,7 +142,9 @@ def expand(base: np.ndarray, n: int) -> np.ndarray:
     return index_bench.expand(base, n)
 
 
-def build_bundle(model: Path, vectors: np.ndarray, tune_q: np.ndarray, target: Path, corpus: str) -> None:
+def build_bundle(
+    model: Path, vectors: np.ndarray, tune_q: np.ndarray, target: Path, corpus: str, factory: str | None = None
+) -> None:
     """Index ``vectors`` into a copy of ``model`` with the builder's default factory, tuned to recall 0.95."""
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(model, target)
@@ -150,7 +152,7 @@ def build_bundle(model: Path, vectors: np.ndarray, tune_q: np.ndarray, target: P
     from index_builder import build as ib
 
     if hasattr(ib, "build_from_vectors"):  # the index builder's own production path
-        ib.build_from_vectors(target, vectors, ids, tune_q, corpus=corpus)
+        ib.build_from_vectors(target, vectors, ids, tune_q, corpus=corpus, factory=factory)
         return
     import faiss
 
@@ -159,7 +161,7 @@ def build_bundle(model: Path, vectors: np.ndarray, tune_q: np.ndarray, target: P
     from index_builder.faiss_utils import choose_factory, exact_topk, set_search_params
 
     t0 = time.perf_counter()
-    factory = choose_factory(len(vectors), vectors.shape[1])
+    factory = factory or choose_factory(len(vectors), vectors.shape[1])
     index = ib.train_and_add(factory, vectors)
     truth = exact_topk(vectors, tune_q, 100)
     nprobe, recall = ib.tune_nprobe(index, tune_q, truth, 0.95)
@@ -197,11 +199,17 @@ def encode_queries(bundle: Path, queries: list[str]) -> np.ndarray:
 
 
 def ensure_bench_bundle(
-    n: int, model: Path, work: Path, tune_texts: list[str], base_bundle: Path | None = None
+    n: int,
+    model: Path,
+    work: Path,
+    tune_texts: list[str],
+    base_bundle: Path | None = None,
+    factory: str | None = None,
 ) -> tuple[Path, Path, str]:
     """(bundle, vectors.npy, description), built once under ``work`` and reused."""
     vec_path = work / "vectors.npy"
-    bundle = work / "bundle"
+    suffix = "" if factory is None else "_" + "".join(c if c.isalnum() else "_" for c in factory)
+    bundle = work / f"bundle{suffix}"
     base, source = base_embeddings(model, PERF, base_bundle)
     if not vec_path.is_file():
         log(f"expanding {len(base)} real embeddings to {n} vectors (clustered perturbation)")
@@ -214,7 +222,7 @@ def ensure_bench_bundle(
         vecs = np.load(vec_path)
         tune = encode_queries(model, tune_texts)
         log(f"building the index over {n} vectors (this is the slow part at 1M: minutes)")
-        build_bundle(model, vecs, tune, bundle, corpus=f"bench:expanded:{n}")
+        build_bundle(model, vecs, tune, bundle, corpus=f"bench:expanded:{n}", factory=factory)
     return bundle, vec_path, f"{len(base)} real embeddings ({source}) expanded to {n}"
 
 
@@ -592,9 +600,13 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=400.0, help="the fixed-rate point")
     ap.add_argument("--slo-p99-ms", type=float, default=10.0)
     ap.add_argument("--world", type=Path, default=None, help="query mix from this world's search log")
+    ap.add_argument("--factory", default=None, help="faiss factory (default: the index builder's choice)")
     ap.add_argument("--skip-naive", action="store_true")
-    ap.add_argument("--prepare-only", action="store_true",
-                    help="build the bench bundle and vectors, then stop (run it under nice; measure later)")
+    ap.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="build the bench bundle and vectors, then stop (run it under nice; measure later)",
+    )
     ap.add_argument("--publish", action="store_true", help="also write docs/bench.md, .png, .json")
     a = ap.parse_args()
     n = 100_000 if a.quick and a.n == 1_000_000 else a.n
@@ -619,7 +631,7 @@ def main() -> None:
         bundle, vec_path, vec_desc = a.bundle, a.vectors, f"given ({a.vectors})"
     else:
         model = ensure_model_bundle(a.model_bundle)
-        bundle, vec_path, vec_desc = ensure_bench_bundle(n, model, work, tune_texts, a.base_bundle)
+        bundle, vec_path, vec_desc = ensure_bench_bundle(n, model, work, tune_texts, a.base_bundle, a.factory)
     if a.prepare_only:
         log(f"prepared {bundle} ({vec_desc})")
         return
