@@ -766,18 +766,20 @@ def main() -> None:
         "machine": machine_info(),
         "rows": rows,
     }
-    plot(result, work / "bench.png")
+    out = Path(str(bundle).rstrip("/") + "_results")  # one folder per bundle measured
+    out.mkdir(parents=True, exist_ok=True)
+    plot(result, out / "bench.png")
     for row in rows.values():
         row.pop("_samples", None)
-    (work / "bench.json").write_text(json.dumps(result, indent=2, default=str))
-    write_markdown(result, work / "report.md", command)
+    (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
+    write_markdown(result, out / "report.md", command)
     if a.publish:
         docs = ROOT / "docs"
         docs.mkdir(exist_ok=True)
-        shutil.copyfile(work / "bench.png", docs / "bench.png")
-        shutil.copyfile(work / "bench.json", docs / "bench.json")
-        shutil.copyfile(work / "report.md", docs / "bench.md")
-    print((work / "report.md").read_text())
+        shutil.copyfile(out / "bench.png", docs / "bench.png")
+        shutil.copyfile(out / "bench.json", docs / "bench.json")
+        shutil.copyfile(out / "report.md", docs / "bench.md")
+    print((out / "report.md").read_text())
     print(
         json.dumps(
             {k: result[k] for k in ("limit_rps", "service_rps", "naive_rps", "service_p99_ms_at_400", "recall_at_100")}
