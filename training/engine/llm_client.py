@@ -303,7 +303,7 @@ class SimulatedSource:
         from tqdm import tqdm
 
         out = []
-        for r in tqdm(requests, desc="P3 simulated llm", disable=not progress, unit="query"):
+        for r in tqdm(requests, desc="P3 simulated llm", disable=not progress, unit="query", mininterval=2.0):
             key = self.cache.key(self.model, self.prompt_version, r.query, r.n)
             hit = self.cache.get_entry(key)
             if hit is not None:

@@ -271,6 +271,11 @@ class Miner:
         t0 = time.perf_counter()
         fn()
         self.timings[name] = round(time.perf_counter() - t0, 2)
+        # Keep the last measured time of every step across resumed runs (for the report).
+        tpath = self.work / "timings.json"
+        kept = json.loads(tpath.read_text()) if tpath.is_file() else {}
+        kept[name] = {"seconds": self.timings[name], "engine": self.engine_name}
+        atomic_write_json(tpath, kept)
         self.state[name] = digest
         atomic_write_json(self.state_path, self.state)
         self.run_steps.append(name)
