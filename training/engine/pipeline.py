@@ -332,7 +332,7 @@ class Miner:
                 self.theta_backend,
             )
             self._step("theta_fit", d_fit, [self.work / "theta_fit.json"], self._fit_theta)
-            d_score = _digest("score", d_fit, _fingerprint(self.inp.videos))
+            d_score = _digest("score", d_fit, _fingerprint(self.inp.videos), "recalibrated-v2")
             self._step("theta_score", d_score, [self.work / "theta.parquet"], self._score_candidates)
             src = (self.source.model, self.source.prompt_version) if self.source else None
             d_p3 = _digest(
@@ -500,7 +500,10 @@ LIMIT {int(self.max_fit_pairs)}
         if len(keep) < len(vs):
             log.warning("  %d candidate videos are not in the videos table; they get no θ", len(vs) - len(keep))
         qs, vs = [qs[i] for i in keep], [vs[i] for i in keep]
-        theta = self.score(qs, [self.videos[v] for v in vs]) if qs else np.zeros(0)
+        if qs and self.fake_scorer is None and self.inp.labels is not None:
+            theta = self._recalibrated_theta(qs, vs)
+        else:
+            theta = self.score(qs, [self.videos[v] for v in vs]) if qs else np.zeros(0)
         if self._disc is not None:
             self._disc.cache.save()
         write_table(
@@ -513,6 +516,43 @@ LIMIT {int(self.max_fit_pairs)}
             ),
             self.work / "theta.parquet",
         )
+
+    def _recalibrated_theta(self, qs: list[str], vs: list[str]) -> np.ndarray:
+        """θ for every candidate, with Platt refitted on ALL labelled candidates of the fit-half
+        queries: the fit step calibrated on a small sample, this calibrates on exactly the
+        distribution θ is thresholded on. Held-out queries stay unseen (the α sweep uses them)."""
+        from training.engine.discriminator import expected_calibration_error, fit_platt, sigmoid
+
+        disc = self.discriminator
+        qv = disc.embed(qs, kind="query", progress=self.progress)
+        dv = disc.embed([self.videos[v] for v in vs], kind="doc", progress=self.progress)
+        margin = disc.margin(qv, dv)
+        con = self.duck()
+        con.register("pairs", pa.table({"i": np.arange(len(qs)), "query": qs, "video_id": vs}))
+        rows = con.execute(
+            "SELECT p.i, COALESCE(t.y, 0), COALESCE(f.is_eval, FALSE) FROM pairs p "
+            "LEFT JOIN truth t ON t.query = p.query AND t.video_id = p.video_id "
+            "LEFT JOIN qflags f ON f.query = p.query ORDER BY p.i"
+        ).fetchall()
+        con.close()
+        y = np.array([r[1] for r in rows], dtype=np.int64)
+        fit = ~np.array([bool(r[2]) for r in rows])
+        old = disc.platt
+        if fit.sum() >= 2 and 0 < y[fit].sum() < fit.sum():
+            disc.platt = fit_platt(margin[fit], y[fit])
+            disc.save(self.work / "theta_model")
+            info = json.loads((self.work / "theta_fit.json").read_text())
+            info["recalibration"] = {
+                "pairs": int(fit.sum()),
+                "platt_before": list(old),
+                "platt_after": list(disc.platt),
+                "ece_fit_candidates_before": expected_calibration_error(sigmoid(old[0] * margin[fit] + old[1]), y[fit]),
+                "ece_fit_candidates_after": expected_calibration_error(
+                    disc.prob_from_vectors(qv[fit], dv[fit]), y[fit]
+                ),
+            }
+            atomic_write_json(self.work / "theta_fit.json", info)
+        return disc.prob_from_vectors(qv, dv)
 
     def _run_p3(self) -> None:
         from training.engine.p3 import generate_p3

@@ -274,6 +274,12 @@ def render_markdown(rep: dict[str, Any]) -> str:
             f"- test split: AUC {_fmt(th.get('auc_test'))}, ECE {_fmt(th.get('ece_test'))} "
             f"(before Platt {_fmt(th.get('ece_test_raw'))}), Brier {_fmt(th.get('brier_test'))}",
         ]
+        if "recalibration" in th:
+            rc = th["recalibration"]
+            lines.append(
+                f"- Platt refitted on all {rc['pairs']} candidates of the fit-half queries: ECE there "
+                f"{_fmt(rc['ece_fit_candidates_before'])} → {_fmt(rc['ece_fit_candidates_after'])}"
+            )
         if "ece_eval_candidates" in th:
             lines.append(
                 f"- P1+P2 candidates of held-out queries ({th['eval_candidates']} pairs): "
