@@ -54,11 +54,14 @@ def beir(
     ] = "small",
     seed: Annotated[int, typer.Option()] = 0,
     steps: Annotated[int | None, typer.Option(min=1)] = None,
+    doc_tokens: Annotated[int | None, typer.Option(min=8, help="max doc tokens (default 256)")] = None,
 ) -> None:
     """Fine-tune on train qrels (BM25 ranks as lower levels); print test nDCG@10 and Recall@100."""
     from training.experiment.beir import run_beir
 
     extra: dict[str, Any] = {"steps": steps} if steps else {}
+    if doc_tokens:
+        extra["max_doc_tokens"] = doc_tokens
     result = run_beir(data, out, budget, seed, True, **extra)
     typer.echo(
         json.dumps(

@@ -97,6 +97,7 @@ class Experiment:
         self.bm25 = BM25Index(self.doc_ids, self.doc_texts)
         self._base: DualEncoder | None = None
         self._ts: tuple[str, TrainingSet] | None = None
+        self._bm25_negs: tuple[str, dict[str, list[str]]] | None = None
 
     def new_model(self, cfg: TrainConfig) -> DualEncoder:
         model = DualEncoder(
@@ -107,6 +108,9 @@ class Experiment:
             max_doc_tokens=cfg.max_doc_tokens,
             adapter=cfg.adapter,
         )
+        from training.trainer.loop import resolve_device
+
+        model.to(resolve_device(cfg.device))  # CUDA when the budget asks for it, also for evaluation
         if self._base is None:
             self._base = model
             self._fill_caches(model)
@@ -208,7 +212,9 @@ class Experiment:
             model = self.new_model(cfg)
             hard = refresh = None
             if spec.hard_negatives == "bm25":
-                hard = self.bm25_negatives(ts, cfg.n_hard)
+                if self._bm25_negs is None or self._bm25_negs[0] != method:  # deterministic: once per method
+                    self._bm25_negs = (method, self.bm25_negatives(ts, cfg.n_hard))
+                hard = self._bm25_negs[1]
             elif spec.hard_negatives == "ance":
                 refresh = self.ance_refresher(cfg.n_hard)
             if hard is not None or refresh is not None:

@@ -45,6 +45,10 @@ class TrainResult:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from core.errors import CropsError, ErrorKind
+
+        raise CropsError(ErrorKind.INVALID_INPUT, f"device {name!r} asked for but torch sees no CUDA GPU")
     return torch.device(name)
 
 
