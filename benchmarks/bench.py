@@ -448,13 +448,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    names = ["limit", "service", "naive"]
-    vals = [result["limit_rps"], result["service_rps"], result["naive_rps"]]
-    axes[0].bar(names, vals, color=["grey", "tab:blue", "tab:orange"])
+    names = ["limit", f"service\np99≤{result['slo_p99_ms']:g}ms", "service\nany latency", "naive\nany latency"]
+    vals = [result["limit_rps"], result["service_rps"], result["service_rps_any_latency"], result["naive_rps"]]
+    axes[0].bar(names, vals, color=["grey", "tab:blue", "lightsteelblue", "tab:orange"])
     for i, v in enumerate(vals):
         axes[0].text(i, v, f"{v:.0f}", ha="center", va="bottom")
     axes[0].set_ylabel("requests/s")
-    axes[0].set_title(f"throughput (service: p99 ≤ {result['slo_p99_ms']:g} ms)")
+    axes[0].set_title("throughput")
     for name, color in (("service", "tab:blue"), ("naive", "tab:orange")):
         pts = result["rows"].get(name, {}).get("sweep", [])
         if pts:
@@ -474,6 +474,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             axes[2].plot([r[0] for r in rows], [r[1] for r in rows], ":", label=f"{arm} p50")
             axes[2].plot([r[0] for r in rows], [r[3] for r in rows], "-", label=f"{arm} p99")
         axes[2].axhline(result["slo_p99_ms"], color="red", lw=0.8)
+        axes[2].set_yscale("log")
         axes[2].set_xlabel("seconds")
         axes[2].set_ylabel("latency ms (1 s windows)")
         axes[2].set_title(f"service at {result['fixed_rate']:g} req/s (open loop)")
@@ -526,7 +527,8 @@ def write_markdown(result: dict[str, Any], path: Path, command: str) -> None:
         "",
         f"- **service / limit = {fmt(result['service_over_limit'], 3)}** (goal ≥ 0.9); "
         f"**service / naive = {fmt(result['service_over_naive'], 1)}×** (goal ≥ 10×); "
-        f"service max throughput at any latency {fmt(svc.get('max_rps_any_latency'))} req/s.",
+        f"service max throughput at any latency {fmt(svc.get('max_rps_any_latency'))} req/s "
+        f"(= {fmt(result.get('service_over_limit_any_latency'), 3)} of the limit).",
         f"- Cores: {result['core_split']}",
         f"- Load average (1/5/15 min) at start {result['loadavg_start']}, at end {result['loadavg_end']}: "
         + (
@@ -734,6 +736,10 @@ def main() -> None:
         "recall_at_100": recall,
         "recall_queries": recall_n,
         "service_over_limit": round(service_rps / limit_rps, 3) if limit_rps else None,
+        "service_rps_any_latency": rows["service"].get("max_rps_any_latency"),
+        "service_over_limit_any_latency": round(rows["service"].get("max_rps_any_latency", 0) / limit_rps, 3)
+        if limit_rps
+        else None,
         "service_over_naive": round(service_rps / naive_rps, 1) if naive_rps and naive_rps == naive_rps else None,
         "peak_rss_mib": {k: rows[k].get("peak_rss_mib") for k in rows},
         "n": n,

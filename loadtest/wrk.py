@@ -39,9 +39,7 @@ def wrk_binary() -> str:
     """Path of wrk, or a clear error saying how to install it."""
     found = shutil.which("wrk")
     if not found:
-        raise CropsError(
-            ErrorKind.NOT_FOUND, "wrk is not installed: apt-get install -y wrk (make bench installs it)"
-        )
+        raise CropsError(ErrorKind.NOT_FOUND, "wrk is not installed: apt-get install -y wrk (make bench installs it)")
     return found
 
 
@@ -66,9 +64,7 @@ def parse_output(out: str) -> dict[str, Any]:
         if line.startswith("WRKJSON "):
             raw = json.loads(line[len("WRKJSON ") :])
             secs = raw["duration_us"] / 1e6
-            errors = sum(
-                raw[k] for k in ("status_errors", "connect_errors", "read_errors", "write_errors", "timeouts")
-            )
+            errors = sum(raw[k] for k in ("status_errors", "connect_errors", "read_errors", "write_errors", "timeouts"))
             return {
                 "rps": round(raw["requests"] / secs, 1) if secs else 0.0,
                 "requests": raw["requests"],
@@ -91,7 +87,7 @@ def run_wrk(
     duration: float,
     threads: int = 1,
     cpus: str | None = None,
-    timeout_s: float = 2.0,
+    timeout_s: float = 10.0,
 ) -> dict[str, Any]:
     """One closed-loop run: ``connections`` keep-alive connections for ``duration`` seconds."""
     cmd = [
