@@ -173,10 +173,10 @@ def _plots(out: Path, sweeps: dict[str, list[dict[str, float]]], rel_eval: Any, 
 
     if sweeps:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for name, rows in sweeps.items():
+        for i, (name, rows) in enumerate(sweeps.items()):
             a = [r["alpha"] for r in rows]
-            ax.plot(a, [r["precision"] for r in rows], "o-", label=f"{name} precision")
-            ax.plot(a, [r["recall"] for r in rows], "s--", label=f"{name} recall")
+            ax.plot(a, [r["precision"] for r in rows], "o-", color=f"C{i}", label=f"{name} precision")
+            ax.plot(a, [r["recall"] for r in rows], "s--", color=f"C{i}", label=f"{name} recall")
         ax.set_xlabel("α (θ threshold)")
         ax.set_ylabel("vs truth (P1/P2: held-out queries; P3: simulated labels)")
         ax.set_ylim(0, 1.02)
