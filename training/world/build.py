@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from core.atomic import atomic_write_json
 from training.world.catalog import Catalog, generate_catalog, load_real_texts, modifier_ids
 from training.world.config import WorldConfig
-from training.world.files import write_parquet
+from training.world.files import atomic_path, write_parquet
 from training.world.ontology import Ontology, load_ontology
 from training.world.population import DAY_MS, make_users
 from training.world.queries import LEVELS, QueryBook
@@ -235,28 +236,48 @@ def _write_tables(
     q_test = np.bincount(r_sid[r_test], minlength=n_q)
     index = VideoIndex.build(cat)
     cache: dict[tuple[tuple[int, int, int], ...], tuple[np.ndarray, np.ndarray]] = {}
-    rel_q, rel_v, rel_g = [], [], []
-    senses_of = []
-    for i in range(n_q):
-        senses = tuple(book.string_senses(i))
-        senses_of.append(senses)
-        if senses not in cache:
-            cache[senses] = grade_need(cat, index, list(senses))
-        v, g = cache[senses]
-        rel_q.append(np.full(len(v), i, np.int64))
-        rel_v.append(v)
-        rel_g.append(g)
-    rq, rv, rg = _cat(rel_q, np.int64), _cat(rel_v, np.int64), _cat(rel_g, np.int8)
-    write_parquet(
-        pa.table(
-            {
-                "query": _dict(rq, book.strings),
-                "video_id": _dict(rv, vid_ids),
-                "grade": pa.array(rg, pa.int8()),
-            }
-        ),
-        out / "truth" / "relevance.parquet",
+    # streamed in row groups: at 200k+ videos this table has tens of millions of rows
+    q_dict, v_dict = pa.array(book.strings, pa.string()), pa.array(vid_ids, pa.string())
+    schema = pa.schema(
+        [
+            ("query", pa.dictionary(pa.int32(), pa.string())),
+            ("video_id", pa.dictionary(pa.int32(), pa.string())),
+            ("grade", pa.int8()),
+        ]
     )
+    senses_of = []
+    n_rel = 0
+    with (
+        atomic_path(out / "truth" / "relevance.parquet") as tmp,
+        pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
+    ):
+        rel_q: list[np.ndarray] = []
+        rel_v: list[np.ndarray] = []
+        rel_g: list[np.ndarray] = []
+        buffered = 0
+        for i in range(n_q):
+            senses = tuple(book.string_senses(i))
+            senses_of.append(senses)
+            if senses not in cache:
+                cache[senses] = grade_need(cat, index, list(senses))
+            v, g = cache[senses]
+            rel_q.append(np.full(len(v), i, np.int32))
+            rel_v.append(v.astype(np.int32))
+            rel_g.append(g)
+            buffered += len(v)
+            if buffered >= 2_000_000 or i == n_q - 1:
+                writer.write_table(
+                    pa.table(
+                        {
+                            "query": pa.DictionaryArray.from_arrays(pa.array(np.concatenate(rel_q)), q_dict),
+                            "video_id": pa.DictionaryArray.from_arrays(pa.array(np.concatenate(rel_v)), v_dict),
+                            "grade": pa.array(np.concatenate(rel_g), pa.int8()),
+                        },
+                        schema=schema,
+                    )
+                )
+                n_rel += buffered
+                rel_q, rel_v, rel_g, buffered = [], [], [], 0
     mods_inv = {v: k[1] for k, v in modifier_ids(onto).items()}
     key0 = [book.keys[min(book.string_keys[i])] for i in range(n_q)]
     intent_ids = []
@@ -338,7 +359,7 @@ def _write_tables(
         "search_log_rows": len(row_req),
         "rec_log_rows": len(rec_ts),
         "queries": n_q,
-        "relevance_rows": len(rq),
+        "relevance_rows": n_rel,
         "ct_pairs": len(ct["query"]),
         "qr_pairs": len(qr["query"]),
         "graded_rows": len(gq),
