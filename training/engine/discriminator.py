@@ -274,15 +274,32 @@ class Discriminator:
             out[s : s + 50_000] = pair_features(q[s : s + 50_000], d[s : s + 50_000]) @ self.w + self.b
         return out
 
+    def margin_indexed(self, qe: np.ndarray, de: np.ndarray, qi: np.ndarray, di: np.ndarray) -> np.ndarray:
+        """Margins of pairs (qe[qi[k]], de[di[k]]): each distinct text is embedded once and pairs
+        are gathered chunk by chunk, so a million pairs never materialise a million vectors."""
+        out = np.empty(len(qi), dtype=np.float64)
+        for s in range(0, len(qi), 50_000):
+            out[s : s + 50_000] = self.margin(qe[qi[s : s + 50_000]], de[di[s : s + 50_000]])
+        return out
+
     def prob_from_vectors(self, q: np.ndarray, d: np.ndarray) -> np.ndarray:
         a, b = self.platt
         return sigmoid(a * self.margin(q, d) + b)
 
+    def pair_margins(self, queries: Sequence[str], docs: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        """Head margins (before Platt) for aligned lists of query and document texts."""
+        uq, qi = np.unique(np.asarray(list(queries), dtype=object).astype(str), return_inverse=True)
+        ud, di = np.unique(np.asarray(list(docs), dtype=object).astype(str), return_inverse=True)
+        qe = self.embed(uq.tolist(), kind="query", progress=progress)
+        de = self.embed(ud.tolist(), kind="doc", progress=progress)
+        return self.margin_indexed(qe, de, qi, di)
+
     def score(self, queries: Sequence[str], docs: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """θ for aligned lists of query and document texts."""
-        q = self.embed(queries, kind="query", progress=progress)
-        d = self.embed(docs, kind="doc", progress=progress)
-        return self.prob_from_vectors(q, d)
+        if len(queries) == 0:
+            return np.zeros(0)
+        a, b = self.platt
+        return sigmoid(a * self.pair_margins(queries, docs, progress=progress) + b)
 
     def fit_vectors(
         self,

@@ -524,9 +524,7 @@ LIMIT {int(self.max_fit_pairs)}
         from training.engine.discriminator import expected_calibration_error, fit_platt, sigmoid
 
         disc = self.discriminator
-        qv = disc.embed(qs, kind="query", progress=self.progress)
-        dv = disc.embed([self.videos[v] for v in vs], kind="doc", progress=self.progress)
-        margin = disc.margin(qv, dv)
+        margin = disc.pair_margins(qs, [self.videos[v] for v in vs], progress=self.progress)
         con = self.duck()
         con.register("pairs", pa.table({"i": np.arange(len(qs)), "query": qs, "video_id": vs}))
         rows = con.execute(
@@ -548,11 +546,11 @@ LIMIT {int(self.max_fit_pairs)}
                 "platt_after": list(disc.platt),
                 "ece_fit_candidates_before": expected_calibration_error(sigmoid(old[0] * margin[fit] + old[1]), y[fit]),
                 "ece_fit_candidates_after": expected_calibration_error(
-                    disc.prob_from_vectors(qv[fit], dv[fit]), y[fit]
+                    sigmoid(disc.platt[0] * margin[fit] + disc.platt[1]), y[fit]
                 ),
             }
             atomic_write_json(self.work / "theta_fit.json", info)
-        return disc.prob_from_vectors(qv, dv)
+        return sigmoid(disc.platt[0] * margin + disc.platt[1])
 
     def _run_p3(self) -> None:
         from training.engine.p3 import generate_p3
