@@ -227,7 +227,8 @@ def test_config_file_and_cli(tmp_path: Path) -> None:
 
     cfg_file = tmp_path / "w.yaml"
     cfg_file.write_text(
-        "n_requests: 400\ndays: 3\ntest_days: 1\ngraded_queries: 9\ncatalog: {n_videos: 300}\nusers: {n_users: 50}\n"
+        "n_requests: 400\ndays: 3\ntest_days: 1\ngraded_queries: 9\nrelevance_min_grade: 2\n"
+        "catalog: {n_videos: 300}\nusers: {n_users: 50}\n"
     )
     assert load_config(cfg_file).catalog.n_videos == 300
     assert load_config(cfg_file).legacy == WorldConfig().legacy  # partial sections keep defaults
@@ -238,6 +239,7 @@ def test_config_file_and_cli(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     info = json.loads((tmp_path / "w" / "world.json").read_text())
     assert info["counts"]["videos"] == 250 and info["seed"] == 2
+    assert pq.read_table(tmp_path / "w" / "truth" / "relevance.parquet").column("grade").to_numpy().min() == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("legacy: {retrieve_k: -3}\n")
     with pytest.raises(CropsError, match=r"bad\.yaml"):

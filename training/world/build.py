@@ -261,6 +261,9 @@ def _write_tables(
             if senses not in cache:
                 cache[senses] = grade_need(cat, index, list(senses))
             v, g = cache[senses]
+            if cfg.relevance_min_grade > 1:
+                keep = g >= cfg.relevance_min_grade
+                v, g = v[keep], g[keep]
             rel_q.append(np.full(len(v), i, np.int32))
             rel_v.append(v.astype(np.int32))
             rel_g.append(g)

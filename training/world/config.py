@@ -110,6 +110,9 @@ class WorldConfig(BaseModel):
     days: int = Field(default=14, ge=2)
     test_days: int = Field(default=3, ge=1)
     start_ts_ms: int = 1_767_571_200_000  # 2026-01-05 00:00 UTC
+    relevance_min_grade: int = Field(
+        default=1, ge=1, le=3, description="truth/relevance rows kept (2 or 3 shrink it for 200k+ catalogs)"
+    )
     graded_queries: int = Field(default=500, ge=1, description="test queries with 'human' graded labels")
     catalog: CatalogKnobs = CatalogKnobs()
     users: UserKnobs = UserKnobs()
