@@ -56,6 +56,7 @@ class LegacyStack:
         self.qc = np.zeros((0, self.n_cat), np.float64)  # clicks per (query key, category)
         self._pop_scale = 1.0
         self._mark = np.zeros(self.n, bool)
+        self._acc = np.zeros(self.n, np.float64)
         self._lex_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._lex_cached = 0
         self.lex_cache_entries = 5_000_000
@@ -104,30 +105,31 @@ class LegacyStack:
         ids = [self.vocab[w] for w in set(legacy_tokens(text)) if w in self.vocab]
         if not ids:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        ip = self.bm25.indptr
-        # like any inverted-index engine, candidates come from the selective terms ("how", "to" and
-        # "video" alone retrieve nothing); common terms still add to the score of those candidates
-        rare = [j for j in ids if ip[j + 1] - ip[j] <= self.common_df]
-        if rare and len(rare) < len(ids):
-            cand, _ = self.lexical_ids(rare)
-            allv, alls = self.lexical_ids(ids)
-            keep = np.isin(allv, cand, assume_unique=True)
-            return allv[keep], alls[keep]
-        return self.lexical_ids(ids)
-
-    def lexical_ids(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         ip, ind, dat = self.bm25.indptr, self.bm25.indices, self.bm25.data
         if len(ids) == 1:  # one token: its posting list is already unique and sorted
             j = ids[0]
             return ind[ip[j] : ip[j + 1]].astype(np.int64), dat[ip[j] : ip[j + 1]].astype(np.float32)
-        v = np.concatenate([ind[ip[j] : ip[j + 1]] for j in ids])
-        s = np.concatenate([dat[ip[j] : ip[j + 1]] for j in ids])
-        if self.n <= 300_000:  # a dense accumulator beats sorting at this size
-            acc = np.bincount(v, weights=s, minlength=self.n)
-            nz = np.flatnonzero(acc)
-            return nz.astype(np.int64), acc[nz].astype(np.float32)
-        uniq, inv = np.unique(v, return_inverse=True)
-        return uniq.astype(np.int64), np.bincount(inv, weights=s).astype(np.float32)
+        # like any inverted-index engine, candidates come from the selective terms ("how", "to" and
+        # "video" alone retrieve nothing); common terms still add to the score of those candidates
+        rare = [j for j in ids if ip[j + 1] - ip[j] <= self.common_df] or ids
+        if len(rare) == 1:
+            cand = ind[ip[rare[0]] : ip[rare[0] + 1]]
+        else:  # union of the rare posting lists without sorting (a reusable marker)
+            parts = []
+            for j in rare:
+                p = ind[ip[j] : ip[j + 1]]
+                p = p[~self._mark[p]]
+                self._mark[p] = True
+                parts.append(p)
+            cand = np.concatenate(parts)
+            self._mark[cand] = False
+        acc = self._acc  # a reusable dense accumulator; each posting list holds a doc at most once
+        for j in ids:
+            acc[ind[ip[j] : ip[j + 1]]] += dat[ip[j] : ip[j + 1]]
+        scores = acc[cand].astype(np.float32)
+        for j in ids:
+            acc[ind[ip[j] : ip[j + 1]]] = 0.0
+        return cand.astype(np.int64), scores
 
     # ------------------------------------------------------------------ learned state
     def qkey(self, text: str) -> int:
