@@ -140,7 +140,7 @@ def build_from_vectors(
     seed: int = 0,
     use_gpu: bool | None = None,
     timings: dict[str, float] | None = None,
-    n_latency: int = 200,
+    n_latency: int = 100,
 ) -> IndexSection:
     """Build, tune and persist the bundle's index from embeddings already computed.
 
