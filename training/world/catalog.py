@@ -382,7 +382,7 @@ _STOP = {
 
 
 def assign_real(onto: Ontology, texts: list[RealText], rng: np.random.Generator) -> _Assigned:
-    """Give each real text the topic its words match best (≥ 2 matching words, head words count 2).
+    """Give each real text the topic its words match best (score ≥ 3; name words count 2, others 1).
 
     Unmatched texts become background videos (topic -1): relevant to no query, realistic noise.
     """
@@ -418,7 +418,7 @@ def assign_real(onto: Ontology, texts: list[RealText], rng: np.random.Generator)
                 score[t] = score.get(t, 0.0) + wt
         best = max(score.items(), key=lambda kv: kv[1] + noise[i] * (kv[0] % 7) / 7) if score else None
         cat = r.category or "other"
-        if best is not None and best[1] >= 2:
+        if best is not None and best[1] >= 3:
             t = best[0]
             topic = onto.topics[t]
             facets = onto.categories[onto.topic_category[t]].facets
