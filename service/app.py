@@ -54,6 +54,26 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(orjson.dumps(body), status_code=status, headers=headers, media_type=JSON)
 
 
+class JsonBodyDefault:
+    """Read POST bodies of /retrieve* as JSON when the client sent no JSON content type.
+
+    ``curl -d '{"query": ...}'`` labels its body form-encoded; the API only speaks JSON, so the
+    label is corrected here instead of answering 422 to the most common first try. A body that is
+    not JSON still gets a 422 with a message.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/retrieve"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            ctype = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            if b"json" not in ctype.lower():
+                scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: ServiceSettings) -> FastAPI:
     state = ServiceState(settings)
     metrics = state.metrics
@@ -75,6 +95,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     app.state.crops = state
     app.state.retry_after_s = settings.retry_after_s
+    app.add_middleware(JsonBodyDefault)
 
     def on_error(kind: ErrorKind, path: str, status: int) -> None:
         metrics.errors.labels(kind=kind.value).inc()

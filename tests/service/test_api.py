@@ -88,6 +88,17 @@ def test_malformed_json_is_422(srv: LiveServer) -> None:
     assert r.json()["error"] == "invalid_input"
 
 
+@pytest.mark.parametrize("ctype", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_json_body_without_json_content_type_is_read_as_json(srv: LiveServer, ctype: str | None) -> None:
+    # `curl -d '{"query": "cat video"}'` (the README's example) sends a form content type.
+    headers = {"content-type": ctype} if ctype else {}
+    r = srv.client.post("/retrieve", content=b'{"query": "cat video"}', headers=headers)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["candidates"]) == 100
+    bad = srv.client.post("/retrieve", content=b"query=cat", headers=headers)
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_input"
+
+
 def test_batch_endpoint_answers_each_item(srv: LiveServer) -> None:
     items = [{"query": q, "top_k": 5, "user_id": f"u{i}"} for i, q in enumerate(["cat", "lofi beats", "wiring"])]
     r = srv.client.post("/retrieve/batch", json={"items": items})
