@@ -238,7 +238,7 @@ class Experiment:
                     "loss_first": float(np.mean(res.losses[:10])),
                     "loss_last": float(np.mean(res.losses[-10:])),
                     "train_seconds": res.seconds,
-                "train_cpu_seconds": res.cpu_seconds,
+                    "train_cpu_seconds": res.cpu_seconds,
                     "step_seconds": res.step_seconds,
                     "checkpoint": str(res.checkpoint),
                 }

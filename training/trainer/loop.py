@@ -234,4 +234,6 @@ def train(
         atomic_write_text(out / "losses.json", json.dumps(losses))
         state_path.unlink(missing_ok=True)
     cpu = time.process_time() - c0
-    return TrainResult(ckpt, losses, cfg.steps, seconds, float(np.median(step_times)) if step_times else 0.0, cpu)
+    return TrainResult(
+        ckpt, losses, cfg.steps, seconds, float(np.median(step_times)) if step_times else 0.0, cpu
+    )
