@@ -74,3 +74,30 @@ def load_corpus(path: Path | str) -> list[Doc]:
     if not docs:
         raise CropsError(ErrorKind.INVALID_INPUT, f"corpus {path} is empty")
     return docs
+
+
+def load_beir_split(data: Path | str, split: str) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+    """Queries (id → text) that have qrels in ``split``, and the qrels (query id → doc id → grade).
+
+    BEIR layout: ``queries.jsonl`` (``_id``, ``text``) and ``qrels/<split>.tsv`` with a header.
+    """
+    data = Path(data)
+    qrels_path = data / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise CropsError(ErrorKind.NOT_FOUND, f"{qrels_path} not found: is {data} a BEIR dataset folder?")
+    qrels: dict[str, dict[str, float]] = {}
+    for i, line in enumerate(qrels_path.read_text().splitlines()):
+        parts = line.split("\t")
+        if (i == 0 and parts[0] == "query-id") or len(parts) < 3:
+            continue
+        qrels.setdefault(parts[0], {})[parts[1]] = float(parts[2])
+    queries: dict[str, str] = {}
+    queries_path = data / "queries.jsonl"
+    if not queries_path.is_file():
+        raise CropsError(ErrorKind.NOT_FOUND, f"{queries_path} not found: is {data} a BEIR dataset folder?")
+    with open(queries_path, encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            if row["_id"] in qrels:
+                queries[row["_id"]] = row["text"]
+    return queries, qrels

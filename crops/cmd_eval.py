@@ -12,29 +12,6 @@ import typer
 eval_app = typer.Typer(help="Evaluate bundles on standard benchmarks.", no_args_is_help=True)
 
 
-def _load_beir(data: Path, split: str) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
-    from core.errors import CropsError, ErrorKind
-
-    qrels_path = data / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        raise CropsError(ErrorKind.NOT_FOUND, f"{qrels_path} not found: is {data} a BEIR dataset folder?")
-    qrels: dict[str, dict[str, float]] = {}
-    for i, line in enumerate(qrels_path.read_text().splitlines()):
-        parts = line.split("\t")
-        if i == 0 and parts[0] == "query-id":
-            continue
-        if len(parts) < 3:
-            continue
-        qrels.setdefault(parts[0], {})[parts[1]] = float(parts[2])
-    queries: dict[str, str] = {}
-    with open(data / "queries.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            if row["_id"] in qrels:
-                queries[row["_id"]] = row["text"]
-    return queries, qrels
-
-
 @eval_app.command("beir")
 def beir(
     data: Annotated[Path, typer.Option("--data", help="BEIR folder: corpus.jsonl[.gz], queries.jsonl, qrels/")],
@@ -56,7 +33,9 @@ def beir(
     corpus = next((p for p in (data / "corpus.jsonl.gz", data / "corpus.jsonl") if p.is_file()), None)
     if corpus is None:
         raise CropsError(ErrorKind.NOT_FOUND, f"no corpus.jsonl[.gz] in {data}")
-    queries, qrels = _load_beir(data, split)
+    from core.corpus import load_beir_split
+
+    queries, qrels = load_beir_split(data, split)
     if bundle is None:
         bundle = work / "pretrained"
         if not (bundle / "manifest.json").is_file():

@@ -8,14 +8,13 @@ encoder and exact search, next to the same encoder before training and BM25 (bm2
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from core.atomic import atomic_write_json, atomic_write_text
-from core.corpus import load_corpus
+from core.corpus import load_beir_split, load_corpus
 from core.errors import CropsError, ErrorKind
 from core.ir_metrics import mean_metrics
 from core.normalize import doc_text, normalize_text
@@ -31,22 +30,7 @@ PUBLISHED = {"pretrained_ndcg@10": 0.6451, "bm25_anserini_ndcg@10": 0.6789}
 
 
 def load_beir(data: Path, split: str) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
-    qrels_path = data / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        raise CropsError(ErrorKind.NOT_FOUND, f"{qrels_path} not found: is {data} a BEIR dataset folder?")
-    qrels: dict[str, dict[str, float]] = {}
-    for i, line in enumerate(qrels_path.read_text().splitlines()):
-        parts = line.split("\t")
-        if (i == 0 and parts[0] == "query-id") or len(parts) < 3:
-            continue
-        qrels.setdefault(parts[0], {})[parts[1]] = float(parts[2])
-    queries: dict[str, str] = {}
-    with open(data / "queries.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            if row["_id"] in qrels:
-                queries[row["_id"]] = row["text"]
-    return queries, qrels
+    return load_beir_split(data, split)
 
 
 def run_beir(
