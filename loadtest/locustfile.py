@@ -24,6 +24,20 @@ from locust import FastHttpUser, constant_throughput, events, task
 from loadtest.querymix import QueryMix, load_mix
 
 
+def _json_or_fail(resp: Any) -> dict[str, Any] | None:
+    """The decoded body of a 200 answer; otherwise mark the request failed (shed on 503) and return None."""
+    if resp.status_code != 200:
+        resp.failure(f"HTTP {resp.status_code}")
+        resp.request_meta["context"]["arm"] = "(shed)" if resp.status_code == 503 else "(failed)"
+        return None
+    try:
+        data = json.loads(resp.content or b"{}")
+    except ValueError:
+        resp.failure("invalid JSON")
+        return None
+    return data if isinstance(data, dict) else {}
+
+
 class RetrieveUser(FastHttpUser):
     """One caller (a ranking service replica): mostly single /retrieve calls, some batches."""
 
@@ -65,14 +79,8 @@ class RetrieveUser(FastHttpUser):
         with self.client.post(
             "/retrieve", json=body, name="/retrieve", catch_response=True, context={"bucket": bucket}
         ) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}")
-                resp.request_meta["context"]["arm"] = "(shed)" if resp.status_code == 503 else "(failed)"
-                return
-            try:
-                data = json.loads(resp.content or b"{}")
-            except ValueError:
-                resp.failure("invalid JSON")
+            data = _json_or_fail(resp)
+            if data is None:
                 return
             n = len(data.get("candidates", []))
             if n == 0:
@@ -88,14 +96,8 @@ class RetrieveUser(FastHttpUser):
             catch_response=True,
             context={"bucket": "batch"},
         ) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}")
-                resp.request_meta["context"]["arm"] = "(shed)" if resp.status_code == 503 else "(failed)"
-                return
-            try:
-                data = json.loads(resp.content or b"{}")
-            except ValueError:
-                resp.failure("invalid JSON")
+            data = _json_or_fail(resp)
+            if data is None:
                 return
             results = data.get("results", [])
             if len(results) != len(items):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from training.losses.reduction import check_reduction, reduce_per_query
+
 IGNORE = -1
 """Level of a (query, doc) pair that is not part of the query's sample set (neither side)."""
 
@@ -67,8 +69,7 @@ def hinfonce_loss(
     terms divided by the number of queries), "sum", or "none" (per-query sums, shape Q).
     """
     _check(scores, levels)
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
+    check_reduction(reduction)
     levels = levels.long()
     top = int(levels.max().item()) if max_level is None and levels.numel() else int(max_level or 0)
     top = max(top, 1)
@@ -88,11 +89,7 @@ def hinfonce_loss(
     den_neg = torch.where(has_neg, den_neg, torch.full_like(den_neg, neg_big))
     terms = torch.where(is_pos & has_neg, torch.logaddexp(logits, den_neg) - logits, torch.zeros_like(logits))
     per_query = terms.sum(dim=1)
-    if reduction == "none":
-        return per_query
-    if reduction == "sum":
-        return per_query.sum()
-    return per_query.sum() / max(scores.shape[0], 1)
+    return reduce_per_query(per_query, reduction)
 
 
 def hinfonce_reference(scores: torch.Tensor, levels: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from training.losses.reduction import check_reduction, reduce_per_query
+
 
 def infonce_loss(
     scores: torch.Tensor, labels: torch.Tensor, temperature: float = 0.05, reduction: str = "mean"
@@ -19,8 +21,7 @@ def infonce_loss(
             f"scores and labels must be the same Q×D shape, got {tuple(scores.shape)} "
             f"and {tuple(labels.shape)}"
         )
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
+    check_reduction(reduction)
     logits = scores / temperature
     neg = labels == 0
     neg_big = torch.finfo(logits.dtype).min / 4
@@ -31,11 +32,7 @@ def infonce_loss(
         (labels > 0) & has_neg, torch.logaddexp(logits, neg_lse) - logits, torch.zeros_like(logits)
     )
     per_query = terms.sum(dim=1)
-    if reduction == "none":
-        return per_query
-    if reduction == "sum":
-        return per_query.sum()
-    return per_query.sum() / max(scores.shape[0], 1)
+    return reduce_per_query(per_query, reduction)
 
 
 def infonce_reference(scores: torch.Tensor, labels: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.atomic import atomic_write_json
-from training.world.catalog import Catalog, generate_catalog, load_real_texts, modifier_ids
+from training.world.catalog import Catalog, catalog_for, modifier_ids
 from training.world.config import WorldConfig
 from training.world.files import atomic_path, write_parquet
 from training.world.ontology import Ontology, load_ontology
@@ -67,17 +67,7 @@ def build_world(
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     onto = load_ontology()
-    real = load_real_texts(source) if source else None
-    cat = generate_catalog(
-        cfg.catalog,
-        seed,
-        start_ts_ms=cfg.start_ts_ms,
-        log_days=cfg.days,
-        zipf=cfg.users.category_zipf,
-        topic_concentration=cfg.users.topic_concentration,
-        real=real,
-        progress=progress,
-    )
+    cat = catalog_for(cfg, seed, source=source, progress=progress)
     users = make_users(onto, cfg, seed)
     t_cat = time.perf_counter()
     logs, book = simulate(cat, onto, users, cfg, seed, progress=progress)

@@ -23,7 +23,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from core.errors import CropsError, ErrorKind
-from training.world.config import CatalogKnobs
+from training.world.config import CatalogKnobs, WorldConfig
 from training.world.files import atomic_path, write_parquet
 from training.world.ontology import Ontology, load_ontology
 from training.world.seeding import stream
@@ -451,15 +451,10 @@ def write_catalog_jsonl(cat: Catalog, path: Path) -> None:
             fh.write(json.dumps({"_id": vid, "title": title, "text": text}, ensure_ascii=False) + "\n")
 
 
-def build_catalog_file(
-    out: Path, *, n_videos: int = 20_000, seed: int = 0, source: str | None = None, progress: bool = True
-) -> Catalog:
-    """What ``crops world catalog`` does: the same videos ``crops world build`` makes for that seed."""
-    from training.world.config import WorldConfig
-
-    cfg = WorldConfig().with_overrides(**{"catalog.n_videos": n_videos})
+def catalog_for(cfg: WorldConfig, seed: int, *, source: str | None = None, progress: bool = True) -> Catalog:
+    """The catalog of a world config and seed (``crops world build`` and ``crops world catalog`` agree)."""
     real = load_real_texts(source) if source else None
-    cat = generate_catalog(
+    return generate_catalog(
         cfg.catalog,
         seed,
         start_ts_ms=cfg.start_ts_ms,
@@ -469,6 +464,16 @@ def build_catalog_file(
         real=real,
         progress=progress,
     )
+
+
+def build_catalog_file(
+    out: Path, *, n_videos: int = 20_000, seed: int = 0, source: str | None = None, progress: bool = True
+) -> Catalog:
+    """What ``crops world catalog`` does: the same videos ``crops world build`` makes for that seed."""
+    from training.world.config import WorldConfig
+
+    cfg = WorldConfig().with_overrides(**{"catalog.n_videos": n_videos})
+    cat = catalog_for(cfg, seed, source=source, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         write_videos_parquet(cat, out)
