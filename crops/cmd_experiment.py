@@ -28,6 +28,9 @@ def experiment(
         Path | None, typer.Option(help="sentence-transformers folder (default MiniLM-L6)")
     ] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="override the budget's training steps")] = None,
+    sampling: Annotated[
+        str | None, typer.Option(help="docs per query: stratified over levels (default) or uniform")
+    ] = None,
 ) -> None:
     """Train and evaluate bm25, dpr, ance, fs-lr, crops and its ablations; write table1.{md,png,json}."""
     if ctx.invoked_subcommand is not None:
@@ -41,6 +44,8 @@ def experiment(
         raise CropsError(ErrorKind.NOT_FOUND, f"--world {world} is not a folder")
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     extra: dict[str, Any] = {"steps": steps} if steps else {}
+    if sampling:
+        extra["sampling"] = sampling
     run_experiment(world, out, chosen, seeds, budget, samples=samples, model_dir=model, **extra)
     typer.echo((out / "table1.md").read_text())
 

@@ -31,6 +31,7 @@ from core.errors import CropsError, ErrorKind
 from core.manifest import BundleManifest, EncoderVariant, register_file, verify_bundle, write_manifest
 from core.normalize import doc_text, normalize_text
 from core.onnx_encoder import OnnxEncoder, available_providers
+from core.onnx_quant import quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +92,6 @@ def corpus_heldout(corpus: Path | str, n_docs: int, n_queries: int, seed: int = 
         if words:
             queries.append(" ".join(words[: rng.randint(2, 8)]))
     return [doc_text(d.title, d.text) for d in ddocs], queries
-
-
-def quantize_int8(src: Path, dst: Path, *, per_channel: bool = True) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    tmp = dst.with_suffix(".tmp.onnx")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantiser logs one INFO line per tensor on the root logger
-    try:
-        quantize_dynamic(
-            model_input=str(src), model_output=str(tmp), per_channel=per_channel,
-            weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-        )
-    finally:
-        root.setLevel(level)
-    tmp.replace(dst)
 
 
 def convert_fp16(src: Path, dst: Path) -> None:

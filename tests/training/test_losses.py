@@ -35,6 +35,24 @@ def test_hinfonce_matches_reference_random(seed: int) -> None:
     assert torch.isfinite(ga).all()
 
 
+@pytest.mark.parametrize("min_level", [2, 4, 5])
+def test_hinfonce_min_level_matches_reference(min_level: int) -> None:
+    g = torch.Generator().manual_seed(min_level)
+    scores = torch.randn(4, 9, generator=g, dtype=torch.float64)
+    levels = torch.randint(-1, 6, (4, 9), generator=g)
+    a = scores.clone().requires_grad_(True)
+    b = scores.clone().requires_grad_(True)
+    la = hinfonce_loss(a, levels, temperature=0.1, min_level=min_level)
+    lb = hinfonce_reference(b, levels, temperature=0.1, min_level=min_level)
+    la.backward()
+    lb.backward()
+    assert torch.allclose(la, lb, atol=1e-5) and torch.allclose(a.grad, b.grad, atol=1e-5)  # type: ignore[arg-type]
+    # fewer terms than the full loss; docs below min_level still sit in the denominators
+    assert la < hinfonce_loss(scores, levels, temperature=0.1)
+    with pytest.raises(ValueError, match="min_level"):
+        hinfonce_loss(scores, levels, min_level=0)
+
+
 def test_hinfonce_edge_cases() -> None:
     # row 0: only level 0 (no positive) → 0; row 1: one level only (all 4s, nothing below) → 0;
     # row 2: doc 0 is a positive (5) here but an in-batch negative (0) for row 3; ties in scores.

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import CropsError
 from training.trainer import BatchSampler, DualEncoder, TrainConfig, build_training_set, train
-from training.trainer.data import text_key
+from training.trainer.data import TrainingSet, text_key
 
 ROWS = [
     {"query": "Cat videos", "video_id": "v1", "text": None, "level": 4, "source": "p0_click"},
@@ -40,6 +41,33 @@ def test_groups_levels_and_cross_query_labels() -> None:
     # deterministic per (seed, step)
     again = BatchSampler(ts, 2, 8, seed=0).batch(0)
     assert again.doc_keys == b.doc_keys and torch.equal(again.levels, b.levels)
+
+
+def _one_query_set(n_clicks: int) -> TrainingSet:
+    rows = [{"query": "q", "video_id": f"c{i}", "level": 4, "source": "p0_click"} for i in range(n_clicks)]
+    rows += [{"query": "q", "video_id": "reform", "level": 5, "source": "p1_reformulation"}]
+    rows += [{"query": "q", "video_id": f"f{i}", "level": 1, "source": "prerank_filtered"} for i in range(40)]
+    rows += [{"query": "q", "video_id": "ranked", "level": 2, "source": "rank_unexposed"}]
+    rows += [{"query": "q", "video_id": "shown", "level": 3, "source": "exposed_unclicked"}]
+    videos = {str(r["video_id"]): "t" for r in rows}
+    return build_training_set(rows, videos)
+
+
+def test_stratified_sampling_keeps_rare_levels() -> None:
+    """Round-robin over levels: the one reformulation positive among 30 clicks and the one doc of
+    each of levels 3 and 2 among 40 pre-rank-filtered ones are drawn at every step; uniform sampling
+    draws them rarely."""
+    ts = _one_query_set(30)
+    strat = BatchSampler(ts, 1, 8, seed=0)
+    uniform = BatchSampler(ts, 1, 8, seed=0, stratified=False)
+    for step in range(20):
+        keys = set(strat.batch(step).doc_keys)
+        assert {"reform", "shown", "ranked"} <= keys
+        assert len(keys) == 8 and sum(k.startswith("c") for k in keys) == 3  # 4 positives, 4 lower
+    hits = sum("reform" in uniform.batch(step).doc_keys for step in range(20))
+    assert hits < 10  # 4 of 31 positives: about 2.6 of 20 steps
+    with pytest.raises(CropsError):
+        TrainConfig(sampling="by-source").validate()
 
 
 def test_source_filter_and_binary_map() -> None:

@@ -9,6 +9,11 @@
 | crops        | P0 + P1 (5) + P2 + P3 (4)        | log stages 3 / 2 / 1 + in-batch 0       | H-InfoNCE |
 | crops-no-pK  | crops without source pK          | same                                    | H-InfoNCE |
 | crops-binary | crops' data, level ≥ 4 → 1, else 0 | same docs, one level                  | InfoNCE   |
+| crops-pos-terms | crops' data and levels      | same; levels 1-3 only as negatives      | H-InfoNCE ≥ 4 |
+
+``crops-pos-terms`` is our ablation (not in the paper): it keeps HLA's order among positives (5 over
+4) and the log stages as negatives, but drops the terms that make a level-3/2/1 doc a positive over
+the levels below it, i.e. that reward resembling what the legacy stack retrieved.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class MethodSpec:
     hard_negatives: str = "none"
     level_map: Callable[[int, str], int] | None = None
     pos_level: int = 4
+    term_min_level: int = 1
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -48,4 +54,5 @@ METHODS: dict[str, MethodSpec] = {
     "crops-no-p2": MethodSpec("crops-no-p2", tuple(s for s in ALL_SOURCES if s != "p2_rec")),
     "crops-no-p3": MethodSpec("crops-no-p3", tuple(s for s in ALL_SOURCES if s != "p3_llm")),
     "crops-binary": MethodSpec("crops-binary", ALL_SOURCES, loss="infonce", level_map=_binary, pos_level=1),
+    "crops-pos-terms": MethodSpec("crops-pos-terms", ALL_SOURCES, term_min_level=4),
 }

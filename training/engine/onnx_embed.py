@@ -25,8 +25,8 @@ def export_int8(model_dir: Path | None, out_dir: Path) -> Path:
     if out.is_file():
         return out
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from core.onnx_quant import quantize_int8
     from training.encoder import TextEncoder
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -45,15 +45,7 @@ def export_int8(model_dir: Path | None, out_dir: Path) -> Path:
             opset_version=17,
             dynamo=False,
         )
-    tmp = out_dir / ".theta_encoder.int8.onnx.tmp"
-    quantize_dynamic(
-        model_input=str(fp32),
-        model_output=str(tmp),
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul"],
-    )
-    tmp.replace(out)
+    quantize_int8(fp32, out)
     fp32.unlink(missing_ok=True)
     return out
 

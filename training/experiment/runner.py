@@ -207,6 +207,7 @@ class Experiment:
                 loss=spec.loss,
                 hard_negatives=spec.hard_negatives,
                 pos_level=spec.pos_level,
+                term_min_level=spec.term_min_level,
             )
             ts = self.training_set(spec)
             model = self.new_model(cfg)

@@ -60,6 +60,7 @@ def hinfonce_loss(
     temperature: float = 0.05,
     reduction: str = "mean",
     max_level: int | None = None,
+    min_level: int = 1,
 ) -> torch.Tensor:
     """H-InfoNCE over a Q×D score matrix and a Q×D integer level matrix.
 
@@ -67,8 +68,12 @@ def hinfonce_loss(
     when it has one (even if another query brought it into the batch), else 0 (in-batch negative);
     ``IGNORE`` (-1) removes the pair from q's sample set. ``reduction``: "mean" (sum of the positive
     terms divided by the number of queries), "sum", or "none" (per-query sums, shape Q).
+    ``min_level`` > 1 keeps only the terms of docs at that level or above (an ablation: lower
+    levels then act only as negatives, never as positives of the levels below them).
     """
     _check(scores, levels)
+    if min_level < 1:
+        raise ValueError(f"min_level must be >= 1, got {min_level}")
     check_reduction(reduction)
     levels = levels.long()
     top = int(levels.max().item()) if max_level is None and levels.numel() else int(max_level or 0)
@@ -81,7 +86,7 @@ def hinfonce_loss(
     # below[:, j] = log-sum-exp of all levels < j (bucket 1..j), j = 1..top; column 0 unused
     below = torch.logcumsumexp(lse[:, 1:], dim=1)  # below[:, j-1] covers levels 0..j-1
     n_below = torch.cumsum(counts[:, 1:], dim=1)
-    is_pos = levels > 0
+    is_pos = levels >= min_level
     pos_col = levels.clamp(min=1, max=top) - 1
     den_neg = below.gather(1, pos_col)
     has_neg = n_below.gather(1, pos_col) > 0
@@ -92,14 +97,16 @@ def hinfonce_loss(
     return reduce_per_query(per_query, reduction)
 
 
-def hinfonce_reference(scores: torch.Tensor, levels: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+def hinfonce_reference(
+    scores: torch.Tensor, levels: torch.Tensor, temperature: float = 0.05, min_level: int = 1
+) -> torch.Tensor:
     """Slow, obviously-correct loop version of ``hinfonce_loss`` (mean reduction), for tests."""
     total = scores.sum() * 0.0  # keeps the graph when no term exists
     q_n, d_n = scores.shape
     for q in range(q_n):
         for i in range(d_n):
             li = int(levels[q, i])
-            if li <= 0:
+            if li < min_level:
                 continue
             negs = [scores[q, k] / temperature for k in range(d_n) if 0 <= int(levels[q, k]) < li]
             if not negs:

@@ -23,9 +23,11 @@ class TrainConfig:
     max_query_tokens: int = 16
     max_doc_tokens: int = 32
     pos_level: int = 4
+    term_min_level: int = 1  # H-InfoNCE: levels below this are only negatives (1 = the paper's loss)
     hard_negatives: str = "none"  # none | bm25 | ance
     n_hard: int = 20  # hard-negative candidates kept per query
     ance_refresh: int = 100  # steps between ANCE index refreshes
+    sampling: str = "stratified"  # stratified: docs per query round-robin over levels | uniform
     checkpoint_every: int = 100
     log_every: int = 10
     device: str = "auto"  # auto | cpu | cuda
@@ -43,6 +45,10 @@ class TrainConfig:
             raise CropsError(
                 ErrorKind.INVALID_INPUT,
                 f"hard_negatives must be none, bm25 or ance, got {self.hard_negatives!r}",
+            )
+        if self.sampling not in ("stratified", "uniform"):
+            raise CropsError(
+                ErrorKind.INVALID_INPUT, f"sampling must be stratified or uniform, got {self.sampling!r}"
             )
         if self.steps < 1 or self.temperature <= 0 or self.lr <= 0:
             raise CropsError(ErrorKind.INVALID_INPUT, "steps, temperature and lr must be positive")

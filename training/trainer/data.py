@@ -1,7 +1,8 @@
 """Training data: labelled samples → per-query groups → batches with a Q×D level matrix.
 
 A *group* is one query with its labelled docs (doc key → level). A batch takes B groups, draws up
-to ``docs_per_query`` docs from each (positives first, then lower levels and hard negatives), and
+to ``docs_per_query`` docs from each (positives first, then lower levels and hard negatives,
+each drawn round-robin over levels), and
 dedupes the docs across the batch. The level matrix gives each (query, doc) pair the doc's label
 for that query when it has one, even when another query brought the doc, else 0 (in-batch).
 Sampling is a pure function of (seed, step), so a resumed run sees exactly the same batches.
@@ -165,6 +166,27 @@ class Batch:
     levels: torch.Tensor  # Q×D int64
 
 
+def _stratified(
+    rng: np.random.Generator, docs: list[str], level: Mapping[str, int], n: int, stratify: bool = True
+) -> list[str]:
+    """``n`` of ``docs`` drawn round-robin over their levels, highest level first, at random within
+    a level: a query's rarer strata (a reformulation positive among dozens of clicks, a ranked-
+    unexposed doc among many pre-rank-filtered ones) are not drowned by its most common one.
+    ``stratify=False`` draws uniformly instead."""
+    strata: dict[int, list[str]] = {}
+    for d in docs:
+        strata.setdefault(level[d] if stratify else 0, []).append(d)
+    pools = [[s[i] for i in rng.permutation(len(s))] for _, s in sorted(strata.items(), reverse=True)]
+    out: list[str] = []
+    depth = 0
+    while len(out) < n:
+        for pool in pools:
+            if depth < len(pool) and len(out) < n:
+                out.append(pool[depth])
+        depth += 1
+    return out
+
+
 class BatchSampler:
     """Deterministic batches: step t's batch depends only on (seed, t)."""
 
@@ -176,12 +198,14 @@ class BatchSampler:
         seed: int,
         hard_negatives: Mapping[str, list[str]] | None = None,
         max_pos: int | None = None,
+        stratified: bool = True,
     ) -> None:
         if batch_queries < 1 or docs_per_query < 1:
             raise CropsError(ErrorKind.INVALID_INPUT, "batch_queries and docs_per_query must be >= 1")
         self.ts, self.b, self.k, self.seed = ts, min(batch_queries, len(ts)), docs_per_query, seed
         self.hard_negatives = hard_negatives or {}
         self.max_pos = max_pos or max(1, docs_per_query // 2)
+        self.stratified = stratified
 
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.ts))
@@ -201,15 +225,16 @@ class BatchSampler:
         for g in group_ids:
             q = ts.queries[g]
             queries.append(q)
+            grp = ts.groups[g]
             pos = ts.positives(g)
             n_pos = min(len(pos), self.max_pos)
-            chosen = [pos[i] for i in rng.choice(len(pos), n_pos, replace=False)]
-            lower = [d for d, lvl in ts.groups[g].items() if lvl < ts.pos_level]
-            hard = [d for d in self.hard_negatives.get(q, []) if d not in ts.groups[g]]
-            rest = lower + hard
-            n_rest = min(len(rest), self.k - n_pos)
+            chosen = _stratified(rng, pos, grp, n_pos, self.stratified)
+            lower = [d for d, lvl in grp.items() if lvl < ts.pos_level]
+            hard = [d for d in self.hard_negatives.get(q, []) if d not in grp]
+            n_rest = min(len(lower) + len(hard), self.k - len(chosen))
             if n_rest > 0:
-                chosen += [rest[i] for i in rng.choice(len(rest), n_rest, replace=False)]
+                # hard negatives form one more stratum below the labelled levels
+                chosen += _stratified(rng, lower + hard, {**{d: -1 for d in hard}, **grp}, n_rest, self.stratified)
             for d in chosen:
                 if d not in seen:
                     seen[d] = len(keys)

@@ -71,7 +71,7 @@ def batch_loss(
     scores = q @ d_all.T
     levels = levels.to(scores.device)
     if cfg.loss == "hinfonce":
-        return hinfonce_loss(scores, levels, temperature=cfg.temperature)
+        return hinfonce_loss(scores, levels, temperature=cfg.temperature, min_level=cfg.term_min_level)
     labels = (levels >= cfg.pos_level).long()
     return infonce_loss(scores, labels, temperature=cfg.temperature)
 
@@ -152,7 +152,8 @@ def train(
 
     # each rank draws its own share of the global batch (seed offset by rank)
     sampler = BatchSampler(
-        ts, cfg.batch_queries, cfg.docs_per_query, cfg.seed * 1000 + rank, hard_negatives=hard_negatives
+        ts, cfg.batch_queries, cfg.docs_per_query, cfg.seed * 1000 + rank, hard_negatives=hard_negatives,
+        stratified=cfg.sampling == "stratified",
     )
 
     def refresh(step: int) -> None:

@@ -77,6 +77,15 @@ class LegacyKnobs(_Section):
     lexical_weight: float = Field(default=1.0, ge=0)
     prerank_noise: float = Field(default=0.3, ge=0)
     rank_noise: float = Field(default=0.3, ge=0)
+    prerank_relevance: float = Field(
+        default=0.5, ge=0, description="weight of the pre-ranker's content-relevance feature (noisy true grade)"
+    )
+    rank_relevance: float = Field(
+        default=1.5, ge=0, description="weight of the ranker's content-relevance feature (noisy true grade)"
+    )
+    relevance_noise: float = Field(
+        default=0.3, ge=0, description="noise (std, in grade/3 units) of the heavier stages' relevance feature"
+    )
     exploration: float = Field(default=0.0, ge=0, le=1, description="share of exposed slots given to random candidates")
 
 

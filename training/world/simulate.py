@@ -204,10 +204,22 @@ def _serve(
         k = len(c.vids)
         V[rows, :k], S[rows, :k], F[rows, :k] = c.vids, c.score, c.feedback
     valid = V >= 0
-    pre = np.where(valid, S + kn.prerank_noise * rng.standard_normal((n, K)), -np.inf)
+    # truth: the user's grade of every candidate (clicks use it; the heavier stages see it noisily)
+    grade = np.zeros((n, K), np.int8)
+    rr = np.nonzero(valid)
+    grade[valid] = grade_pairs(cat, V[valid], need_t[rr[0]], need_i[rr[0]], need_m[rr[0]])
+    # Pre-ranker and ranker are heavier models than retrieval (content understanding, the user's
+    # history): each sees the true grade through its own noise, so the stage a candidate reached
+    # carries some relevance, as in a real funnel; the bias still comes from what was retrieved.
+    def rel(weight: float) -> np.ndarray | float:
+        if weight <= 0:
+            return 0.0
+        return weight * (grade / 3.0 + kn.relevance_noise * rng.standard_normal((n, K)))
+
+    pre = np.where(valid, S + rel(kn.prerank_relevance) + kn.prerank_noise * rng.standard_normal((n, K)), -np.inf)
     pre_order = np.argsort(-pre, axis=1, kind="stable")
     survivors = pre_order[:, :P]
-    rank = S + kn.feedback_weight * F + kn.rank_noise * rng.standard_normal((n, K))
+    rank = S + kn.feedback_weight * F + rel(kn.rank_relevance) + kn.rank_noise * rng.standard_normal((n, K))
     rank_s = np.take_along_axis(np.where(valid, rank, -np.inf), survivors, axis=1)
     final = np.concatenate(
         [np.take_along_axis(survivors, np.argsort(-rank_s, axis=1, kind="stable"), axis=1), pre_order[:, P:]], axis=1
@@ -219,16 +231,13 @@ def _serve(
             j = E + int(rng.random() * (n_valid[r] - E))
             final[r, p], final[r, j] = final[r, j], final[r, p]
     vid = np.take_along_axis(V, final, axis=1)
+    grade = np.take_along_axis(grade, final, axis=1)
     pos = np.broadcast_to(np.arange(K), (n, K))
     stage = np.where(pos < E, 2, np.where(pos < P, 1, 0)).astype(np.int8)
     ok = vid >= 0
     # clicks: position bias × the user's own grade of the video (not the query's)
     ev = vid[:, :E]
-    grade = np.zeros((n, K), np.int8)
     okE = ev >= 0
-    rr = np.nonzero(okE)
-    g = grade_pairs(cat, ev[okE], need_t[rr[0]], need_i[rr[0]], need_m[rr[0]])
-    grade[:, :E][okE] = g
     examine = rng.random((n, E)) < (1.0 + np.arange(E)) ** -ck.position_decay
     cp = np.array(ck.click_prob)[grade[:, :E]]
     qual = np.where(okE, np.clip(cat.quality[np.maximum(ev, 0)] ** 0.3, 0.6, 1.4), 0.0)
@@ -237,11 +246,6 @@ def _serve(
     frac = rng.beta(1.0 + 1.5 * grade, 2.0)
     play = np.where(click, (cat.duration_ms[np.maximum(vid, 0)] * frac).astype(np.int64), 0)
     satisfied = (click & (grade >= ck.satisfied_grade)).any(axis=1)
-    # grades of non-exposed candidates are truth too (used by reports), computed for all rows
-    rest = ok.copy()
-    rest[:, :E] = False
-    rr2 = np.nonzero(rest)
-    grade[rest] = grade_pairs(cat, vid[rest], need_t[rr2[0]], need_i[rr2[0]], need_m[rr2[0]])
     ri = np.nonzero(ok)[0]
     out: tuple[Any, ...] = (ri, vid[ok], stage[ok], pos[ok], click[ok], play[ok], grade[ok], satisfied)
     return out

@@ -1,0 +1,27 @@
+"""int8 dynamic quantisation of an ONNX encoder (shared by the exported query tower and θ)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+
+def quantize_int8(src: Path, dst: Path, *, per_channel: bool = True) -> None:
+    """Per-channel (default) int8 weights on MatMul, activations quantised on the fly; atomic."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = dst.with_suffix(".tmp.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs one INFO line per tensor on the root logger
+    try:
+        quantize_dynamic(
+            model_input=str(src),
+            model_output=str(tmp),
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+        )
+    finally:
+        root.setLevel(level)
+    tmp.replace(dst)
