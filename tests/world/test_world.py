@@ -216,6 +216,23 @@ def test_knobs_change_what_they_claim() -> None:
     assert distinct_exposed(explore) > distinct_exposed(base)
 
 
+def test_heavier_stages_see_relevance_only_when_told_to() -> None:
+    """Pre-rank and rank see a noisy true grade: the stage a candidate reached then orders its mean
+    grade (exposed > rank_unexposed > prerank_filtered) more steeply than with the knobs at 0."""
+
+    def mean_grade_by_stage(logs) -> np.ndarray:  # type: ignore[no-untyped-def]
+        st, g = np.concatenate(logs.row_stage), np.concatenate(logs.row_grade)
+        return np.array([g[st == s].mean() for s in (0, 1, 2)])  # prerank_filtered, rank_unexposed, exposed
+
+    _, _, base, _ = _sim()
+    _, _, blind, _ = _sim(**{"legacy.prerank_relevance": 0.0, "legacy.rank_relevance": 0.0})
+    on, off = mean_grade_by_stage(base), mean_grade_by_stage(blind)
+    assert on[2] > on[1] > on[0]
+    assert on[2] - on[0] > off[2] - off[0] + 0.2
+    # more relevant exposure → more clicks
+    assert np.concatenate(base.row_click).mean() > np.concatenate(blind.row_click).mean()
+
+
 def test_feed_lean_raises_feed_relevance(tmp_path: Path, world: Path) -> None:
     nolean = tmp_path / "nolean"
     build_world(nolean, tiny_config(**{"rec.lean_prob": 0.0}), seed=0, progress=False)
