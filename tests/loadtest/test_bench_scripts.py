@@ -36,3 +36,20 @@ def test_limit_script_measures_the_serving_path(tiny_bundle: Path, tmp_path: Pat
     assert out["processes"] == 1 and out["cpus"] == [0]
     assert out["rps"] > 0 and 0 < out["p50_ms"] <= out["p99_ms"]
     assert out["peak_rss_mib"] > 50  # a real model and index were loaded
+
+
+def test_open_loop_search_bisects_to_the_slo(tiny_bundle: Path) -> None:
+    """The bench's rate search against a real uvicorn server: with a loose SLO it climbs to a passing
+    rate; with an impossible one no rate passes and best stays None."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench
+
+    from tests.service.conftest import LiveServer
+
+    bodies = [json.dumps({"query": f"cat video {i}", "top_k": 10}).encode() for i in range(50)]
+    with LiveServer(bundle=tiny_bundle, cache="none") as srv:
+        loose = bench._open_loop_search(srv.url, bodies, lo=0, hi=60, seconds=1.5, slo_ms=2000, name="t", steps=2)
+        tight = bench._open_loop_search(srv.url, bodies, lo=0, hi=60, seconds=1.5, slo_ms=1e-3, name="t", steps=2)
+    assert loose["best"] == 45.0 and [p["rate"] for p in loose["points"]] == [30, 45]
+    assert all(p["within_slo"] and p["failures"] == 0 for p in loose["points"])
+    assert tight["best"] is None and [p["rate"] for p in tight["points"]] == [30, 15]
