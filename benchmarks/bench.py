@@ -666,6 +666,12 @@ def main() -> None:
         help="encoder variant for limit and service (auto: int8 when the bundle has it)",
     )
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--reuse-port",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="service workers each own an SO_REUSEPORT socket (crops serve --reuse-port)",
+    )
     ap.add_argument("--rate", type=float, default=400.0, help="the fixed-rate point")
     ap.add_argument("--slo-p99-ms", type=float, default=10.0)
     ap.add_argument("--world", type=Path, default=None, help="query mix from this world's search log")
@@ -752,6 +758,7 @@ def main() -> None:
         str(port),
         "--workers",
         str(a.workers),
+        *(["--reuse-port"] if a.reuse_port else []),
     ]
     rows["service"] = run_http_row(
         "service",
@@ -845,7 +852,8 @@ def main() -> None:
         },
         "core_split": (
             "limit: one process pinned to each of cores 0 and 1. service: uvicorn with "
-            f"{a.workers} workers, worker i pinned to core i, cache off; wrk (1 thread) and the "
+            f"{a.workers} workers{' (SO_REUSEPORT sockets)' if a.reuse_port else ''}, worker i pinned to core i, "
+            "cache off; wrk (1 thread) and the "
             "open-loop client share cores 0-1 with it, as a ranking service's sidecar would not — "
             "so the service row pays for its own load generator. naive: one uvicorn worker "
             "allowed on cores 0-1 with library-default threads; wrk shares the cores."

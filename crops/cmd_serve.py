@@ -9,6 +9,54 @@ from typing import Annotated
 import typer
 
 
+def _reuseport_worker(host: str, port: int, log_level: str) -> None:
+    """One worker with its own listening socket (SO_REUSEPORT): the kernel spreads new connections
+    over the workers' sockets by hash, instead of letting whichever worker wakes first accept a
+    burst of them from one shared socket (DESIGN §8: 2 and 8 keep-alive connections all landed on
+    one worker, halving throughput)."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(
+        "service.app:app_from_env", factory=True, log_level=log_level, access_log=False
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _serve_reuseport(host: str, port: int, workers: int, log_level: str) -> None:
+    """Start ``workers`` SO_REUSEPORT workers; SIGTERM/SIGINT stop them all, and so does the exit of
+    any one (a supervisor such as Kubernetes then restarts the whole pod)."""
+    import multiprocessing as mp
+    import signal
+    import time
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_reuseport_worker, args=(host, port, log_level)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+
+    def stop(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: uvicorn's graceful shutdown
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while all(p.is_alive() for p in procs):
+        time.sleep(0.2)
+    stop(signal.SIGTERM, None)
+    for p in procs:
+        p.join(timeout=30)
+    codes = [p.exitcode for p in procs]
+    if any(c not in (0, -signal.SIGTERM) for c in codes):
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
@@ -21,6 +69,10 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int, typer.Option(min=1, max=64)] = 1,
         redis_url: Annotated[str | None, typer.Option(envvar="CROPS_REDIS_URL")] = None,
         log_level: Annotated[str, typer.Option()] = "warning",
+        reuse_port: Annotated[
+            bool,
+            typer.Option(help="with --workers > 1: one SO_REUSEPORT socket per worker (kernel-balanced connections)"),
+        ] = False,
     ) -> None:
         """Serve /retrieve. Settings not given here come from CROPS_* environment variables."""
         from core.settings import limit_native_threads
@@ -51,6 +103,9 @@ def register(app: typer.Typer) -> None:
         app_from_env()
         typer.echo(f"serving on http://{host}:{port}  (try: curl -s {host}:{port}/retrieve "
                    "-H 'content-type: application/json' -d '{\"query\":\"cat video\"}')")
+        if reuse_port and workers > 1:
+            _serve_reuseport(host, port, workers, log_level)
+            return
         uvicorn.run("service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level, access_log=False)
 
