@@ -669,8 +669,10 @@ def main() -> None:
     ap.add_argument(
         "--reuse-port",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="service workers each own an SO_REUSEPORT socket (crops serve --reuse-port)",
+        default=False,
+        help="service workers each own an SO_REUSEPORT socket (crops serve --reuse-port). Off by default: "
+        "with wrk's 1-4 connections the kernel's hash put both of 2 connections on one worker (229 req/s "
+        "within the SLO against 426 with the shared socket, 2026-11-28)",
     )
     ap.add_argument("--rate", type=float, default=400.0, help="the fixed-rate point")
     ap.add_argument("--slo-p99-ms", type=float, default=10.0)
