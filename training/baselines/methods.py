@@ -10,6 +10,7 @@
 | crops-no-pK  | crops without source pK          | same                                    | H-InfoNCE |
 | crops-binary | crops' data, level ≥ 4 → 1, else 0 | same docs, one level                  | InfoNCE   |
 | crops-pos-terms | crops' data and levels      | same; levels 1-3 only as negatives      | H-InfoNCE ≥ 4 |
+| crops-pos-terms-ance | same                       | same + ANN negatives (refreshed)        | H-InfoNCE ≥ 4 |
 
 ``crops-pos-terms`` is our ablation (not in the paper): it keeps HLA's order among positives (5 over
 4) and the log stages as negatives, but drops the terms that make a level-3/2/1 doc a positive over
@@ -55,4 +56,7 @@ METHODS: dict[str, MethodSpec] = {
     "crops-no-p3": MethodSpec("crops-no-p3", tuple(s for s in ALL_SOURCES if s != "p3_llm")),
     "crops-binary": MethodSpec("crops-binary", ALL_SOURCES, loss="infonce", level_map=_binary, pos_level=1),
     "crops-pos-terms": MethodSpec("crops-pos-terms", ALL_SOURCES, term_min_level=4),
+    "crops-pos-terms-ance": MethodSpec(
+        "crops-pos-terms-ance", ALL_SOURCES, hard_negatives="ance", term_min_level=4
+    ),
 }
