@@ -96,5 +96,60 @@ def beir(
     typer.echo(json.dumps(out) if as_json else json.dumps(out, indent=2))
 
 
+@eval_app.command("world")
+def world(
+    world_dir: Annotated[Path, typer.Option("--world", help="a built world (videos, eval/, truth/)")],
+    bundle: Annotated[Path, typer.Option("--bundle", help="a bundle indexed over the world's catalog")],
+    max_per_set: Annotated[
+        int | None, typer.Option(min=1, help="a seeded sample of at most this many queries per eval set")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON only")] = False,
+) -> None:
+    """CT / QR Recall@100 and graded NDCG@4 of a bundle on a world, through the serving path
+    (ONNX query tower + the bundle's faiss index): the Table-1 metrics of what would be deployed."""
+    from core.errors import CropsError, ErrorKind
+    from core.manifest import load_id_map, verify_bundle
+    from service.engine import Retriever
+    from training.world.evaluation import eval_queries, evaluate_run, load_doc_texts
+
+    if not (world_dir / "eval").is_dir():
+        raise CropsError(ErrorKind.NOT_FOUND, f"--world {world_dir} has no eval/: is it a built world?")
+    man = verify_bundle(bundle)
+    if man.index is None:
+        raise CropsError(
+            ErrorKind.INVALID_INPUT,
+            f"{bundle} has no index: crops index build --bundle {bundle} --corpus {world_dir / 'videos.parquet'}",
+        )
+    world_ids = set(load_doc_texts(world_dir)[0])
+    ids = load_id_map(bundle / man.index.id_map_file)
+    covered = sum(1 for i in ids if i in world_ids) / max(1, len(world_ids))
+    if covered < 0.99:
+        raise CropsError(
+            ErrorKind.INCOMPATIBLE,
+            f"{bundle}'s index covers {covered:.1%} of {world_dir}'s videos: index the world's catalog "
+            f"(crops index build --bundle {bundle} --corpus {world_dir / 'videos.parquet'})",
+        )
+    retriever = Retriever(bundle)
+    queries = eval_queries(world_dir, max_per_set)
+    ranked: dict[str, list[str]] = {}
+    for start in range(0, len(queries), 32):
+        batch = queries[start : start + 32]
+        results, _ = retriever.retrieve(batch, k=100)
+        ranked.update({q: r.ids for q, r in zip(batch, results, strict=True)})
+    res = evaluate_run(world_dir, ranked, only_ranked=max_per_set is not None)
+    names = {"ct": "recall@100", "qr": "recall@100", "graded": "ndcg@4"}
+    out: dict[str, object] = {
+        f"{s}_{names[s]}" if s != "graded" else "ndcg@4": round(res[s]["all"][names[s]], 4) for s in names
+    }
+    out.update({
+        "queries": len(queries),
+        "by_class": {s: {g: round(v[names[s]], 4) for g, v in res[s].items()} for s in names},
+        "bundle": man.bundle_id,
+        "index": man.index.factory,
+        "model_id": man.model.model_id if man.model else None,
+    })
+    typer.echo(json.dumps(out) if as_json else json.dumps(out, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(eval_app, name="eval")

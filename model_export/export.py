@@ -22,7 +22,7 @@ from core.manifest import (
 )
 from core.tokenizer import DEFAULT_MODEL_NAME, default_model_dir
 from model_export.onnx_export import DEFAULT_OPSET, PROBE_QUERIES, check_parity, export_tower, parity_error
-from model_export.towers import resolve_checkpoint
+from model_export.towers import load_adapters, resolve_checkpoint
 from model_export.variants import DEFAULT_MAX_RECALL_LOSS, build_variants
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,17 @@ def export_bundle(
         if not (out / MANIFEST_NAME).is_file():
             raise CropsError(ErrorKind.INVALID_INPUT, f"{out} is not a bundle; refusing to delete it")
         shutil.rmtree(out)
+    adapters = None
     if checkpoint is None:
         meta: dict[str, Any] = {}
         query_dir, doc_dir = default_model_dir(), None
         base = DEFAULT_MODEL_NAME
     else:
         query_dir, doc_dir, meta = resolve_checkpoint(checkpoint)
+        adapters = load_adapters(checkpoint)
         base = str(meta.get("base_model", DEFAULT_MODEL_NAME))
+    q_adapter = adapters[0] if adapters else None
+    d_adapter = adapters[1] if adapters else None
 
     # Build in a sibling temp folder, then rename: a crash never leaves a half-written bundle.
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -77,17 +81,21 @@ def export_bundle(
         manifest = BundleManifest(bundle_id=f"{out.name}-{uuid.uuid4().hex[:8]}", git_sha=git_sha())
         shutil.copyfile(query_dir / "tokenizer.json", tmp / "tokenizer.json")
         log.info("exporting query tower from %s", query_dir)
-        export_tower(query_dir, tmp / "query_encoder.onnx", opset=opset)
+        export_tower(query_dir, tmp / "query_encoder.onnx", opset=opset, adapter=q_adapter)
         max_len = max(max_query_tokens, max_doc_tokens)
-        err = parity_error(query_dir, tmp / "query_encoder.onnx", tmp / "tokenizer.json", max_len)
+        err = parity_error(
+            query_dir, tmp / "query_encoder.onnx", tmp / "tokenizer.json", max_len, adapter=q_adapter
+        )
         check_parity(err, tolerance, "query tower")
         for name in ("tokenizer.json", "query_encoder.onnx"):
             register_file(tmp, manifest, name)
         doc_onnx = None
         if doc_dir is not None:
             log.info("exporting doc tower from %s", doc_dir)
-            export_tower(doc_dir, tmp / "doc_encoder.onnx", opset=opset)
-            doc_err = parity_error(doc_dir, tmp / "doc_encoder.onnx", tmp / "tokenizer.json", max_len)
+            export_tower(doc_dir, tmp / "doc_encoder.onnx", opset=opset, adapter=d_adapter)
+            doc_err = parity_error(
+                doc_dir, tmp / "doc_encoder.onnx", tmp / "tokenizer.json", max_len, adapter=d_adapter
+            )
             check_parity(doc_err, tolerance, "doc tower")
             err = max(err, doc_err)
             register_file(tmp, manifest, "doc_encoder.onnx")
@@ -137,18 +145,22 @@ def verify_parity(
     manifest = verify_bundle(bundle_dir)
     model = manifest.model
     assert model is not None
+    adapters = None
     if checkpoint is None:
         query_dir, doc_dir = default_model_dir(), None
     else:
         query_dir, doc_dir, _ = resolve_checkpoint(checkpoint)
+        adapters = load_adapters(checkpoint)
+    q_adapter = adapters[0] if adapters else None
+    d_adapter = adapters[1] if adapters else None
     if (doc_dir is None) != (model.doc_onnx is None):
         raise CropsError(ErrorKind.INCOMPATIBLE, f"{checkpoint} and {bundle_dir} disagree on separate towers")
     max_len = max(model.max_query_tokens, model.max_doc_tokens)
     tok = bundle_dir / model.tokenizer
-    err = parity_error(query_dir, bundle_dir / model.query_onnx, tok, max_len)
+    err = parity_error(query_dir, bundle_dir / model.query_onnx, tok, max_len, adapter=q_adapter)
     check_parity(err, tolerance, "query tower")
     if doc_dir is not None and model.doc_onnx:
-        doc_err = parity_error(doc_dir, bundle_dir / model.doc_onnx, tok, max_len)
+        doc_err = parity_error(doc_dir, bundle_dir / model.doc_onnx, tok, max_len, adapter=d_adapter)
         check_parity(doc_err, tolerance, "doc tower")
         err = max(err, doc_err)
     return err

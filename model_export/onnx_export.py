@@ -13,7 +13,7 @@ from core.errors import CropsError, ErrorKind
 from core.normalize import normalize_text
 from core.onnx_encoder import OnnxEncoder
 from core.tokenizer import encode_batch, load_tokenizer
-from model_export.towers import PooledEncoder
+from model_export.towers import Adapter, PooledEncoder
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,11 @@ PROBE_QUERIES: tuple[str, ...] = (
 )
 
 
-def export_tower(model_dir: Path, out_path: Path, *, opset: int = DEFAULT_OPSET) -> None:
-    """Export ``PooledEncoder(model_dir)`` with dynamic batch and sequence axes."""
-    model = PooledEncoder(model_dir).eval()
+def export_tower(
+    model_dir: Path, out_path: Path, *, opset: int = DEFAULT_OPSET, adapter: Adapter | None = None
+) -> None:
+    """Export ``PooledEncoder(model_dir, adapter)`` with dynamic batch and sequence axes."""
+    model = PooledEncoder(model_dir, adapter).eval()
     ids = torch.ones((2, 8), dtype=torch.int64)
     mask = torch.ones((2, 8), dtype=torch.int64)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,10 +66,10 @@ def export_tower(model_dir: Path, out_path: Path, *, opset: int = DEFAULT_OPSET)
 
 def parity_error(
     model_dir: Path, onnx_path: Path, tokenizer_path: Path, max_length: int,
-    probes: tuple[str, ...] = PROBE_QUERIES,
+    probes: tuple[str, ...] = PROBE_QUERIES, adapter: Adapter | None = None,
 ) -> float:
     """Max abs difference between torch and ONNX Runtime embeddings on the probe set (batched and single)."""
-    model = PooledEncoder(model_dir).eval()
+    model = PooledEncoder(model_dir, adapter).eval()
     tok = load_tokenizer(tokenizer_path, max_length)
     enc = OnnxEncoder(onnx_path, tokenizer_path, max_length, use_gpu=False)
     texts = [normalize_text(p) for p in probes]

@@ -119,6 +119,40 @@ def test_training_lowers_loss_and_writes_checkpoint(tiny_bert: Path, tmp_path: P
     assert meta["training"]["config"]["steps"] == 25
 
 
+def test_adapter_checkpoint_exports_to_onnx_towers(tiny_bert: Path, tmp_path: Path) -> None:
+    """The CPU recipe's output is what `crops export --checkpoint` takes: each tower's linear adapter
+    is folded into its ONNX graph, which reproduces the trainer's own embeddings."""
+    from core.manifest import verify_bundle
+    from core.onnx_encoder import OnnxEncoder
+    from model_export.export import export_bundle, verify_parity
+
+    ts = build_training_set(ROWS, VIDEOS)
+    cfg = TrainConfig(steps=20, batch_queries=2, docs_per_query=4, lr=5e-2, warmup_steps=1,
+                      adapter=True, shared_towers=False, device="cpu")
+    res = train(ts, cfg, tmp_path / "run", model_dir=tiny_bert, progress=False)
+    bundle = tmp_path / "bundle"
+    m = export_bundle(bundle, res.checkpoint, max_query_tokens=16, max_doc_tokens=32)
+    assert m.model is not None and m.model.doc_onnx == "doc_encoder.onnx" and m.model.parity_max_abs_err < 1e-4
+    assert verify_parity(bundle, res.checkpoint) < 1e-4
+
+    ref = DualEncoder(tiny_bert, shared=False, adapter=True, max_query_tokens=16, max_doc_tokens=32)
+    state = torch.load(res.checkpoint / "adapter.pt", weights_only=True)
+    ref.q_adapter.load_state_dict(state["q"])
+    ref.d_adapter.load_state_dict(state["d"])
+    texts = ["cat videos", "pasta recipe for two", "drum solo"]
+    assert ref.q_pooled is not None and ref.d_pooled is not None
+    ref.q_pooled.add(texts)
+    ref.d_pooled.add(texts)
+    man = verify_bundle(bundle)
+    assert man.model is not None
+    for side, onnx in (("q", man.model.query_onnx), ("d", "doc_encoder.onnx")):
+        got = OnnxEncoder(bundle / onnx, bundle / "tokenizer.json", 16).encode(texts)
+        assert abs(got - ref.encode(texts, side=side)).max() < 2e-3  # the pooled cache is fp16
+    q = OnnxEncoder(bundle / "query_encoder.onnx", bundle / "tokenizer.json", 16).encode(texts)
+    d = OnnxEncoder(bundle / "doc_encoder.onnx", bundle / "tokenizer.json", 16).encode(texts)
+    assert abs(q - d).max() > 1e-3  # the two towers' adapters were trained apart
+
+
 def test_resume_gives_the_same_model(
     tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -106,3 +106,38 @@ def test_exact_search_and_dense_run_plumbing(world: Path) -> None:
     run = dense_run(world, qs, k=20, encoder=FakeHashEncoder(), cache=False)
     assert set(run) == set(qs) and all(len(v) == 20 for v in run.values())
     assert not (world / "cache").exists()  # a given encoder is never cached
+
+
+def test_crops_eval_world_through_the_serving_path(world: Path, model_bundle: Path, tmp_path: Path) -> None:
+    """`crops eval world`: the bundle (ONNX tower + faiss index over the world's catalog) gives the
+    same Table-1 metrics as the evaluation helpers on the same ranking; wrong bundles are refused."""
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from crops.cli import app
+    from index_builder.build import build_index
+    from service.engine import Retriever
+
+    b = tmp_path / "b"
+    shutil.copytree(model_bundle, b)
+    r = CliRunner().invoke(app, ["eval", "world", "--world", str(world), "--bundle", str(b)])
+    assert r.exit_code != 0 and "has no index" in str(r.exception)
+    build_index(b, world / "videos.parquet", progress=False, n_recall_queries=20)
+    r = CliRunner().invoke(app, ["eval", "world", "--world", str(world), "--bundle", str(b), "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output.strip().splitlines()[-1])
+    qs = eval_queries(world)
+    ranked = {q: res.ids for q, res in zip(qs, Retriever(b).retrieve(qs, k=100)[0], strict=True)}
+    want = evaluate_run(world, ranked)
+    assert got["ct_recall@100"] == pytest.approx(want["ct"]["all"]["recall@100"], abs=1e-4)
+    assert got["ndcg@4"] == pytest.approx(want["graded"]["all"]["ndcg@4"], abs=1e-4)
+    assert 0.3 < got["ct_recall@100"] <= 1.0 and got["queries"] == len(qs)
+    other = tmp_path / "other"
+    shutil.copytree(model_bundle, other)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"x{i}", "title": f"video {i}"}) + "\n" for i in range(60)))
+    build_index(other, corpus, progress=False, n_recall_queries=10)
+    r = CliRunner().invoke(app, ["eval", "world", "--world", str(world), "--bundle", str(other)])
+    assert r.exit_code != 0 and "covers 0.0%" in str(r.exception)

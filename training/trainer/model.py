@@ -312,8 +312,8 @@ class DualEncoder(nn.Module):
     def save(self, out_dir: Path | str, meta: dict[str, Any] | None = None) -> Path:
         """Write the checkpoint folder ``crops export --checkpoint`` reads (model_export/towers.py).
 
-        The adapter recipe cannot be expressed as an HF folder (a linear map after the last
-        LayerNorm): it writes ``adapter.pt`` + ``crops_adapter.json`` instead, which export refuses.
+        The adapter recipe is not an HF folder (a linear map after pooling): it writes ``adapter.pt``
+        + ``crops_adapter.json`` (the base model folder), which export folds into the ONNX towers.
         """
         out_dir = Path(out_dir)
         if self.adapter:
