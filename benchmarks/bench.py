@@ -36,7 +36,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,6 +52,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 from loadtest.querymix import load_mix  # noqa: E402
+from loadtest.ready import wait_ready  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 PERF = ROOT / "runs" / "perf"
@@ -271,21 +271,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 900.0) -> None:
-    t_end = time.time() + timeout
-    while time.time() < t_end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before becoming ready")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f}s")
-
-
 def tree_peak_rss_mib(pid: int) -> float:
     """Sum of VmHWM (peak resident set) over a process and its children."""
     import psutil
@@ -324,7 +309,7 @@ def server(cmd: list[str], env: dict[str, str], port: int, name: str) -> Iterato
     with open(logf, "wb") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_ready(f"http://127.0.0.1:{port}", proc)
+            wait_ready(f"http://127.0.0.1:{port}", proc, timeout=900.0)
             yield proc
         except RuntimeError as exc:
             raise RuntimeError(f"{name}: {exc}; see {logf}") from exc

@@ -156,12 +156,12 @@ def register(app: typer.Typer) -> None:
         import subprocess
         import sys
         import time
-        import urllib.request
 
         from core.atomic import atomic_write_json
         from core.errors import CropsError, ErrorKind
         from core.manifest import verify_bundle
         from loadtest.querymix import default_mix
+        from loadtest.ready import NotReady, wait_ready
         from loadtest.wrk import run_wrk, write_script
 
         verify_bundle(bundle, require_index=True)
@@ -205,17 +205,10 @@ def register(app: typer.Typer) -> None:
                 )
                 url = f"http://127.0.0.1:{port}"
                 try:
-                    deadline = time.time() + 120
-                    while True:
-                        try:
-                            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
-                                if r.status == 200:
-                                    break
-                        except OSError:
-                            pass
-                        if proc.poll() is not None or time.time() > deadline:
-                            raise CropsError(ErrorKind.BACKEND, "crops serve did not start")
-                        time.sleep(0.5)
+                    try:
+                        wait_ready(url, proc)
+                    except NotReady as exc:
+                        raise CropsError(ErrorKind.BACKEND, f"crops serve did not start: {exc}") from exc
                     time.sleep(2.0 * n_workers)  # let every worker finish loading
                     script = write_script(distinct if mode == "none" else zipf)
                     run_wrk(url, script, connections=2, duration=2)  # warm-up

@@ -53,3 +53,16 @@ def test_open_loop_search_bisects_to_the_slo(tiny_bundle: Path) -> None:
     assert loose["best"] == 45.0 and [p["rate"] for p in loose["points"]] == [30, 45]
     assert all(p["within_slo"] and p["failures"] == 0 for p in loose["points"])
     assert tight["best"] is None and [p["rate"] for p in tight["points"]] == [30, 15]
+
+
+def test_wait_ready_reports_a_server_that_exits() -> None:
+    from loadtest.ready import NotReady, wait_ready
+
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    proc.wait()
+    try:
+        wait_ready("http://127.0.0.1:9", proc, timeout=5)
+    except NotReady as exc:
+        assert "exited with 3" in str(exc)
+    else:
+        raise AssertionError("wait_ready returned for a dead server")

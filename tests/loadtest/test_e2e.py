@@ -7,8 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from loadtest import wrk
 from loadtest.openloop import open_loop
 from loadtest.querymix import default_mix
+from loadtest.ready import NotReady, wait_ready
 from tests.deploy.tools import ensure_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,17 +65,10 @@ def ab_service(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> I
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "service not ready in 120 s"
-            time.sleep(0.3)
+        try:
+            wait_ready(url, proc)
+        except NotReady as exc:
+            raise AssertionError(f"{exc}\n{log.read_text()[-2000:]}") from exc
         yield url
     finally:
         proc.terminate()
