@@ -233,6 +233,13 @@ def test_heavier_stages_see_relevance_only_when_told_to() -> None:
     assert np.concatenate(base.row_click).mean() > np.concatenate(blind.row_click).mean()
 
 
+def test_report_measures_relevance_by_log_stage(world: Path) -> None:
+    st = world_stats(world)["stages"]
+    assert set(st) == {"exposed", "rank_unexposed", "prerank_filtered"}
+    assert st["exposed"]["mean_grade"] > st["rank_unexposed"]["mean_grade"] > st["prerank_filtered"]["mean_grade"]
+    assert all(0 <= d["relevant_share"] <= 1 and d["rows"] > 0 for d in st.values())
+
+
 def test_feed_lean_raises_feed_relevance(tmp_path: Path, world: Path) -> None:
     nolean = tmp_path / "nolean"
     build_world(nolean, tiny_config(**{"rec.lean_prob": 0.0}), seed=0, progress=False)

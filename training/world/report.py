@@ -104,6 +104,15 @@ def world_stats(world: Path) -> dict[str, Any]:
                                   WHERE s.stage = 'exposed' AND q.ambiguous""",
     )[0][0]
     out["ctr"] = ctr
+    # how much relevance the legacy funnel's stages carry (the HLA log-stage levels 3 / 2 / 1)
+    out["stages"] = {
+        st: {"rows": n, "mean_grade": g, "relevant_share": r}
+        for st, n, g, r in _q(
+            con,
+            """SELECT s.stage, count(*), avg(coalesce(r.grade, 0)), avg(CAST(coalesce(r.grade, 0) >= 2 AS DOUBLE))
+               FROM slog s LEFT JOIN rel r USING (query, video_id) GROUP BY 1 ORDER BY 3 DESC""",
+        )
+    }
     con.execute("""CREATE TABLE reform AS SELECT r.request_id, q.query_class, q.ambiguous, r.satisfied,
                    EXISTS (SELECT 1 FROM req c WHERE c.parent_request_id = r.request_id) AS reformulated
                    FROM req r JOIN qs q USING (query)""")
@@ -225,6 +234,9 @@ def _markdown(
     lines += ["", "## Behaviour", "", "| | all | head | torso | tail | ambiguous |", "|---|---|---|---|---|---|"]
     for name, d in (("CTR (exposed)", stats["ctr"]), ("reformulation rate", stats["reformulation_rate"])):
         lines.append(f"| {name} | " + " | ".join(_f(d.get(g)) for g in GROUPS) + " |")
+    lines += ["", "| log stage | rows | mean query grade | share grade ≥ 2 |", "|---|---|---|---|"]
+    for st, d in stats["stages"].items():
+        lines.append(f"| {st} | {d['rows']} | {_f(d['mean_grade'], 2)} | {_f(d['relevant_share'])} |")
     fd, gap = stats["feed"], stats["reformulation_gap_s"]
     lines += [
         "",
