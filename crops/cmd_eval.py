@@ -110,7 +110,7 @@ def world(
     from core.errors import CropsError, ErrorKind
     from core.manifest import load_id_map, verify_bundle
     from service.engine import Retriever
-    from training.world.evaluation import eval_queries, evaluate_run, load_doc_texts
+    from training.world.evaluation import eval_queries, evaluate_run
 
     if not (world_dir / "eval").is_dir():
         raise CropsError(ErrorKind.NOT_FOUND, f"--world {world_dir} has no eval/: is it a built world?")
@@ -120,7 +120,9 @@ def world(
             ErrorKind.INVALID_INPUT,
             f"{bundle} has no index: crops index build --bundle {bundle} --corpus {world_dir / 'videos.parquet'}",
         )
-    world_ids = set(load_doc_texts(world_dir)[0])
+    import pyarrow.parquet as pq
+
+    world_ids = set(pq.read_table(world_dir / "videos.parquet", columns=["video_id"]).column(0).to_pylist())
     ids = load_id_map(bundle / man.index.id_map_file)
     covered = sum(1 for i in ids if i in world_ids) / max(1, len(world_ids))
     if covered < 0.99:
