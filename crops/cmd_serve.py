@@ -9,54 +9,6 @@ from typing import Annotated
 import typer
 
 
-def _reuseport_worker(host: str, port: int, log_level: str) -> None:
-    """One worker with its own listening socket (SO_REUSEPORT): the kernel spreads new connections
-    over the workers' sockets by hash, instead of letting whichever worker wakes first accept a
-    burst of them from one shared socket (DESIGN §8: 2 and 8 keep-alive connections all landed on
-    one worker, halving throughput)."""
-    import socket
-
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    config = uvicorn.Config(
-        "service.app:app_from_env", factory=True, log_level=log_level, access_log=False
-    )
-    uvicorn.Server(config).run(sockets=[sock])
-
-
-def _serve_reuseport(host: str, port: int, workers: int, log_level: str) -> None:
-    """Start ``workers`` SO_REUSEPORT workers; SIGTERM/SIGINT stop them all, and so does the exit of
-    any one (a supervisor such as Kubernetes then restarts the whole pod)."""
-    import multiprocessing as mp
-    import signal
-    import time
-
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_reuseport_worker, args=(host, port, log_level)) for _ in range(workers)]
-    for p in procs:
-        p.start()
-
-    def stop(signum: int, frame: object) -> None:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()  # SIGTERM: uvicorn's graceful shutdown
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while all(p.is_alive() for p in procs):
-        time.sleep(0.2)
-    stop(signal.SIGTERM, None)
-    for p in procs:
-        p.join(timeout=30)
-    codes = [p.exitcode for p in procs]
-    if any(c not in (0, -signal.SIGTERM) for c in codes):
-        raise typer.Exit(1)
-
-
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
@@ -69,10 +21,14 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int, typer.Option(min=1, max=64)] = 1,
         redis_url: Annotated[str | None, typer.Option(envvar="CROPS_REDIS_URL")] = None,
         log_level: Annotated[str, typer.Option()] = "warning",
-        reuse_port: Annotated[
-            bool,
-            typer.Option(help="with --workers > 1: one SO_REUSEPORT socket per worker (kernel-balanced connections)"),
-        ] = False,
+        balance: Annotated[
+            str,
+            typer.Option(
+                help="with --workers > 1, how connections reach workers: least-conn (the parent accepts and "
+                "hands each to the worker with the fewest), reuse-port (one SO_REUSEPORT socket per worker, "
+                "kernel hash), shared (uvicorn's one socket: whichever worker wakes first)"
+            ),
+        ] = "least-conn",
     ) -> None:
         """Serve /retrieve. Settings not given here come from CROPS_* environment variables."""
         from core.settings import limit_native_threads
@@ -82,7 +38,10 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from core.errors import CropsError, ErrorKind
+        from service.dispatch import BALANCES
 
+        if balance not in BALANCES:
+            raise CropsError(ErrorKind.INVALID_INPUT, f"--balance takes one of {', '.join(BALANCES)}, not {balance!r}")
         if bundle is None and experiments is None and not os.environ.get("CROPS_BUNDLE") \
                 and not os.environ.get("CROPS_EXPERIMENTS"):
             raise CropsError(ErrorKind.INVALID_INPUT, "give --bundle or --experiments (or CROPS_BUNDLE)")
@@ -100,14 +59,25 @@ def register(app: typer.Typer) -> None:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="crops-metrics-")
         from service.app import app_from_env  # fail fast in this process on a bad bundle/config
 
-        app_from_env()
+        checked = app_from_env()
+        if workers > 1:  # the workers load their own copy: free this one (a 1M index is GBs) before spawning
+            import asyncio
+            import gc
+
+            asyncio.run(checked.state.crops.stop())
+            del checked
+            gc.collect()
         typer.echo(f"serving on http://{host}:{port}  (try: curl -s {host}:{port}/retrieve "
                    "-H 'content-type: application/json' -d '{\"query\":\"cat video\"}')")
-        if reuse_port and workers > 1:
-            _serve_reuseport(host, port, workers, log_level)
+        if workers > 1:
+            from service.dispatch import serve_workers
+
+            code = serve_workers(host, port, workers, balance, log_level)  # type: ignore[arg-type]
+            if code:
+                raise typer.Exit(code)
             return
-        uvicorn.run("service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level, access_log=False)
+        uvicorn.run("service.app:app_from_env", factory=True, host=host, port=port, log_level=log_level,
+                    access_log=False)
 
     @app.command("exposures")
     def exposures(

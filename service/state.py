@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,6 +325,7 @@ class ServiceState:
             "redis": self.redis.info() if self.redis else {"configured": False},
             "cache": self.cache.info(),
             "in_flight": self.in_flight,
+            "worker_pid": os.getpid(),  # which worker answered (each keep-alive connection stays on one)
             "limits": {
                 "max_in_flight": self.settings.max_in_flight,
                 "deadline_ms": self.settings.deadline_ms,
