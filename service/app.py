@@ -26,6 +26,7 @@ from core.normalize import normalize_text
 from service.cache import embedding_key, result_key
 from service.errors import install_handlers
 from service.experiments import parse_config
+from service.hotpath import HeaderGet, RetrieveFront
 from service.schemas import (
     BatchResponse,
     ErrorBody,
@@ -54,26 +55,6 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(orjson.dumps(body), status_code=status, headers=headers, media_type=JSON)
 
 
-class JsonBodyDefault:
-    """Read POST bodies of /retrieve* as JSON when the client sent no JSON content type.
-
-    ``curl -d '{"query": ...}'`` labels its body form-encoded; the API only speaks JSON, so the
-    label is corrected here instead of answering 422 to the most common first try. A body that is
-    not JSON still gets a 422 with a message.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/retrieve"):
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            ctype = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
-            if b"json" not in ctype.lower():
-                scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
-        await self.app(scope, receive, send)
-
-
 def create_app(settings: ServiceSettings) -> FastAPI:
     state = ServiceState(settings)
     metrics = state.metrics
@@ -95,7 +76,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     app.state.crops = state
     app.state.retry_after_s = settings.retry_after_s
-    app.add_middleware(JsonBodyDefault)
 
     def on_error(kind: ErrorKind, path: str, status: int) -> None:
         metrics.errors.labels(kind=kind.value).inc()
@@ -104,12 +84,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     install_handlers(app, on_error)
 
-    def check_admin(request: Request) -> None:
+    def check_admin(header: HeaderGet) -> None:
         if token is None:
             raise CropsError(ErrorKind.UNAUTHORIZED, "admin features are off: set CROPS_ADMIN_TOKEN")
-        given = request.headers.get(ADMIN_TOKEN_HEADER)
+        given = header(ADMIN_TOKEN_HEADER)
         if given is None:
-            auth = request.headers.get("authorization", "")
+            auth = header("authorization") or ""
             given = auth[7:] if auth.lower().startswith("bearer ") else None
         if not given or not hmac.compare_digest(given.encode(), token):
             raise CropsError(ErrorKind.UNAUTHORIZED, "missing or wrong admin token")
@@ -212,42 +192,46 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             "timings": timings,
         }
 
-    def force_arm(request: Request) -> str | None:
-        force = request.headers.get(FORCE_ARM_HEADER)
+    def force_arm(header: HeaderGet) -> str | None:
+        force = header(FORCE_ARM_HEADER)
         if force is not None:
-            check_admin(request)
+            check_admin(header)
         return force
 
-    @app.post("/retrieve", response_model=None, responses={200: {"model": RetrieveResponse}, **_ERRORS})
-    async def retrieve(body: RetrieveRequest, request: Request) -> Response:  # type: ignore[valid-type]
-        """Top-k candidates for one query, from the arm the user is assigned to."""
+    requests_ok = metrics.requests.labels(endpoint="/retrieve", status="200")
+
+    async def handle_retrieve(body: Any, header: HeaderGet) -> tuple[bytes, dict[str, str]]:
+        """/retrieve's work, shared by the hot path (service.hotpath) and the FastAPI route."""
         t0 = time.perf_counter()
-        force = force_arm(request)
+        force = force_arm(header)
         admit()
         try:
             out = await serve_one(body, force, t0, t0 + deadline_s)
         finally:
             release()
-        metrics.requests.labels(endpoint="/retrieve", status="200").inc()
+        requests_ok.inc()
         t = out["timings"]
-        return _json(
-            out,
-            headers={
-                "x-request-id": out["request_id"],
-                "x-crops-arm": out["arm"],
-                "x-crops-bundle": _HEADER_UNSAFE.sub("?", out["bundle_id"]),
-                "server-timing": (
-                    f"normalize;dur={t['normalize_ms']}, cache;dur={t['cache_ms']}, queue;dur={t['queue_ms']}, "
-                    f"encode;dur={t['encode_ms']}, search;dur={t['search_ms']}, total;dur={t['total_ms']}"
-                ),
-            },
-        )
+        return orjson.dumps(out), {
+            "x-request-id": out["request_id"],
+            "x-crops-arm": out["arm"],
+            "x-crops-bundle": _HEADER_UNSAFE.sub("?", out["bundle_id"]),
+            "server-timing": (
+                f"normalize;dur={t['normalize_ms']}, cache;dur={t['cache_ms']}, queue;dur={t['queue_ms']}, "
+                f"encode;dur={t['encode_ms']}, search;dur={t['search_ms']}, total;dur={t['total_ms']}"
+            ),
+        }
+
+    @app.post("/retrieve", response_model=None, responses={200: {"model": RetrieveResponse}, **_ERRORS})
+    async def retrieve(body: RetrieveRequest, request: Request) -> Response:  # type: ignore[valid-type]
+        """Top-k candidates for one query, from the arm the user is assigned to."""
+        payload, headers = await handle_retrieve(body, request.headers.get)
+        return Response(payload, headers=headers, media_type=JSON)
 
     @app.post("/retrieve/batch", response_model=None, responses={200: {"model": BatchResponse}, **_ERRORS})
     async def retrieve_batch(body: BatchRequest, request: Request) -> Response:  # type: ignore[valid-type]
         """Several queries in one call (each assigned and cached on its own; encoded in micro-batches)."""
         t0 = time.perf_counter()
-        force = force_arm(request)
+        force = force_arm(request.headers.get)
         admit()
         try:
             results = await asyncio.gather(
@@ -304,7 +288,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
         A failed reload keeps the old bundle serving; the reason is in the 409 answer and /info.
         """
-        check_admin(request)
+        check_admin(request.headers.get)
         body = body or ReloadRequest()
         path = Path(body.path) if body.path else None
         return _json(await state.reload(body.bundle, path))
@@ -321,11 +305,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     async def admin_config(request: Request, body: dict[str, Any]) -> Response:
         """Apply a new (higher-version) A/B config here and publish it to Redis for other workers."""
-        check_admin(request)
+        check_admin(request.headers.get)
         cfg = parse_config(orjson.dumps(body), source="PUT /admin/config")
         await state.push_config(cfg)
         return _json({"config_version": cfg.version, "arms": state.view.assigner.arm_names})
 
+    # Outermost, so the hot path skips every framework layer (errors it answers itself).
+    app.add_middleware(
+        RetrieveFront,
+        model=RetrieveRequest,
+        handler=handle_retrieve,
+        on_error=on_error,
+        retry_after_s=settings.retry_after_s,
+        enabled=settings.fast_path,
+    )
     return app
 
 

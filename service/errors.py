@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -29,27 +30,34 @@ HTTP_STATUS: dict[ErrorKind, int] = {
 RETRYABLE = {ErrorKind.OVERLOADED, ErrorKind.DEADLINE_EXCEEDED}
 
 
-def error_response(kind: ErrorKind, message: str, *, retry_after_s: int = 1, **extra: Any) -> Response:
+def error_parts(
+    kind: ErrorKind, message: str, *, retry_after_s: int = 1, **extra: Any
+) -> tuple[int, bytes, dict[str, str]]:
+    """(status, JSON body, headers) of an error: the one mapping both the framework and the hot path use."""
     body = {"error": kind.value, "message": message, **extra}
-    headers = {"Retry-After": str(retry_after_s)} if kind in RETRYABLE else None
-    return Response(
-        orjson.dumps(body),
-        status_code=HTTP_STATUS.get(kind, 500),
-        headers=headers,
-        media_type="application/json",
-    )
+    headers = {"Retry-After": str(retry_after_s)} if kind in RETRYABLE else {}
+    return HTTP_STATUS.get(kind, 500), orjson.dumps(body), headers
+
+
+def error_response(kind: ErrorKind, message: str, *, retry_after_s: int = 1, **extra: Any) -> Response:
+    status, body, headers = error_parts(kind, message, retry_after_s=retry_after_s, **extra)
+    return Response(body, status_code=status, headers=headers or None, media_type="application/json")
 
 
 def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(p) for p in loc if p != "body") or "body"
 
 
-def validation_message(exc: RequestValidationError) -> str:
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
     """One readable line: ``top_k: Input should be less than or equal to 100; query: ...``."""
     parts = []
-    for err in exc.errors()[:5]:
+    for err in errors[:5]:
         parts.append(f"{_loc(err.get('loc', ()))}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
+
+
+def validation_details(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{"loc": _loc(e.get("loc", ())), "msg": e.get("msg", "")} for e in errors[:20]]
 
 
 def install_handlers(app: Any, on_error: Any) -> None:
@@ -64,8 +72,8 @@ def install_handlers(app: Any, on_error: Any) -> None:
     async def invalid(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         on_error(ErrorKind.INVALID_INPUT, request.url.path, 422)
-        details = [{"loc": _loc(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()[:20]]
-        return error_response(ErrorKind.INVALID_INPUT, validation_message(exc), details=details)
+        errors = exc.errors()
+        return error_response(ErrorKind.INVALID_INPUT, validation_message(errors), details=validation_details(errors))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         # Starlette's own errors (unparseable body 400, unknown path 404, wrong method 405): same body shape.

@@ -54,6 +54,9 @@ class ServiceSettings(CropsSettings):
     exposure_jsonl_max_mb: float = Field(default=256.0, gt=0, description="rotate the JSONL file past this size")
     exposure_queue: int = Field(default=10_000, ge=10, description="pending exposures beyond which they are dropped")
 
+    fast_path: bool = Field(
+        default=True, description="serve POST /retrieve from the pure-ASGI front (service.hotpath), not FastAPI"
+    )
     max_query_chars: int = Field(default=512, ge=1, le=10_000)
     max_batch_items: int = Field(default=64, ge=1, le=1000)
     warmup_queries: int = Field(default=4, ge=0)

@@ -12,9 +12,12 @@ from tests.service.conftest import LiveServer
 TOKEN = "s3cret-admin"
 
 
-@pytest.fixture(scope="module")
-def srv(tiny_bundle: Path) -> Any:
-    with LiveServer(bundle=tiny_bundle, admin_token=TOKEN, max_query_chars=200) as s:
+@pytest.fixture(scope="module", params=["hotpath", "framework"])
+def srv(request: pytest.FixtureRequest, tiny_bundle: Path) -> Any:
+    """The same contract whether POST /retrieve is answered by service.hotpath or by the FastAPI route."""
+    with LiveServer(
+        bundle=tiny_bundle, admin_token=TOKEN, max_query_chars=200, fast_path=request.param == "hotpath"
+    ) as s:
         yield s
 
 

@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from loadtest.ready import wait_ready
+from loadtest.ready import wait_ready, wait_workers
 from tests.service.conftest import free_port
 
 
@@ -56,24 +56,11 @@ def _pid(client: httpx.Client) -> int:
     return int(r.json()["worker_pid"])
 
 
-def _wait_both_ready(url: str, timeout: float = 120.0) -> set[int]:
-    """Two fresh connections land on two different workers once both are ready (least-conn)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with httpx.Client(base_url=url, timeout=10) as a, httpx.Client(base_url=url, timeout=10) as b:
-            pids = {_pid(a), _pid(b)}
-        if len(pids) == 2:
-            time.sleep(0.5)  # let the closes reach the parent before the test counts connections
-            return pids
-        time.sleep(0.5)
-    raise AssertionError("the second worker never became ready")
-
-
 def test_least_conn_splits_keepalive_connections_evenly_and_refills_the_emptier_worker(
     least_conn: tuple[subprocess.Popen[bytes], str],
 ) -> None:
     proc, url = least_conn
-    workers = _wait_both_ready(url)
+    workers = wait_workers(url, 2)
     clients = [httpx.Client(base_url=url, timeout=10) for _ in range(8)]
     try:
         pids = [_pid(c) for c in clients]
@@ -99,7 +86,7 @@ def test_least_conn_splits_keepalive_connections_evenly_and_refills_the_emptier_
 
 def test_least_conn_restarts_a_killed_worker(least_conn: tuple[subprocess.Popen[bytes], str]) -> None:
     proc, url = least_conn
-    victim, survivor = sorted(_wait_both_ready(url))
+    victim, survivor = sorted(wait_workers(url, 2))
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 120
     replacement: set[int] = set()
