@@ -1,10 +1,18 @@
-"""A loaded bundle with its encoder micro-batcher: CPU work runs on one thread per bundle, off the event loop.
+"""A loaded bundle with its encoder micro-batcher.
 
-Requests put jobs on a queue and await an asyncio future. The batcher thread takes the first job,
-then gathers whatever else arrives within ``max_wait_ms`` (bounded) up to ``max_batch`` (bounded),
-encodes the queries that need it in ONE onnxruntime call and searches each nprobe group in ONE
-faiss call. One thread per bundle keeps onnxruntime/faiss at one intra-op thread each and never
-runs two searches on the same index at once.
+Requests submit jobs and await an asyncio future. A batch (up to ``max_batch`` jobs) is encoded in ONE
+onnxruntime call and each nprobe group searched in ONE faiss call. Two ways to run batches:
+
+- ``thread``: a batcher thread per bundle takes the first queued job, gathers whatever else arrives
+  within ``max_wait_ms`` and runs the batch off the event loop, which keeps parsing requests
+  meanwhile. That overlap pays when the work runs elsewhere (a GPU) or a worker has spare cores.
+- ``loop``: the batch runs on the event loop itself, in a callback scheduled when the first job of a
+  batch arrives; every request read in the same loop turn joins it. With one worker per core
+  (the CPU deployment) there is nothing to overlap, and the thread's two handoffs per request
+  (queue wake-up, ``call_soon_threadsafe`` wake-up, GIL transfers) are pure cost.
+
+Either way one bundle runs one batch at a time, so onnxruntime/faiss stay at one intra-op thread each
+and never search the same index concurrently.
 """
 
 from __future__ import annotations
@@ -83,7 +91,10 @@ class BundleRuntime:
         precision: str | None = None,
         verify: bool = True,
         on_batch: Any = None,
+        batcher: str = "thread",
     ) -> None:
+        if batcher not in ("auto", "thread", "loop"):
+            raise ValueError(f"batcher is 'auto', 'thread' or 'loop', not {batcher!r}")
         self.path = Path(path)
         self.manifest_sha = manifest_sha(self.path)
         self.retriever = Retriever(
@@ -95,6 +106,11 @@ class BundleRuntime:
         self._q: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        on_device = self.retriever.on_gpu or any(p != "CPUExecutionProvider" for p in self.retriever.encoder.providers)
+        # auto: overlap the loop with the device's work on a GPU; no extra thread on CPU
+        self.batcher = batcher if batcher != "auto" else ("thread" if on_device else "loop")
+        self._pending: list[Job] = []
+        self._flush_scheduled = False
         self.loaded_at = time.time()
 
     @property
@@ -115,7 +131,7 @@ class BundleRuntime:
         self.retriever.encode(queries[:1])
 
     def start(self) -> None:
-        if self._thread is None:
+        if self.batcher == "thread" and self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"batcher-{self.bundle_id}", daemon=True)
             self._thread.start()
 
@@ -128,12 +144,26 @@ class BundleRuntime:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         job = Job(query, vector, nprobe, fut, loop, time.perf_counter())
-        if self._stopped or self._thread is None:
+        if self.batcher == "loop":
+            self._pending.append(job)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+        elif self._stopped or self._thread is None:
             # A request that picked this runtime just before a swap: serve it anyway.
             loop.run_in_executor(None, self._process, [job])
         else:
             self._q.put(job)
         return fut
+
+    def _flush(self) -> None:
+        """Loop mode: run the jobs gathered since the last flush (at most max_batch; the rest next turn)."""
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        if self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._flush_scheduled = False
+        self._process(batch, same_thread=True)
 
     def _run(self) -> None:
         while True:
@@ -157,7 +187,7 @@ class BundleRuntime:
             if stop:
                 return
 
-    def _process(self, batch: list[Job]) -> None:
+    def _process(self, batch: list[Job], same_thread: bool = False) -> None:
         t0 = time.perf_counter()
         try:
             todo = [i for i, j in enumerate(batch) if j.vector is None]
@@ -185,7 +215,10 @@ class BundleRuntime:
             )
             log.exception("batch of %d failed", len(batch))
             for j in batch:
-                j.loop.call_soon_threadsafe(_resolve, j.future, None, err)
+                if same_thread:
+                    _resolve(j.future, None, err)
+                else:
+                    j.loop.call_soon_threadsafe(_resolve, j.future, None, err)
             return
         if self.on_batch is not None:
             self.on_batch(len(todo))
@@ -202,7 +235,10 @@ class BundleRuntime:
                 search_ms,
                 len(batch),
             )
-            j.loop.call_soon_threadsafe(_resolve, j.future, out, None)
+            if same_thread:
+                _resolve(j.future, out, None)
+            else:
+                j.loop.call_soon_threadsafe(_resolve, j.future, out, None)
 
     def summary(self) -> dict[str, Any]:
         m = self.retriever.manifest
@@ -220,6 +256,7 @@ class BundleRuntime:
             "normalization_version": model.normalization_version,
             "parity_max_abs_err": model.parity_max_abs_err,
             "precision": self.retriever.precision,
+            "batcher": self.batcher,
             "providers": self.retriever.encoder.providers,
             "index_factory": index.factory,
             "ntotal": index.ntotal,

@@ -34,6 +34,11 @@ class ServiceSettings(CropsSettings):
     # Encoder micro-batching: the batcher waits at most max_wait_ms for up to max_batch queries.
     max_batch: int = Field(default=16, ge=1, le=256)
     max_wait_ms: float = Field(default=0.0, ge=0, le=50)
+    batcher: Literal["auto", "thread", "loop"] = Field(
+        default="auto",
+        description="where batches run: on the event loop (loop), on a thread per bundle (thread), or auto "
+        "(thread when the encoder or index is on a GPU, else loop); see service.runtime",
+    )
     intra_op_threads: int = Field(default=1, ge=0, description="onnxruntime threads per worker (0 = all cores)")
     use_gpu: bool | None = None
     encoder_precision: Literal["fp32", "int8", "fp16", "auto"] | None = Field(

@@ -123,6 +123,7 @@ class ServiceState:
             precision=s.encoder_precision,
             verify=s.verify_checksums,
             on_batch=self.metrics.batch_size.observe,
+            batcher=s.batcher,
         )
         rt.warm_up(s.warmup_queries)
         return rt

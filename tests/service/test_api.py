@@ -12,11 +12,13 @@ from tests.service.conftest import LiveServer
 TOKEN = "s3cret-admin"
 
 
-@pytest.fixture(scope="module", params=["hotpath", "framework"])
+@pytest.fixture(scope="module", params=["hotpath-loop", "hotpath-thread", "framework-loop"])
 def srv(request: pytest.FixtureRequest, tiny_bundle: Path) -> Any:
-    """The same contract whether POST /retrieve is answered by service.hotpath or by the FastAPI route."""
+    """The same contract whether POST /retrieve is answered by service.hotpath or by the FastAPI route,
+    and whether batches run on the event loop or on a batcher thread."""
+    front, batcher = request.param.split("-")
     with LiveServer(
-        bundle=tiny_bundle, admin_token=TOKEN, max_query_chars=200, fast_path=request.param == "hotpath"
+        bundle=tiny_bundle, admin_token=TOKEN, max_query_chars=200, fast_path=front == "hotpath", batcher=batcher
     ) as s:
         yield s
 
