@@ -66,3 +66,40 @@ def test_wait_ready_reports_a_server_that_exits() -> None:
         assert "exited with 3" in str(exc)
     else:
         raise AssertionError("wait_ready returned for a dead server")
+
+
+def test_service_row_pairs_limit_and_service_rounds_on_two_least_conn_workers(tiny_bundle: Path) -> None:
+    """run_http_row against a real `crops serve --workers 2` (least-conn): the sweep finds its best SLO
+    point and each paired round measures the service there right after the limit callback (a stand-in
+    returning fixed numbers, so the ratio is checkable)."""
+    import os
+    import shutil
+
+    import pytest
+
+    if not shutil.which("wrk"):
+        pytest.skip("wrk is not installed (apt-get install wrk; .ci/run installs it)")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench
+
+    calls: list[int] = []
+
+    def stand_in_limit() -> dict[str, float]:
+        calls.append(1)
+        return {"rps": 100.0, "p99_ms": 5.0}
+
+    port = bench.free_port()
+    env = {**os.environ, "CROPS_CACHE": "none"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    cmd = [sys.executable, "-m", "crops", "serve", "--bundle", str(tiny_bundle), "--port", str(port),
+           "--workers", "2"]
+    bodies = [json.dumps({"query": f"cat video {i}", "top_k": 10}).encode() for i in range(50)]
+    row = bench.run_http_row("service", cmd, env, port, bodies, seconds=1, slo_ms=1000, connections=(1, 2),
+                             fixed_rate=None, pin=False, workers=2, paired_limit=stand_in_limit, paired_rounds=2)
+    assert all(p["within_slo"] for p in row["sweep"])  # a 1 s SLO: every point passes
+    assert row["paired"]["connections"] == row["best_within_slo"]["connections"]
+    rounds = row["paired"]["rounds"]
+    assert len(calls) == 2 and [r["round"] for r in rounds] == [0, 1]
+    for r in rounds:
+        assert r["service_rps"] > 0 and r["errors"] == 0
+        assert r["ratio"] == round(r["service_rps"] / 100.0, 3)
