@@ -79,13 +79,18 @@ class RetrieveUser(FastHttpUser):
         with self.client.post(
             "/retrieve", json=body, name="/retrieve", catch_response=True, context={"bucket": bucket}
         ) as resp:
-            data = _json_or_fail(resp)
-            if data is None:
+            # No JSON decoding here: the generator shares the cores with the service, and parsing 100
+            # candidates per answer would cost it more than the rest of its work. The arm comes from
+            # the x-crops-arm header; the body is checked for a 200 with at least one candidate.
+            ctx = resp.request_meta["context"]
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}")
+                ctx["arm"] = "(shed)" if resp.status_code == 503 else "(failed)"
                 return
-            n = len(data.get("candidates", []))
-            if n == 0:
+            content = resp.content or b""
+            if b'"video_id"' not in content:
                 resp.failure("no candidates")  # the catalog always has matches: empty is a bug
-            resp.request_meta["context"]["arm"] = str(data.get("arm", "?"))
+            ctx["arm"] = str(resp.headers.get("x-crops-arm") or "?")
 
     def retrieve_batch(self) -> None:
         items = [self._item()[0] for _ in range(self.batch_size)]
