@@ -42,24 +42,34 @@ from loadtest import wrk  # noqa: E402
 from loadtest.querymix import load_mix  # noqa: E402
 
 
-def stage_means(url: str) -> dict[str, float]:
-    """Mean ms per request of each stage, from the service's Prometheus histograms."""
+def stage_totals(url: str) -> dict[str, float]:
+    """Cumulative sums/counts of the service's stage histograms and encoder batch sizes."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
         text = r.read().decode()
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
+    out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             stage = s.labels.get("stage")
-            if s.name == "crops_request_latency_seconds_sum" and stage:
-                sums[stage] = sums.get(stage, 0.0) + s.value
-            elif s.name == "crops_request_latency_seconds_count" and stage:
-                counts[stage] = counts.get(stage, 0.0) + s.value
-    return {k: round(sums[k] / counts[k] * 1e3, 3) for k in sums if counts.get(k)}
+            if stage and s.name == "crops_request_latency_seconds_sum":
+                out[f"{stage}_sum"] = out.get(f"{stage}_sum", 0.0) + s.value
+            elif stage and s.name == "crops_request_latency_seconds_count":
+                out[f"{stage}_n"] = out.get(f"{stage}_n", 0.0) + s.value
+            elif s.name in ("crops_encoder_batch_size_sum", "crops_encoder_batch_size_count"):
+                out[s.name] = s.value
+    return out
+
+
+def stage_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean ms per request of each stage between two snapshots, and the mean encoder batch."""
+    d = {k: after[k] - before.get(k, 0.0) for k in after}
+    means = {k[:-4]: round(d[k] / d[k[:-4] + "_n"] * 1e3, 3) for k in d if k.endswith("_sum") and d.get(k[:-4] + "_n")}
+    batches = d.get("crops_encoder_batch_size_count", 0.0)
+    means["mean_batch"] = round(d.get("crops_encoder_batch_size_sum", 0.0) / batches, 2) if batches else 0.0
+    return means
 
 
 def main() -> None:
@@ -110,8 +120,9 @@ def main() -> None:
                     )
                     time.sleep(1.0)
                 log(f"service: 1 worker on core 0, wrk -c{conns} on core 1, {a.seconds:g}s")
+                before = stage_totals(url)
                 res = wrk.run_wrk(url, script, connections=conns, duration=a.seconds, cpus="1")
-                res["stages_ms"] = stage_means(url)  # the warm-up's requests are in the means too
+                res["stages_ms"] = stage_means(before, stage_totals(url))
                 result[f"service_c{conns}"] = res
                 if spy is not None:
                     spy.wait(timeout=a.seconds + 60)
@@ -121,18 +132,20 @@ def main() -> None:
     per_req_limit = 1e3 / lim["rps"]
     sat = result["service_c2"]
     per_req_service = 1e3 / sat["rps"]
-    st = sat["stages_ms"]
+    one = result["service_c1"]
+    st = one["stages_ms"]  # one connection: no request waits for another, so the stages add up
     handler = st.get("total", float("nan"))
+    model = (st.get("encode") or 0.0) + (st.get("search") or 0.0)
     result["breakdown_ms"] = {
         "limit_per_request": round(per_req_limit, 3),
         "service_cpu_per_request": round(per_req_service, 3),
         "overhead": round(per_req_service - per_req_limit, 3),
-        "handler_total": handler,
-        "encode": st.get("encode"),
-        "search": st.get("search"),
-        "queue": st.get("queue"),
-        "outside_handler": round(per_req_service - handler, 3),
-        "latency_c1_p50": result["service_c1"]["p50_ms"],
+        "c1_round_trip_mean": one["mean_ms"],
+        "c1_handler_total": handler,
+        "c1_encode_plus_search": round(model, 3),
+        "c1_handler_rest": round(handler - model, 3),
+        "c1_outside_handler": round(one["mean_ms"] - handler, 3),
+        "c2_mean_batch": sat["stages_ms"].get("mean_batch"),
         "limit_p50": lim["p50_ms"],
     }
     result["service_over_limit_1core"] = round(sat["rps"] / lim["rps"], 3)
@@ -142,9 +155,9 @@ def main() -> None:
     print(f"limit (1 core):            {lim['rps']:7.1f} req/s  = {b['limit_per_request']:.3f} ms/request")
     print(f"service (1 worker, wrk c2): {sat['rps']:7.1f} req/s  = {b['service_cpu_per_request']:.3f} ms/request "
           f"({result['service_over_limit_1core']:.3f} of the limit)")
-    print(f"  handler {handler} ms (encode {b['encode']}, search {b['search']}, queue {b['queue']}); "
-          f"outside the handler {b['outside_handler']} ms")
-    print(f"latency, 1 connection: p50 {b['latency_c1_p50']} ms (limit p50 {b['limit_p50']} ms)")
+    print(f"1 connection, mean round trip {b['c1_round_trip_mean']} ms = encode+search {b['c1_encode_plus_search']} "
+          f"+ rest of the handler {b['c1_handler_rest']} + outside the handler (HTTP, event loop, kernel, "
+          f"client) {b['c1_outside_handler']}")
     print(f"-> {out}")
 
 
