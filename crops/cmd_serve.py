@@ -29,6 +29,10 @@ def register(app: typer.Typer) -> None:
                 "kernel hash), shared (uvicorn's one socket: whichever worker wakes first)"
             ),
         ] = "least-conn",
+        pin: Annotated[
+            bool,
+            typer.Option(help="with --workers > 1: pin worker i to core i (bare metal/VMs; not under CPU quotas)"),
+        ] = False,
     ) -> None:
         """Serve /retrieve. Settings not given here come from CROPS_* environment variables."""
         from core.settings import limit_native_threads
@@ -42,6 +46,8 @@ def register(app: typer.Typer) -> None:
 
         if balance not in BALANCES:
             raise CropsError(ErrorKind.INVALID_INPUT, f"--balance takes one of {', '.join(BALANCES)}, not {balance!r}")
+        if pin and balance == "shared":
+            raise CropsError(ErrorKind.INVALID_INPUT, "--pin needs --balance least-conn or reuse-port")
         if bundle is None and experiments is None and not os.environ.get("CROPS_BUNDLE") \
                 and not os.environ.get("CROPS_EXPERIMENTS"):
             raise CropsError(ErrorKind.INVALID_INPUT, "give --bundle or --experiments (or CROPS_BUNDLE)")
@@ -72,7 +78,7 @@ def register(app: typer.Typer) -> None:
         if workers > 1:
             from service.dispatch import serve_workers
 
-            code = serve_workers(host, port, workers, balance, log_level)  # type: ignore[arg-type]
+            code = serve_workers(host, port, workers, balance, log_level, pin)  # type: ignore[arg-type]
             if code:
                 raise typer.Exit(code)
             return

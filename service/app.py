@@ -105,7 +105,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         state.in_flight -= 1
         metrics.in_flight.dec()
 
-    async def serve_one(req: Any, force: str | None, t0: float, deadline_at: float) -> dict[str, Any]:
+    async def serve_one(
+        req: Any, force: str | None, t0: float, deadline_at: float, bulk: bool = False
+    ) -> dict[str, Any]:
         view = state.view  # one consistent snapshot for the whole request
         t_start = time.perf_counter()  # == t0 for /retrieve; later for the items of a batch
         rid = req.request_id or os.urandom(12).hex()
@@ -130,7 +132,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             ekey = embedding_key(rt.bundle_id, norm)
             if fut is None:
                 vec = state.cache.get_embedding(ekey)
-                fut = rt.submit(norm, vec, a.nprobe)
+                fut = rt.submit(norm, vec, a.nprobe, bulk=bulk)
                 state.pending[key] = fut
                 fut.add_done_callback(lambda _f: state.pending.pop(key, None))
             try:
@@ -235,7 +237,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         admit()
         try:
             results = await asyncio.gather(
-                *(serve_one(item, force, t0, t0 + deadline_s) for item in body.items)  # type: ignore[attr-defined]
+                *(serve_one(item, force, t0, t0 + deadline_s, bulk=True) for item in body.items)  # type: ignore[attr-defined]
             )
         finally:
             release()

@@ -184,6 +184,7 @@ class _Slot:
     chan: socket.socket | None = None
     ready: bool = False
     open_conns: int = 0
+    last_pick: int = 0  # pick counter value when this worker last got a connection
     restarts: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
@@ -192,10 +193,13 @@ class Supervisor:
     """Starts the workers, dispatches connections (least-conn mode), restarts dead workers, stops all
     on SIGTERM/SIGINT. ``run()`` returns the exit code."""
 
-    def __init__(self, host: str, port: int, workers: int, balance: Balance, log_level: str = "warning") -> None:
+    def __init__(
+        self, host: str, port: int, workers: int, balance: Balance, log_level: str = "warning", pin: bool = False
+    ) -> None:
         if balance not in ("least-conn", "reuse-port"):
             raise ValueError(f"Supervisor runs least-conn or reuse-port, not {balance!r}")
         self.host, self.port, self.n, self.balance, self.log_level = host, port, workers, balance, log_level
+        self.pin = pin  # worker i on core i of this process's allowed cores (1 intra-op thread each)
         self.ctx = mp.get_context("spawn")  # a clean interpreter per worker: no inherited threads/locks
         self.listener: socket.socket | None = None
         self.slots: list[_Slot] = []
@@ -224,6 +228,11 @@ class Supervisor:
             )
             proc.start()
             slot = _Slot(index, proc, restarts=restarts)
+        if self.pin and proc.pid is not None:
+            cores = sorted(os.sched_getaffinity(0))
+            core = cores[index % len(cores)]
+            with contextlib.suppress(OSError):  # the worker may already be gone; its restart pins again
+                os.sched_setaffinity(proc.pid, {core})
         return slot
 
     def _reap(self, slot: _Slot) -> None:
@@ -240,14 +249,19 @@ class Supervisor:
             multiprocess.mark_process_dead(slot.proc.pid)  # type: ignore[no-untyped-call]
 
     def pick(self) -> _Slot | None:
-        """The ready worker with the fewest open connections; ties go in turn."""
+        """The ready worker with the fewest open connections; among those, the one served longest ago.
+
+        Counts can be stale by a few milliseconds (a worker reports a close when its loop gets to it),
+        so ties must not repeat a worker: a client that closes one connection and opens two at once
+        must still get one per worker.
+        """
         ready = [s for s in self.slots if s.ready and s.chan is not None]
         if not ready:
             return None
-        least = min(s.open_conns for s in ready)
-        tied = [s for s in ready if s.open_conns == least]
+        best = min(ready, key=lambda s: (s.open_conns, s.last_pick))
         self._turn += 1
-        return tied[self._turn % len(tied)]
+        best.last_pick = self._turn
+        return best
 
     # events -------------------------------------------------------------------------------------
     def _on_worker(self, slot: _Slot) -> None:
@@ -281,8 +295,15 @@ class Supervisor:
         log.warning("worker %d (pid %d) exited with %s: restarting", slot.index, slot.proc.pid, code)
         self.slots[slot.index] = self._spawn(slot.index, slot.restarts + 1)
 
+    def _drain_reports(self) -> None:
+        """Read the workers' pending ready/close reports, so a pick sees the freshest counts."""
+        for s in list(self.slots):
+            if s.chan is not None:
+                self._on_worker(s)
+
     def _on_accept(self) -> None:
         assert self.listener is not None
+        self._drain_reports()
         for _ in range(64):  # a burst at most; then let close reports in
             slot = self.pick()
             if slot is None:
@@ -377,11 +398,15 @@ class Supervisor:
             self.exit_code = 1
 
 
-def serve_workers(host: str, port: int, workers: int, balance: Balance, log_level: str = "warning") -> int:
+def serve_workers(
+    host: str, port: int, workers: int, balance: Balance, log_level: str = "warning", pin: bool = False
+) -> int:
     """Run ``workers`` uvicorn workers of the service app with the given connection balancing."""
     if balance == "shared":
+        if pin:
+            raise ValueError("--pin needs --balance least-conn or reuse-port (uvicorn starts the shared workers)")
         import uvicorn
 
         uvicorn.run(APP, factory=True, host=host, port=port, workers=workers, log_level=log_level, access_log=False)
         return 0
-    return Supervisor(host, port, workers, balance, log_level).run()
+    return Supervisor(host, port, workers, balance, log_level, pin).run()

@@ -47,6 +47,7 @@ class Job:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     enqueued: float
+    bulk: bool = False  # an item of /retrieve/batch: yields to single queries
 
 
 @dataclass
@@ -92,6 +93,7 @@ class BundleRuntime:
         verify: bool = True,
         on_batch: Any = None,
         batcher: str = "thread",
+        bulk_slice: int = 4,
     ) -> None:
         if batcher not in ("auto", "thread", "loop"):
             raise ValueError(f"batcher is 'auto', 'thread' or 'loop', not {batcher!r}")
@@ -109,7 +111,11 @@ class BundleRuntime:
         on_device = self.retriever.on_gpu or any(p != "CPUExecutionProvider" for p in self.retriever.encoder.providers)
         # auto: overlap the loop with the device's work on a GPU; no extra thread on CPU
         self.batcher = batcher if batcher != "auto" else ("thread" if on_device else "loop")
+        self.bulk_slice = max(1, bulk_slice)
+        # Jobs waiting for a batch: single queries, and /retrieve/batch items. Loop mode: touched on the
+        # event loop only; thread mode: by the batcher thread only.
         self._pending: list[Job] = []
+        self._bulk: list[Job] = []
         self._flush_scheduled = False
         self.loaded_at = time.time()
 
@@ -140,12 +146,15 @@ class BundleRuntime:
         self._stopped = True
         self._q.put(None)
 
-    def submit(self, query: str, vector: np.ndarray | None, nprobe: int | None) -> asyncio.Future[Any]:
+    def submit(
+        self, query: str, vector: np.ndarray | None, nprobe: int | None, *, bulk: bool = False
+    ) -> asyncio.Future[Any]:
+        """Queue one query; ``bulk`` (an item of /retrieve/batch) lets single queries go first."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        job = Job(query, vector, nprobe, fut, loop, time.perf_counter())
+        job = Job(query, vector, nprobe, fut, loop, time.perf_counter(), bulk)
         if self.batcher == "loop":
-            self._pending.append(job)
+            self._add(job)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 loop.call_soon(self._flush)
@@ -156,36 +165,59 @@ class BundleRuntime:
             self._q.put(job)
         return fut
 
+    def _add(self, job: Job) -> None:
+        (self._bulk if job.bulk else self._pending).append(job)
+
+    def _take(self) -> list[Job]:
+        """The next batch: single queries first (up to max_batch), then at most ``bulk_slice`` bulk items.
+
+        A /retrieve/batch of 16 misses is 16 encodes; run as one batch it would stall every single query
+        behind it for that long. In slices, singles that arrive meanwhile go ahead at the next batch.
+        """
+        n = min(len(self._pending), self.max_batch)
+        batch = self._pending[:n]
+        del self._pending[:n]
+        room = min(self.max_batch - n, self.bulk_slice)
+        if room > 0 and self._bulk:
+            batch += self._bulk[:room]
+            del self._bulk[:room]
+        return batch
+
     def _flush(self) -> None:
-        """Loop mode: run the jobs gathered since the last flush (at most max_batch; the rest next turn)."""
-        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-        if self._pending:
+        """Loop mode: run the next batch of what was gathered; the rest after the loop's next I/O turn."""
+        batch = self._take()
+        if self._pending or self._bulk:
             asyncio.get_running_loop().call_soon(self._flush)
         else:
             self._flush_scheduled = False
         self._process(batch, same_thread=True)
 
     def _run(self) -> None:
+        """Thread mode: block for work, gather what else is queued (up to max_wait_ms), run the next batch."""
+        stop = False
         while True:
-            job = self._q.get()
-            if job is None:
-                return
-            batch = [job]
+            if not (self._pending or self._bulk):
+                if stop:
+                    return
+                job = self._q.get()
+                if job is None:
+                    return
+                self._add(job)
             deadline = time.perf_counter() + self.max_wait_s
-            stop = False
-            while len(batch) < self.max_batch:
+            while not stop:
                 try:
                     remaining = deadline - time.perf_counter()
-                    nxt = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
+                    if remaining > 0 and len(self._pending) < self.max_batch:
+                        nxt = self._q.get(timeout=remaining)
+                    else:
+                        nxt = self._q.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._process(batch)
-            if stop:
-                return
+                    stop = True  # finish what is queued, then end
+                else:
+                    self._add(nxt)
+            self._process(self._take())
 
     def _process(self, batch: list[Job], same_thread: bool = False) -> None:
         t0 = time.perf_counter()

@@ -39,6 +39,10 @@ class ServiceSettings(CropsSettings):
         description="where batches run: on the event loop (loop), on a thread per bundle (thread), or auto "
         "(thread when the encoder or index is on a GPU, else loop); see service.runtime",
     )
+    bulk_slice: int = Field(
+        default=4, ge=1, le=256, description="at most this many /retrieve/batch items per encoder batch: "
+        "single queries go first, so a big batch request does not stall them"
+    )
     intra_op_threads: int = Field(default=1, ge=0, description="onnxruntime threads per worker (0 = all cores)")
     use_gpu: bool | None = None
     encoder_precision: Literal["fp32", "int8", "fp16", "auto"] | None = Field(

@@ -124,6 +124,7 @@ class ServiceState:
             verify=s.verify_checksums,
             on_batch=self.metrics.batch_size.observe,
             batcher=s.batcher,
+            bulk_slice=s.bulk_slice,
         )
         rt.warm_up(s.warmup_queries)
         return rt

@@ -2,7 +2,7 @@
 
 - least-conn (default): the parent hands each connection to the worker with the fewest open ones,
   so keep-alive connections split evenly and a worker whose connections closed gets the next ones;
-  a killed worker is restarted; SIGTERM stops everything.
+  a killed worker is restarted (and pinned again with --pin); SIGTERM stops everything.
 - reuse-port: one SO_REUSEPORT socket per worker, connections spread by the kernel's hash.
 """
 
@@ -40,7 +40,7 @@ def _start(bundle: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
 
 @pytest.fixture
 def least_conn(tiny_bundle: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    proc, url = _start(tiny_bundle)
+    proc, url = _start(tiny_bundle, "--pin")
     try:
         wait_ready(url, proc)
         yield proc, url
@@ -98,6 +98,12 @@ def test_least_conn_restarts_a_killed_worker(least_conn: tuple[subprocess.Popen[
         time.sleep(0.5)
     assert replacement, "the killed worker was not replaced"
     assert proc.poll() is None
+    # --pin: each worker (the replacement too) runs on one core of its own
+    cores = sorted(os.sched_getaffinity(proc.pid))
+    pinned = [os.sched_getaffinity(p) for p in (survivor, *replacement)]
+    assert all(len(c) == 1 for c in pinned), pinned
+    if len(cores) >= 2:
+        assert pinned[0] != pinned[1]
     children = {c.pid for c in psutil.Process(proc.pid).children()}
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
@@ -112,6 +118,12 @@ def test_unknown_balance_is_a_one_line_error(tiny_bundle: Path) -> None:
     assert r.returncode == 2
     assert "--balance takes one of least-conn, reuse-port, shared" in r.stderr
     assert "Traceback" not in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "crops", "serve", "--bundle", str(tiny_bundle), "--workers", "2", "--balance", "shared",
+         "--pin"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2 and "--pin needs --balance least-conn or reuse-port" in r.stderr
 
 
 def test_reuse_port_workers_share_connections_and_stop_together(tiny_bundle: Path) -> None:
@@ -147,3 +159,38 @@ def test_reuse_port_workers_share_connections_and_stop_together(tiny_bundle: Pat
             c.close()
         if proc.poll() is None:
             proc.kill()
+
+
+def test_pick_prefers_fewest_connections_then_the_worker_served_longest_ago() -> None:
+    """Supervisor.pick on hand-made slots (no processes): a stale count must not send two fresh
+    connections to one worker."""
+    import socket as socketlib
+
+    from service.dispatch import Supervisor, _Slot
+
+    sup = Supervisor("127.0.0.1", 0, 2, "least-conn")
+    pairs = [socketlib.socketpair() for _ in range(2)]
+    try:
+        a, b = (_Slot(i, proc=None, chan=pairs[i][0], ready=True) for i in range(2))
+        sup.slots = [a, b]
+        a.open_conns = 1  # A's last connection closed, but its report has not arrived yet
+        first = sup.pick()
+        assert first is b
+        b.open_conns += 1
+        second = sup.pick()  # tie at 1: B was just served, so A
+        assert second is a
+        a.open_conns += 1
+        b.open_conns = a.open_conns = 0
+        order = []
+        for _ in range(6):  # no closes in between: strictly alternating
+            s = sup.pick()
+            assert s is not None
+            s.open_conns += 1
+            order.append(s.index)
+        assert order in ([0, 1, 0, 1, 0, 1], [1, 0, 1, 0, 1, 0])
+        b.ready = False
+        assert sup.pick() is a  # only ready workers get connections
+    finally:
+        for x, y in pairs:
+            x.close()
+            y.close()
