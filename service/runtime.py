@@ -3,14 +3,15 @@
 Requests submit jobs and await an asyncio future. A batch (up to ``max_batch`` jobs) is encoded in ONE
 onnxruntime call and each nprobe group searched in ONE faiss call. Two ways to run batches:
 
-- ``thread``: a batcher thread per bundle takes the first queued job, gathers whatever else arrives
-  within ``max_wait_ms`` and runs the batch off the event loop, which keeps parsing requests
-  meanwhile. That overlap pays when the work runs elsewhere (a GPU) or a worker has spare cores.
+- ``thread`` (the default): a batcher thread per bundle takes the first queued job, gathers whatever
+  else arrives within ``max_wait_ms`` and runs the batch off the event loop, which keeps parsing
+  requests and answering cache hits meanwhile (onnxruntime and faiss release the GIL).
 - ``loop``: the batch runs on the event loop itself, in a callback scheduled when the first job of a
-  batch arrives; every request read in the same loop turn joins it. With one worker per core
-  (the CPU deployment) there is nothing to overlap, and the thread's two handoffs per request
-  (queue wake-up, ``call_soon_threadsafe`` wake-up, GIL transfers) are pure cost.
+  batch arrives; every request read in the same loop turn joins it. No thread handoffs per request
+  (queue wake-up, ``call_soon_threadsafe`` wake-up, GIL transfers), but nothing else is answered
+  while a batch runs: it suits traffic where every request misses the cache.
 
+Batches take single queries first and at most ``bulk_slice`` items of /retrieve/batch requests.
 Either way one bundle runs one batch at a time, so onnxruntime/faiss stay at one intra-op thread each
 and never search the same index concurrently.
 """
@@ -95,8 +96,8 @@ class BundleRuntime:
         batcher: str = "thread",
         bulk_slice: int = 4,
     ) -> None:
-        if batcher not in ("auto", "thread", "loop"):
-            raise ValueError(f"batcher is 'auto', 'thread' or 'loop', not {batcher!r}")
+        if batcher not in ("thread", "loop"):
+            raise ValueError(f"batcher is 'thread' or 'loop', not {batcher!r}")
         self.path = Path(path)
         self.manifest_sha = manifest_sha(self.path)
         self.retriever = Retriever(
@@ -108,9 +109,7 @@ class BundleRuntime:
         self._q: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped = False
-        on_device = self.retriever.on_gpu or any(p != "CPUExecutionProvider" for p in self.retriever.encoder.providers)
-        # auto: overlap the loop with the device's work on a GPU; no extra thread on CPU
-        self.batcher = batcher if batcher != "auto" else ("thread" if on_device else "loop")
+        self.batcher = batcher
         self.bulk_slice = max(1, bulk_slice)
         # Jobs waiting for a batch: single queries, and /retrieve/batch items. Loop mode: touched on the
         # event loop only; thread mode: by the batcher thread only.

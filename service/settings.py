@@ -34,10 +34,11 @@ class ServiceSettings(CropsSettings):
     # Encoder micro-batching: the batcher waits at most max_wait_ms for up to max_batch queries.
     max_batch: int = Field(default=16, ge=1, le=256)
     max_wait_ms: float = Field(default=0.0, ge=0, le=50)
-    batcher: Literal["auto", "thread", "loop"] = Field(
-        default="auto",
-        description="where batches run: on the event loop (loop), on a thread per bundle (thread), or auto "
-        "(thread when the encoder or index is on a GPU, else loop); see service.runtime",
+    batcher: Literal["thread", "loop"] = Field(
+        default="thread",
+        description="where batches run: a thread per bundle, off the event loop (thread; cache hits are answered "
+        "while a batch runs), or the event loop itself (loop; no thread handoffs, best when every request "
+        "misses the cache); see service.runtime",
     )
     bulk_slice: int = Field(
         default=4, ge=1, le=256, description="at most this many /retrieve/batch items per encoder batch: "
