@@ -29,17 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+# bench sets the thread caps and sys.path (before numpy loads anywhere): import it first.
+from bench import free_port, log, server
 
-from bench import free_port, log, server  # noqa: E402
-
-from loadtest import wrk  # noqa: E402
-from loadtest.querymix import load_mix  # noqa: E402
+from loadtest import wrk
+from loadtest.querymix import load_mix
 
 
 def stage_totals(url: str) -> dict[str, float]:
