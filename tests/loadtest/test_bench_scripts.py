@@ -103,3 +103,24 @@ def test_service_row_pairs_limit_and_service_rounds_on_two_least_conn_workers(ti
     for r in rounds:
         assert r["service_rps"] > 0 and r["errors"] == 0
         assert r["ratio"] == round(r["service_rps"] / 100.0, 3)
+
+
+def test_bench_report_renders_paired_rounds_from_the_published_json(tmp_path: Path) -> None:
+    """docs/bench.json (a real 1M run where no point met the SLO) renders into the markdown report:
+    the paired ratio, the per-round table, and no SLO claim for the service."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench
+
+    result = json.loads((ROOT / "docs" / "bench.json").read_text())
+    out = tmp_path / "report.md"
+    bench.write_markdown(result, out, "python benchmarks/bench.py ...")
+    md = out.read_text()
+    rounds = result["paired_rounds"]
+    assert len(rounds) >= 3
+    assert f"service / limit = {result['service_over_limit_paired']:.3f}" in md
+    assert "| round | limit req/s | service req/s |" in md
+    assert md.count("\n| ") >= len(rounds)
+    for r in rounds:
+        assert f"| {r['round']} | {r['limit_rps']} | {r['service_rps']} |" in md
+    if not result["paired_within_slo"]:
+        assert "no point met the SLO" in md and "service / naive within the SLO: n/a" in md
