@@ -377,13 +377,6 @@ def ensure_wrk() -> None:
     subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "wrk"], check=True)
 
 
-def run_limit_row(bundle: Path, queries: list[str], seconds: float, onnx_file: str | None) -> dict[str, Any]:
-    import limit
-
-    log(f"limit: 2 processes pinned to cores 0 and 1, {seconds:g}s")
-    return limit.run_limit(bundle, queries, seconds=seconds, cpus=[0, 1], onnx_file=onnx_file)
-
-
 def run_http_row(
     name: str,
     cmd: list[str],
@@ -805,7 +798,11 @@ def main() -> None:
 
     import limit
 
-    rows: dict[str, Any] = {"limit": run_limit_row(bundle, queries, seconds, onnx_file)}
+    # The limit's processes: loaded once, measured now and again in the paired rounds (kept, and idle
+    # while the service runs, as the service is idle while they run).
+    log(f"limit: 2 processes pinned to cores 0 and 1, {seconds:g}s")
+    limit_pool = limit.LimitPool(bundle, queries, cpus=[0, 1], onnx_file=onnx_file)
+    rows: dict[str, Any] = {"limit": limit_pool.run(seconds)}
     log(f"limit: {rows['limit']['rps']} req/s")
 
     port = free_port()
@@ -836,25 +833,24 @@ def main() -> None:
         "--balance",
         a.balance,
     ]
-    # The limit's processes for the paired rounds: loaded now and kept (idle while the service runs,
-    # as the service is idle while they run).
-    limit_pool = limit.LimitPool(bundle, queries, cpus=[0, 1], onnx_file=onnx_file)
-    rows["service"] = run_http_row(
-        "service",
-        svc_cmd,
-        env,
-        port,
-        bodies,
-        seconds=seconds,
-        slo_ms=a.slo_p99_ms,
-        connections=connections,
-        fixed_rate=a.rate,
-        pin=a.workers == 2,
-        workers=a.workers,
-        paired_limit=lambda: limit_pool.run(seconds, warmup_s=3.0),
-        paired_rounds=a.rounds,
-    )
-    limit_pool.close()
+    try:
+        rows["service"] = run_http_row(
+            "service",
+            svc_cmd,
+            env,
+            port,
+            bodies,
+            seconds=seconds,
+            slo_ms=a.slo_p99_ms,
+            connections=connections,
+            fixed_rate=a.rate,
+            pin=a.workers == 2,
+            workers=a.workers,
+            paired_limit=lambda: limit_pool.run(seconds, warmup_s=3.0),
+            paired_rounds=a.rounds,
+        )
+    finally:
+        limit_pool.close()
     log(f"service: {rows['service']['max_rps_within_slo']} req/s within SLO")
 
     if not a.skip_naive:

@@ -140,6 +140,12 @@ def main() -> None:
         "c1_handler_rest": round(handler - model, 3),
         "c1_outside_handler": round(one["mean_ms"] - handler, 3),
         "c2_mean_batch": sat["stages_ms"].get("mean_batch"),
+        # share of the busy worker's wall time inside encode + search: each job reports its batch's
+        # time, so per-request means × requests / mean batch = time spent in batches
+        "c2_model_share": round(
+            ((sat["stages_ms"].get("encode") or 0.0) + (sat["stages_ms"].get("search") or 0.0))
+            * sat["requests"] / max(sat["stages_ms"].get("mean_batch") or 1.0, 1.0) / (a.seconds * 1e3), 3
+        ),
         "limit_p50": lim["p50_ms"],
     }
     result["service_over_limit_1core"] = round(sat["rps"] / lim["rps"], 3)
@@ -152,6 +158,8 @@ def main() -> None:
     print(f"1 connection, mean round trip {b['c1_round_trip_mean']} ms = encode+search {b['c1_encode_plus_search']} "
           f"+ rest of the handler {b['c1_handler_rest']} + outside the handler (HTTP, event loop, kernel, "
           f"client) {b['c1_outside_handler']}")
+    print(f"2 connections: the worker spends {b['c2_model_share']:.0%} of wall time in encode + search "
+          f"(batches of {b['c2_mean_batch']})")
     print(f"-> {out}")
 
 

@@ -1,8 +1,9 @@
 """Worker process models for ``crops serve --workers N``: how connections reach the workers.
 
 ``least-conn`` (the default with several workers): the parent process owns the listening socket,
-accepts every connection and hands it to the ready worker with the fewest open connections (ties in
-turn) over a Unix socket (SCM_RIGHTS); each worker reports the connections it closes. The parent
+accepts every connection and hands it to the ready worker with the fewest open connections (ties to
+the one served longest ago) over a Unix socket (SCM_RIGHTS); each worker reports the connections it
+closes. The parent
 touches a connection once, at accept, so keep-alive traffic costs it nothing.
 
 Why not let the workers accept: a ranking service calls us over a handful of keep-alive
@@ -29,9 +30,8 @@ import os
 import selectors
 import signal
 import socket
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 log = logging.getLogger("service.dispatch")
@@ -186,7 +186,6 @@ class _Slot:
     open_conns: int = 0
     last_pick: int = 0  # pick counter value when this worker last got a connection
     restarts: int = 0
-    started_at: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:
@@ -205,7 +204,7 @@ class Supervisor:
         self.slots: list[_Slot] = []
         self.sel = selectors.DefaultSelector()
         self.stopping = False
-        self._turn = 0
+        self._picks = 0
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -259,8 +258,8 @@ class Supervisor:
         if not ready:
             return None
         best = min(ready, key=lambda s: (s.open_conns, s.last_pick))
-        self._turn += 1
-        best.last_pick = self._turn
+        self._picks += 1
+        best.last_pick = self._picks
         return best
 
     # events -------------------------------------------------------------------------------------
