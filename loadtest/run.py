@@ -76,7 +76,7 @@ def run_loadtest(
     from loadtest.querymix import load_mix
 
     mix = load_mix(world, seed=seed)
-    # ~100 ms pacing per user keeps a user's interval well above the SLO latency, so a user that waits
+    # ~100 ms mean gap per user keeps a user's interval well above the SLO latency, so a user that waits
     # for a slow answer rarely delays its next request (the rate stays open-loop in practice).
     users = users or max(4, min(1000, int(rate / 10)))
     RetrieveUser.mix = mix
@@ -138,7 +138,7 @@ def run_loadtest(
         "ramp": ramp,
         "hold_start": hold_start,
         "hold_end": hold_end,
-        "generator": f"locust (in-process, {users} FastHttpUsers, constant_throughput)",
+        "generator": f"locust (in-process, {users} FastHttpUsers, Poisson arrivals)",
         "query mix": f"{mix.source}: {len(mix.queries)} distinct queries, {mix.bucket_shares()}",
         "batch share": f"{batch_share:.0%} of requests are /retrieve/batch of {batch_size}",
         "top_k": top_k,
