@@ -540,6 +540,53 @@ def fmt(x: Any, nd: int = 1) -> str:
     )
 
 
+def within_slo(service: dict[str, Any], limit_rps: float, slo_ms: float) -> tuple[float, float | None, int, bool]:
+    """The service's throughput within the SLO: (req/s, / limit, paired rounds that met it, rounds used).
+
+    The paired rounds stand for it only when most of them met the SLO: the sweep's best point can pass
+    once and miss in the rounds that follow (p99 9.0-12.6 ms over 5 rounds at one point on this box).
+    Otherwise it is the higher of the sweep's and the open-loop search's single measurements.
+    """
+    import statistics
+
+    pinfo = service.get("paired", {})
+    paired = pinfo.get("rounds", [])
+    met = sum(1 for r in paired if r["service_p99_ms"] <= slo_ms and r["errors"] <= 0.001 * r["service_rps"])
+    use_rounds = bool(paired) and bool(pinfo.get("within_slo_point")) and 2 * met > len(paired)
+    if use_rounds:
+        return (
+            statistics.median(r["service_rps"] for r in paired),
+            statistics.median(r["ratio"] for r in paired),
+            met,
+            True,
+        )
+    rps = max(
+        float(service.get("max_rps_within_slo") or 0.0), float(service.get("max_rps_within_slo_open_loop") or 0.0)
+    )
+    return rps, (round(rps / limit_rps, 3) if limit_rps else None), met, False
+
+
+def other_processes_cores(seconds: float = 2.0) -> float:
+    """Cores' worth of CPU that processes other than this one used over ``seconds`` (a shared box)."""
+    import psutil
+
+    me = psutil.Process()
+
+    def busy() -> float:
+        t = psutil.cpu_times()
+        return float(t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0)
+                     + getattr(t, "softirq", 0.0))
+
+    def own() -> float:
+        c = me.cpu_times()
+        return float(c.user + c.system)
+
+    b0, o0, t0 = busy(), own(), time.monotonic()
+    time.sleep(seconds)
+    dt = time.monotonic() - t0
+    return max(0.0, (busy() - b0 - (own() - o0)) / dt)
+
+
 def write_markdown(result: dict[str, Any], path: Path, command: str) -> None:
     import statistics
 
@@ -564,11 +611,17 @@ def write_markdown(result: dict[str, Any], path: Path, command: str) -> None:
             "p99_ms": max(p["service_p99_ms"] for p in paired),
         }
         how = f"wrk -t1 -c{c}, median of {len(paired)} rounds paired with the limit's (p99: the worst round's)"
-        if svc["paired"].get("within_slo_point", True):
+        if result.get("paired_within_slo", svc["paired"].get("within_slo_point", True)):
             sbest_row, sbest_how = prow, how
         else:
+            met = result.get("paired_rounds_within_slo")
+            why = (
+                "no point met the SLO"
+                if not svc["paired"].get("within_slo_point", True) or met is None
+                else f"p99 ≤ {result['slo_p99_ms']:g} ms in {met} of {len(paired)} rounds"
+            )
             paired_row = (
-                f"| service, {c} connections (no point met the SLO) | {fmt(prow['rps'])} | "
+                f"| service, {c} connections ({why}) | {fmt(prow['rps'])} | "
                 f"{fmt(prow['p50_ms'], 2)} | {fmt(prow['p99_ms'], 2)} | | {how} |"
             )
     m = result["machine"]
@@ -603,7 +656,16 @@ def write_markdown(result: dict[str, Any], path: Path, command: str) -> None:
         "",
         (
             f"- Paired rounds at {result['paired_connections']} connections ("
-            + ("the best SLO point" if result["paired_within_slo"] else "no point met the SLO")
+            + (
+                "the best SLO point"
+                if result["paired_within_slo"]
+                else (
+                    f"the sweep's best SLO point; p99 ≤ {result['slo_p99_ms']:g} ms in "
+                    f"{result['paired_rounds_within_slo']} of {len(paired)} rounds, so not counted within the SLO"
+                    if result.get("paired_rounds_within_slo")
+                    else "no point met the SLO"
+                )
+            )
             + f"): **service / limit = {fmt(result['service_over_limit_paired'], 3)}** (median of the rounds).\n"
             if result.get("service_over_limit_paired") is not None
             else ""
@@ -618,12 +680,13 @@ def write_markdown(result: dict[str, Any], path: Path, command: str) -> None:
         f"(= {fmt(result.get('service_over_limit_any_latency'), 3)} of the limit, "
         f"{fmt(result.get('service_over_naive_any_latency'), 1)}× the naive peer at any latency).",
         f"- Cores: {result['core_split']}",
-        f"- Load average (1/5/15 min) at start {result['loadavg_start']}, at end {result['loadavg_end']}: "
+        f"- Other processes used {fmt(result.get('other_cores_at_start'), 2)} cores in a 2 s sample at the "
+        f"start (load average 1/5/15 min at start {result['loadavg_start']}, at end {result['loadavg_end']}; it "
+        "decays over minutes and also counts what ran just before): "
         + (
-            "the machine was shared with other jobs during this run, so the numbers are noisy (they were "
-            "measured while other agents used the same 2 cores); rerun on an idle box for clean figures."
+            "the machine was shared with other jobs, so the numbers are noisy; rerun on an idle box."
             if result["noisy"]
-            else "the machine was otherwise idle (the end value is the benchmark's own processes)."
+            else "the machine was otherwise idle."
         ),
         f"- Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}, python {m['python']}.",
         f"- Reproduce: `{command}`",
@@ -763,6 +826,7 @@ def main() -> None:
     ensure_wrk()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load_start = os.getloadavg()
+    others = other_processes_cores()
     work = PERF / f"n{n}"
     work.mkdir(parents=True, exist_ok=True)
 
@@ -892,16 +956,7 @@ def main() -> None:
     paired = pinfo.get("rounds", [])
     paired_ratio = statistics.median(r["ratio"] for r in paired) if paired else None
     limit_rps = statistics.median(r["limit_rps"] for r in paired) if paired else rows["limit"]["rps"]
-    if paired and pinfo.get("within_slo_point"):
-        service_rps = statistics.median(r["service_rps"] for r in paired)
-        over_limit = paired_ratio
-    else:
-        # the higher of the two measurements of "max sustainable rate within the SLO" (both reported)
-        service_rps = max(
-            float(rows["service"]["max_rps_within_slo"] or 0.0),
-            float(rows["service"].get("max_rps_within_slo_open_loop") or 0.0),
-        )
-        over_limit = round(service_rps / limit_rps, 3) if limit_rps else None
+    service_rps, over_limit, rounds_met, paired_meets = within_slo(rows["service"], limit_rps, a.slo_p99_ms)
     naive_rps = rows.get("naive", {}).get("max_rps_any_latency", float("nan"))
     result: dict[str, Any] = {
         "limit_rps": limit_rps,
@@ -914,7 +969,8 @@ def main() -> None:
         "service_over_limit": over_limit,
         "service_over_limit_paired": paired_ratio,
         "paired_connections": pinfo.get("connections"),
-        "paired_within_slo": pinfo.get("within_slo_point"),
+        "paired_within_slo": paired_meets,
+        "paired_rounds_within_slo": rounds_met,
         "paired_rounds": paired,
         "service_rps_any_latency": rows["service"].get("max_rps_any_latency"),
         "service_rps_within_slo_wrk": rows["service"]["max_rps_within_slo"],
@@ -953,8 +1009,10 @@ def main() -> None:
         ),
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in load_end],
-        # the end value is the benchmark's own load; only the load before it started says "shared"
-        "noisy": load_start[0] > 1.0,
+        # the load average decays over minutes (it also counts whatever ran just before); what other
+        # processes used in a sample at the start says whether the box was shared
+        "other_cores_at_start": round(others, 2),
+        "noisy": others > 0.25,
         "started": started,
         "machine": machine_info(),
         "rows": rows,

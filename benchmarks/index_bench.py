@@ -31,6 +31,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -179,7 +180,8 @@ def scifact(eval_dir: Path) -> None:
         ids = load_id_map(bundle / mm.index.id_map_file)
         if nprobe is not None:
             faiss.extract_index_ivf(index).nprobe = nprobe
-            faiss.downcast_index(index).k_factor = k_factor
+            refine: Any = faiss.downcast_index(index)
+            refine.k_factor = k_factor
         faiss.omp_set_num_threads(1)
         t0 = time.perf_counter()
         _, rows = index.search(qv, 100)
@@ -189,7 +191,7 @@ def scifact(eval_dir: Path) -> None:
         return {"ndcg@10": round(met["ndcg@10"], 4), "recall@100": round(met["recall@100"], 4),
                 "search_ms_per_query": round(ms, 3)}
 
-    rows = [{"index": "Flat", **evaluate(flat_dir, None, None)}]
+    rows: list[dict[str, Any]] = [{"index": "Flat", **evaluate(flat_dir, None, None)}]
     for nprobe, kf in ((m.index.nprobe, m.index.k_factor), (16, 4.0), (8, 2.0), (4, 1.0), (64, 16.0)):
         rows.append({"index": m.index.factory, "nprobe": nprobe, "k_factor": kf,
                      "chosen": (nprobe, kf) == (m.index.nprobe, m.index.k_factor), **evaluate(ivf_dir, nprobe, kf)})

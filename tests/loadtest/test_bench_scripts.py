@@ -122,5 +122,27 @@ def test_bench_report_renders_paired_rounds_from_the_published_json(tmp_path: Pa
     assert md.count("\n| ") >= len(rounds)
     for r in rounds:
         assert f"| {r['round']} | {r['limit_rps']} | {r['service_rps']} |" in md
-    if not result["paired_within_slo"]:
+    met = result.get("paired_rounds_within_slo")
+    if not result["paired_within_slo"] and met:
+        assert f"in {met} of {len(rounds)} rounds" in md
+    elif not result["paired_within_slo"] and not result["service_rps"]:
         assert "no point met the SLO" in md and "service / naive within the SLO: n/a" in md
+
+
+def test_within_slo_counts_the_paired_rounds_only_when_most_met_the_slo() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench
+
+    def rounds(*p99: float) -> list[dict[str, float]]:
+        return [{"service_rps": 400.0 + i, "service_p99_ms": p, "errors": 0, "ratio": 0.8 + i / 100}
+                for i, p in enumerate(p99)]
+
+    sweep = {"max_rps_within_slo": 309.3, "max_rps_within_slo_open_loop": 0.0}
+    most = {**sweep, "paired": {"within_slo_point": True, "rounds": rounds(9.0, 9.5, 12.0)}}
+    assert bench.within_slo(most, 500.0, 10.0) == (401.0, 0.81, 2, True)
+    # 1 of 5 rounds met it: the rounds do not count, the sweep's single passing point does
+    few = {**sweep, "paired": {"within_slo_point": True, "rounds": rounds(11.8, 9.0, 12.0, 10.5, 12.6)}}
+    assert bench.within_slo(few, 500.0, 10.0) == (309.3, 0.619, 1, False)
+    # no sweep point met it: rounds at one connection per worker never count, even if they pass
+    none = {"max_rps_within_slo": None, "paired": {"within_slo_point": False, "rounds": rounds(9.0, 9.0, 9.0)}}
+    assert bench.within_slo(none, 500.0, 10.0) == (0.0, 0.0, 3, False)
