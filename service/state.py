@@ -28,6 +28,7 @@ from service.experiments import (
     single_bundle_config,
 )
 from service.exposure import ExposureLog
+from service.heap import freeze_heap, frozen_objects
 from service.metrics import Metrics
 from service.redis_link import RedisLink
 from service.runtime import BundleRuntime, manifest_sha
@@ -170,6 +171,8 @@ class ServiceState:
             ]
         )
         if old is not None:
+            if self.settings.gc_freeze:
+                freeze_heap(collect=False)  # the new bundles' objects join the frozen heap at once
             live = {id(rt) for rt in view.runtimes.values()}
             retired = [rt for rt in old.runtimes.values() if id(rt) not in live]
             if retired:
@@ -181,6 +184,10 @@ class ServiceState:
                 else:
                     for rt in retired:
                         loop.call_later(STOP_GRACE_S, rt.stop)
+                    if self.settings.gc_freeze:
+                        # once the old bundles are unreferenced: one full collection reclaims any cycles
+                        # among their frozen objects (a pause of a full collection, once per reload)
+                        loop.call_later(2 * STOP_GRACE_S, self._refreeze)
 
     # ---- config updates ---------------------------------------------------------------------------
     async def apply_config(self, cfg: ExperimentConfig, source: str) -> None:
@@ -290,10 +297,17 @@ class ServiceState:
             log.warning("%s done in %.1f s: %s", what, time.perf_counter() - t0, ids)
             return {"reloaded": ids, "seconds": round(time.perf_counter() - t0, 3)}
 
+    def _refreeze(self) -> None:
+        ms = freeze_heap(collect=True)
+        log.info("heap collected and frozen again after a swap (%.0f ms, %d objects)", ms, frozen_objects())
+
     # ---- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         for rt in self.view.runtimes.values():
             rt.start()
+        if self.settings.gc_freeze:  # bundles loaded and warmed: keep the collector off them
+            ms = freeze_heap(collect=True)
+            log.info("heap frozen: %d objects (%.0f ms)", frozen_objects(), ms)
         if self.redis is not None:
             await self.poll_config_once()
             self._tasks.append(asyncio.create_task(self._poll_loop(), name="config-poll"))
@@ -328,6 +342,7 @@ class ServiceState:
             "cache": self.cache.info(),
             "in_flight": self.in_flight,
             "worker_pid": os.getpid(),  # which worker answered (each keep-alive connection stays on one)
+            "gc_frozen_objects": frozen_objects(),
             "limits": {
                 "max_in_flight": self.settings.max_in_flight,
                 "deadline_ms": self.settings.deadline_ms,

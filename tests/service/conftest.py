@@ -37,6 +37,8 @@ class LiveServer:
 
         # This box is shared and busy: give Redis more than the production 100 ms before calling it down.
         settings.setdefault("redis_timeout_ms", 500.0)
+        # In-process servers share pytest's heap: freezing it would keep every later test's cycles alive.
+        settings.setdefault("gc_freeze", False)
         self.settings = ServiceSettings(**settings)
         self.app = create_app(self.settings)
         self.port = free_port()

@@ -65,6 +65,8 @@ def test_least_conn_splits_keepalive_connections_evenly_and_refills_the_emptier_
     try:
         pids = [_pid(c) for c in clients]
         assert collections.Counter(pids) == {p: 4 for p in workers}, pids
+        # each worker froze its loaded heap (gc.freeze, the default): full collections skip the bundle
+        assert all(c.get("/info").json()["gc_frozen_objects"] > 0 for c in clients)
         for c in clients:  # each connection stays on its worker and serves retrievals
             r = c.post("/retrieve", json={"query": "cat video", "top_k": 3})
             assert r.status_code == 200 and len(r.json()["candidates"]) == 3
