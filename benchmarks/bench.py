@@ -544,7 +544,7 @@ def within_slo(service: dict[str, Any], limit_rps: float, slo_ms: float) -> tupl
     """The service's throughput within the SLO: (req/s, / limit, paired rounds that met it, rounds used).
 
     The paired rounds stand for it only when most of them met the SLO: the sweep's best point can pass
-    once and miss in the rounds that follow (p99 9.0-12.6 ms over 5 rounds at one point on this box).
+    once and miss in the rounds that follow.
     Otherwise it is the higher of the sweep's and the open-loop search's single measurements.
     """
     import statistics
@@ -603,6 +603,14 @@ def write_markdown(result: dict[str, Any], path: Path, command: str) -> None:
     paired = result.get("paired_rounds") or []
     paired_note = f"; median of {len(paired)} rounds paired with the service's" if paired else ""
     paired_row = ""
+    met = result.get("paired_rounds_within_slo")
+    # one explanation of the paired rounds, for the table row and the bullet
+    if result.get("paired_within_slo"):
+        paired_why = "the best SLO point"
+    elif met and svc.get("paired", {}).get("within_slo_point", True):
+        paired_why = f"the sweep's best SLO point; p99 ≤ {result['slo_p99_ms']:g} ms in {met} of {len(paired)} rounds"
+    else:
+        paired_why = "no point met the SLO"
     if paired:
         c = svc["paired"]["connections"]
         prow = {
@@ -611,17 +619,11 @@ def write_markdown(result: dict[str, Any], path: Path, command: str) -> None:
             "p99_ms": max(p["service_p99_ms"] for p in paired),
         }
         how = f"wrk -t1 -c{c}, median of {len(paired)} rounds paired with the limit's (p99: the worst round's)"
-        if result.get("paired_within_slo", svc["paired"].get("within_slo_point", True)):
+        if result.get("paired_within_slo"):
             sbest_row, sbest_how = prow, how
         else:
-            met = result.get("paired_rounds_within_slo")
-            why = (
-                "no point met the SLO"
-                if not svc["paired"].get("within_slo_point", True) or met is None
-                else f"p99 ≤ {result['slo_p99_ms']:g} ms in {met} of {len(paired)} rounds"
-            )
             paired_row = (
-                f"| service, {c} connections ({why}) | {fmt(prow['rps'])} | "
+                f"| service, {c} connections ({paired_why}) | {fmt(prow['rps'])} | "
                 f"{fmt(prow['p50_ms'], 2)} | {fmt(prow['p99_ms'], 2)} | | {how} |"
             )
     m = result["machine"]
@@ -655,17 +657,7 @@ def write_markdown(result: dict[str, Any], path: Path, command: str) -> None:
         f"1 uvicorn worker, wrk -t1 -c{nbest.get('connections', '?')} |",
         "",
         (
-            f"- Paired rounds at {result['paired_connections']} connections ("
-            + (
-                "the best SLO point"
-                if result["paired_within_slo"]
-                else (
-                    f"the sweep's best SLO point; p99 ≤ {result['slo_p99_ms']:g} ms in "
-                    f"{result['paired_rounds_within_slo']} of {len(paired)} rounds, so not counted within the SLO"
-                    if result.get("paired_rounds_within_slo")
-                    else "no point met the SLO"
-                )
-            )
+            f"- Paired rounds at {result['paired_connections']} connections ({paired_why}"
             + f"): **service / limit = {fmt(result['service_over_limit_paired'], 3)}** (median of the rounds).\n"
             if result.get("service_over_limit_paired") is not None
             else ""
@@ -799,7 +791,7 @@ def main() -> None:
         action="store_true",
         help="pin service worker i to core i, as the limit's processes are. Off by default: wrk and the "
         "open-loop client share the cores, and a pinned worker waits whenever the client runs on its core "
-        "(3 paired 8 s points at 2 connections: p99 13.0 / 52.4 / 6.3 ms pinned, 8.8 / 6.8 / 5.7 unpinned)",
+        "(docs/service.md, session 4)",
     )
     ap.add_argument(
         "--rounds",

@@ -1,10 +1,10 @@
 """Keep Python's cyclic garbage collector off the long-lived heap (``gc.freeze``).
 
 A loaded bundle holds its id map as one list of a million strings. A full (generation 2) collection
-walks every tracked object and every list slot: 70 ms in a worker serving the 1M-vector bench bundle,
-on the event loop's thread, i.e. a p99 spike for whatever requests were in flight. Freezing after the
-bundles load moves everything alive then to the permanent generation, which collections skip (the
-same collection then takes under 1 ms). Reference counting still frees frozen objects; only cyclic
+walks every tracked object and every list slot: about 100 ms in a worker serving the 1M-vector bench
+bundle with its cache warm, on the event loop's thread, i.e. a p99 spike for whatever requests were in
+flight. Freezing after the bundles load moves everything alive then to the permanent generation, which
+collections skip (``benchmarks/gc_pauses.py`` measures both). Reference counting still frees frozen objects; only cyclic
 garbage among them waits for the next ``freeze_heap(collect=True)`` (run once after a reload retires
 old bundles).
 """

@@ -69,7 +69,7 @@ class ServiceSettings(CropsSettings):
     )
     gc_freeze: bool = Field(
         default=True, description="once bundles are loaded, move the heap out of the cyclic collector's view "
-        "(gc.freeze): a full collection over a loaded 1M-vector bundle takes ~70 ms (service.heap)"
+        "(gc.freeze): a full collection over a loaded 1M-vector bundle takes ~100 ms (service.heap)"
     )
     max_query_chars: int = Field(default=512, ge=1, le=10_000)
     max_batch_items: int = Field(default=64, ge=1, le=1000)
