@@ -110,7 +110,7 @@ def world(
     from core.errors import CropsError, ErrorKind
     from core.manifest import load_id_map, verify_bundle
     from service.engine import Retriever
-    from training.world.evaluation import eval_queries, evaluate_run
+    from world.evaluation import eval_queries, evaluate_run
 
     if not (world_dir / "eval").is_dir():
         raise CropsError(ErrorKind.NOT_FOUND, f"--world {world_dir} has no eval/: is it a built world?")

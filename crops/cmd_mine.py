@@ -33,7 +33,7 @@ def _description_source(
         typer.echo("note: no --llm-url and the logs are not a simulated world: P3 is skipped", err=True)
         return None
     try:
-        from training.world.knowledge import SimulatedLLM
+        from world.knowledge import SimulatedLLM
     except ImportError:
         typer.echo("note: the world simulator's knowledge source is not available: P3 is skipped", err=True)
         return None

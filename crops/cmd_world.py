@@ -26,7 +26,7 @@ def catalog(
 ) -> None:
     """Write only the catalog, fast (the same videos `crops world build` makes for this seed)."""
     from core.errors import CropsError, ErrorKind
-    from training.world.catalog import build_catalog_file
+    from world.catalog import build_catalog_file
 
     if not out.name.endswith((".jsonl", ".parquet")):
         raise CropsError(ErrorKind.INVALID_INPUT, f"--out {out}: expected a .jsonl or .parquet file name")
@@ -57,8 +57,8 @@ def build(
     ] = False,
 ) -> None:
     """Simulate the platform and write logs, truth and eval sets (see docs/world.md)."""
-    from training.world.build import build_world
-    from training.world.config import load_config
+    from world.build import build_world
+    from world.config import load_config
 
     cfg = load_config(config)
     over: dict[str, int] = {}
@@ -76,9 +76,9 @@ def build(
         f"{c['rec_log_rows']} feed rows in {info['build_seconds']['total']}s"
     )
     if report:
-        from training.world.report import write_report
+        from world.report import write_report
 
-        md = write_report(out, dense=False)
+        md = write_report(out)
         typer.echo(f"report → {md}")
 
 
@@ -90,9 +90,14 @@ def report_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="report folder (default WORLD/report)")] = None,
 ) -> None:
     """Stats report (markdown + PNG): bubble, CTR, reformulations, feed overlap, BM25/MiniLM baselines."""
-    from training.world.report import write_report
+    from world.report import write_report
 
-    md = write_report(world, dense=dense, max_queries=max_queries, out_dir=out)
+    encode = None
+    if dense:
+        from training.encoder import pretrained_encode_fn
+
+        encode = pretrained_encode_fn()
+    md = write_report(world, encode=encode, max_queries=max_queries, out_dir=out)
     typer.echo(f"report → {md}")
 
 

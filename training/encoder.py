@@ -5,7 +5,7 @@ Same maths as the exported ONNX tower (model_export), so offline evaluation here
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +74,22 @@ class TextEncoder(nn.Module):
         for extra in ("tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
             if (self.model_dir / extra).is_file():
                 shutil.copyfile(self.model_dir / extra, out_dir / extra)
+
+
+def pretrained_encode_fn(batch_size: int = 128) -> Callable[[list[str]], np.ndarray]:
+    """The pretrained MiniLM as a plain ``texts → vectors`` function (for the world's dense baseline).
+
+    One intra-op thread unless ``CROPS_TORCH_THREADS`` says otherwise: two threads on a busy 2-core box
+    oversubscribe. Uses CUDA when available.
+    """
+    import os
+
+    torch.set_num_threads(int(os.environ.get("CROPS_TORCH_THREADS", "1")))
+    encoder = TextEncoder()
+    if torch.cuda.is_available():
+        encoder = encoder.to("cuda")
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return encoder.encode(texts, batch_size=batch_size, normalized=True)
+
+    return encode

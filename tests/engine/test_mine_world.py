@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.world.build import build_world
-    from training.world.config import tiny_config
+    from world.build import build_world
+    from world.config import tiny_config
 
     out = tmp_path_factory.mktemp("world")
     cfg = tiny_config(**{"n_requests": 1200, "catalog.n_videos": 500, "users.n_users": 150})

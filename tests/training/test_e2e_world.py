@@ -14,8 +14,8 @@ import pytest
 @pytest.mark.slow
 def test_world_mine_train_eval(tmp_path: Path) -> None:
     from training.experiment.runner import run_experiment
-    from training.world.build import build_world
-    from training.world.config import tiny_config
+    from world.build import build_world
+    from world.config import tiny_config
 
     world = tmp_path / "world"
     build_world(world, tiny_config(), seed=0, progress=False)

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from core.corpus import load_corpus
 from core.errors import CropsError
 from tests.conftest import SHARED_DATA
-from training.world.catalog import build_catalog_file, load_real_texts
-from training.world.ontology import load_ontology
+from world.catalog import build_catalog_file, load_real_texts
+from world.ontology import load_ontology
 
 
 def test_catalog_jsonl_is_deterministic_and_readable(tmp_path: Path) -> None:

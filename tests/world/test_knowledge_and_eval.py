@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from core.errors import CropsError
-from training.world.build import build_world
-from training.world.config import tiny_config
-from training.world.evaluation import bm25_run, dense_run, eval_queries, evaluate_run, exact_search, load_eval_sets
-from training.world.knowledge import SimulatedLLM
-from training.world.ontology import load_ontology
+from world.build import build_world
+from world.config import tiny_config
+from world.evaluation import bm25_run, dense_run, eval_queries, evaluate_run, exact_search, load_eval_sets
+from world.knowledge import SimulatedLLM
+from world.ontology import load_ontology
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +103,11 @@ def test_exact_search_and_dense_run_plumbing(world: Path) -> None:
     top = exact_search(q, d, 10)
     assert (top == np.argsort(-(q @ d.T), axis=1, kind="stable")[:, :10]).all()
     qs = eval_queries(world, max_per_set=10)
-    run = dense_run(world, qs, k=20, encoder=FakeHashEncoder(), cache=False)
+    run = dense_run(world, qs, FakeHashEncoder().encode, k=20)
     assert set(run) == set(qs) and all(len(v) == 20 for v in run.values())
-    assert not (world / "cache").exists()  # a given encoder is never cached
+    assert not (world / "cache").exists()  # no cache key, no cache
+    cached = dense_run(world, qs, FakeHashEncoder().encode, k=20, cache_key="fake")
+    assert cached == run and len(list((world / "cache").glob("fake_docs_*.npy"))) == 1
 
 
 def test_crops_eval_world_through_the_serving_path(world: Path, model_bundle: Path, tmp_path: Path) -> None:

@@ -12,13 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from core.errors import CropsError
-from training.world.build import build_world
-from training.world.catalog import generate_catalog
-from training.world.config import WorldConfig, load_config, tiny_config
-from training.world.ontology import load_ontology
-from training.world.population import make_users
-from training.world.report import world_stats
-from training.world.simulate import simulate
+from world.build import build_world
+from world.catalog import generate_catalog
+from world.config import WorldConfig, load_config, tiny_config
+from world.ontology import load_ontology
+from world.population import make_users
+from world.report import world_stats
+from world.simulate import simulate
 
 UNBIASED = {"legacy.popularity_weight": 0.0, "legacy.query_category_weight": 0.0, "legacy.feedback_weight": 0.0}
 TABLES = (

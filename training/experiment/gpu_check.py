@@ -25,8 +25,8 @@ def main() -> int:
     import torch
 
     from training.experiment.runner import run_experiment
-    from training.world.build import build_world
-    from training.world.config import tiny_config
+    from world.build import build_world
+    from world.config import tiny_config
 
     t0 = time.perf_counter()
     world = args.out / "world"

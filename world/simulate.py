@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from training.world.catalog import Catalog, topic_popularity
-from training.world.config import WorldConfig
-from training.world.legacy import LegacyStack
-from training.world.ontology import Ontology
-from training.world.population import DAY_MS, Sessions, Users, make_sessions
-from training.world.queries import QueryBook
-from training.world.relevance import grade_pairs
-from training.world.seeding import stream
-from training.world.textgen import QueryKnobs
+from world.catalog import Catalog, topic_popularity
+from world.config import WorldConfig
+from world.legacy import LegacyStack
+from world.ontology import Ontology
+from world.population import DAY_MS, Sessions, Users, make_sessions
+from world.queries import QueryBook
+from world.relevance import grade_pairs
+from world.seeding import stream
+from world.textgen import QueryKnobs
 
 STAGES = ("prerank_filtered", "rank_unexposed", "exposed")
 ACTIONS = ("view", "like", "share", "comment", "skip")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.world.ontology import Ontology, Topic
+from world.ontology import Ontology, Topic
 
 CLICKBAIT = (
     "you won't believe what happened",

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.world.catalog import category_popularity, modifier_ids, topic_popularity
-from training.world.config import WorldConfig
-from training.world.ontology import Ontology
-from training.world.seeding import stream
+from world.catalog import category_popularity, modifier_ids, topic_popularity
+from world.config import WorldConfig
+from world.ontology import Ontology
+from world.seeding import stream
 
 DAY_MS = 86_400_000
 

@@ -23,11 +23,11 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from core.errors import CropsError, ErrorKind
-from training.world.config import CatalogKnobs, WorldConfig
-from training.world.files import atomic_path, write_parquet
-from training.world.ontology import Ontology, load_ontology
-from training.world.seeding import stream
-from training.world.textgen import TextKnobs, video_text
+from world.config import CatalogKnobs, WorldConfig
+from world.files import atomic_path, write_parquet
+from world.ontology import Ontology, load_ontology
+from world.seeding import stream
+from world.textgen import TextKnobs, video_text
 
 DAY_MS = 86_400_000
 REAL_SOURCES = ("microlens100k_titles", "kuairec_captions", "activitynet_captions")
@@ -470,7 +470,7 @@ def build_catalog_file(
     out: Path, *, n_videos: int = 20_000, seed: int = 0, source: str | None = None, progress: bool = True
 ) -> Catalog:
     """What ``crops world catalog`` does: the same videos ``crops world build`` makes for that seed."""
-    from training.world.config import WorldConfig
+    from world.config import WorldConfig
 
     cfg = WorldConfig().with_overrides(**{"catalog.n_videos": n_videos})
     cat = catalog_for(cfg, seed, source=source, progress=progress)

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 
 from core.errors import CropsError, ErrorKind
 from core.normalize import normalize_text
-from training.world.ontology import Ontology, load_ontology
-from training.world.textgen import TextKnobs, video_text
+from world.ontology import Ontology, load_ontology
+from world.textgen import TextKnobs, video_text
 
 _WORD = re.compile(r"[a-z0-9]+")
 

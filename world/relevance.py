@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.world.catalog import Catalog
+from world.catalog import Catalog
 
 
 def grade_pairs(

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 
-from training.world.build import read_world_info
-from training.world.evaluation import bm25_run, dense_run, eval_queries, evaluate_run
+from world.build import read_world_info
+from world.evaluation import bm25_run, dense_run, eval_queries, evaluate_run
 
 GROUPS = ("all", "head", "torso", "tail", "ambiguous")
 
@@ -154,9 +156,17 @@ def world_stats(world: Path) -> dict[str, Any]:
 
 
 def write_report(
-    world: Path, *, dense: bool = True, max_queries: int = 2000, out_dir: Path | None = None, seed: int = 0
+    world: Path,
+    *,
+    encode: Callable[[list[str]], np.ndarray] | None = None,
+    max_queries: int = 2000,
+    out_dir: Path | None = None,
+    seed: int = 0,
 ) -> Path:
-    """Compute stats (+ baselines) and write ``report.md``, ``metrics.json`` and PNGs; returns the md path."""
+    """Compute stats (+ baselines) and write ``report.md``, ``metrics.json`` and PNGs; returns the md path.
+
+    ``encode`` (texts → normalised vectors, the pretrained MiniLM from the CLI) adds the dense baseline.
+    """
     world = Path(world)
     info = read_world_info(world)
     out_dir = out_dir or world / "report"
@@ -168,9 +178,9 @@ def write_report(
     t1 = time.perf_counter()
     baselines["bm25"] = evaluate_run(world, bm25_run(world, queries), only_ranked=True)
     timing = {"stats_s": round(t1 - t0, 1), "bm25_s": round(time.perf_counter() - t1, 1)}
-    if dense:
+    if encode is not None:
         t2 = time.perf_counter()
-        baselines["minilm"] = evaluate_run(world, dense_run(world, queries), only_ranked=True)
+        baselines["minilm"] = evaluate_run(world, dense_run(world, queries, encode, cache_key="minilm"), only_ranked=True)
         timing["minilm_s"] = round(time.perf_counter() - t2, 1)
     metrics = {
         "world": info["counts"],

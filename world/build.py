@@ -30,15 +30,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.atomic import atomic_write_json
-from training.world.catalog import Catalog, catalog_for, modifier_ids
-from training.world.config import WorldConfig
-from training.world.files import atomic_path, write_parquet
-from training.world.ontology import Ontology, load_ontology
-from training.world.population import DAY_MS, make_users
-from training.world.queries import LEVELS, QueryBook
-from training.world.relevance import VideoIndex, grade_need
-from training.world.seeding import stream
-from training.world.simulate import ACTIONS, STAGES, Logs, simulate
+from world.catalog import Catalog, catalog_for, modifier_ids
+from world.config import WorldConfig
+from world.files import atomic_path, write_parquet
+from world.ontology import Ontology, load_ontology
+from world.population import DAY_MS, make_users
+from world.queries import LEVELS, QueryBook
+from world.relevance import VideoIndex, grade_need
+from world.seeding import stream
+from world.simulate import ACTIONS, STAGES, Logs, simulate
 
 log = logging.getLogger(__name__)
 WORLD_FORMAT_VERSION = 1

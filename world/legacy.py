@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from training.world.catalog import Catalog
-from training.world.config import LegacyKnobs
+from world.catalog import Catalog
+from world.config import LegacyKnobs
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 

@@ -14,7 +14,7 @@ A query of a set missing from ``ranked`` counts as an empty ranking, unless ``on
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,41 +136,29 @@ def exact_search(qv: np.ndarray, dv: np.ndarray, k: int) -> np.ndarray:
 def dense_run(
     world_dir: Path,
     queries: Sequence[str],
+    encode: Callable[[list[str]], np.ndarray],
     k: int = 100,
     *,
-    encoder: Any = None,
-    batch_size: int = 128,
-    cache: bool = True,
+    cache_key: str | None = None,
 ) -> dict[str, list[str]]:
-    """Pretrained (or given) MiniLM: encode catalog + queries, exact search. Uses CUDA when available.
+    """Exact top-k of a dense encoder over the world's catalog.
 
-    Doc embeddings of the pretrained model are cached in ``WORLD/cache/`` (keyed by the catalog text).
+    ``encode`` maps texts to L2-normalised vectors (the caller owns the model: the world imports no
+    torch). With ``cache_key`` the doc vectors are cached in ``WORLD/cache/`` keyed by it and the
+    catalog text.
     """
-    import torch
-
-    from training.encoder import TextEncoder
-
-    ids, texts = load_doc_texts(world_dir)
-    pretrained = encoder is None
-    if encoder is None:
-        import os
-
-        # one intra-op thread by default: two threads on a busy 2-core box oversubscribe (DESIGN §8)
-        torch.set_num_threads(int(os.environ.get("CROPS_TORCH_THREADS", "1")))
-        encoder = TextEncoder()
-        if torch.cuda.is_available():
-            encoder = encoder.to("cuda")
     import hashlib
 
+    ids, texts = load_doc_texts(world_dir)
     digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()[:16]
-    cache_file = Path(world_dir) / "cache" / f"minilm_docs_{digest}.npy"
-    if pretrained and cache and cache_file.is_file():
+    cache_file = Path(world_dir) / "cache" / f"{cache_key}_docs_{digest}.npy" if cache_key else None
+    if cache_file is not None and cache_file.is_file():
         dv = np.load(cache_file)
     else:
-        dv = encoder.encode(texts, batch_size=batch_size, normalized=True)
-        if pretrained and cache:
+        dv = encode(texts)
+        if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             np.save(cache_file, dv)
-    qv = encoder.encode([normalize_text(q) for q in queries], batch_size=batch_size, normalized=True)
+    qv = encode([normalize_text(q) for q in queries])
     top = exact_search(qv.astype(np.float32), dv.astype(np.float32), k)
     return {q: [ids[int(j)] for j in row] for q, row in zip(queries, top, strict=True)}

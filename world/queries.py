@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.world.catalog import modifier_ids
-from training.world.ontology import Ontology
-from training.world.textgen import QueryKnobs, phrase_query
+from world.catalog import modifier_ids
+from world.ontology import Ontology
+from world.textgen import QueryKnobs, phrase_query
 
 LEVELS = ("head", "torso", "tail")
 
