@@ -180,7 +180,8 @@ def write_report(
     timing = {"stats_s": round(t1 - t0, 1), "bm25_s": round(time.perf_counter() - t1, 1)}
     if encode is not None:
         t2 = time.perf_counter()
-        baselines["minilm"] = evaluate_run(world, dense_run(world, queries, encode, cache_key="minilm"), only_ranked=True)
+        run = dense_run(world, queries, encode, cache_key="minilm")
+        baselines["minilm"] = evaluate_run(world, run, only_ranked=True)
         timing["minilm_s"] = round(time.perf_counter() - t2, 1)
     metrics = {
         "world": info["counts"],
