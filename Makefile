@@ -17,7 +17,7 @@ help:
 	@echo "make serve   set up, build the default bundle if missing, serve /retrieve on :$(PORT)"
 	@echo "make test    set up and run lint + the test suite"
 	@echo "make lint    ruff, mypy, import-linter"
-	@echo "make bench   performance benchmark (see docs/bench.md)"
+	@echo "make bench   performance benchmark (see docs/results/bench.md)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,7 +53,7 @@ lint: install-dev
 test: install-dev
 	$(BIN)/pytest -q
 
-# One run, limit vs service vs naive peer on a 1M index (docs/bench.md); installs wrk if missing.
+# One run, limit vs service vs naive peer on a 1M index (docs/results/bench.md); installs wrk if missing.
 # BENCH_ARGS=--quick for a 100k-vector, 10 s-per-point development run.
 bench: install-dev
 	$(BIN)/python benchmarks/bench.py --publish $(BENCH_ARGS)

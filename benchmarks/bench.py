@@ -18,8 +18,8 @@ Rows (same machine, same bundle, same queries, one after the other, never overla
 The index: real all-MiniLM-L6-v2 embeddings of a real catalog expanded to N vectors by clustered
 perturbation (``benchmarks/index_bench.py``: ``prepare`` + ``expand``), indexed with the index
 builder's default factory tuned to recall@100 ≥ 0.95 vs exact search. Writes report.md, bench.png
-and bench.json under ``runs/perf/n<N>/`` (``--publish``: also docs/bench.md, docs/bench.png,
-docs/bench.json).
+and bench.json under ``runs/perf/n<N>/`` (``--publish``: also docs/results/bench.md, docs/results/bench.png,
+docs/results/bench.json).
 """
 
 from __future__ import annotations
@@ -791,7 +791,7 @@ def main() -> None:
         action="store_true",
         help="pin service worker i to core i, as the limit's processes are. Off by default: wrk and the "
         "open-loop client share the cores, and a pinned worker waits whenever the client runs on its core "
-        "(docs/service.md, session 4)",
+        "(docs/explanation/service.md, session 4)",
     )
     ap.add_argument(
         "--rounds",
@@ -816,7 +816,7 @@ def main() -> None:
         action="store_true",
         help="build the bench bundle and vectors, then stop (run it under nice; measure later)",
     )
-    ap.add_argument("--publish", action="store_true", help="also write docs/bench.md, .png, .json")
+    ap.add_argument("--publish", action="store_true", help="also write docs/results/bench.md, .png, .json")
     a = ap.parse_args()
     n = 100_000 if a.quick and a.n == 1_000_000 else a.n
     seconds = a.seconds or (10.0 if a.quick else 20.0)
@@ -1025,7 +1025,7 @@ def main() -> None:
     (out / "bench.json").write_text(json.dumps(result, indent=2, default=str))
     write_markdown(result, out / "report.md", command)
     if a.publish:
-        docs = ROOT / "docs"
+        docs = ROOT / "docs" / "results"
         docs.mkdir(exist_ok=True)
         shutil.copyfile(out / "bench.png", docs / "bench.png")
         shutil.copyfile(out / "bench.json", docs / "bench.json")

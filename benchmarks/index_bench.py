@@ -1,7 +1,7 @@
 """1M-vector index benchmark: build time, peak memory, index size, latency/recall at batch 1 and 32.
 
 Encoding 1M documents with MiniLM on 2 shared cores is out of reach, so the catalog is built in two
-steps (docs/index.md says the same):
+steps (docs/explanation/index.md says the same):
 
 1. ``prepare``: real all-MiniLM-L6-v2 embeddings (the bundle's ONNX towers) of a real catalog:
    the 19,738 MicroLens-100k titles plus one description per ActivityNet video (first two caption

@@ -6,7 +6,7 @@ Two measurements, medians over repeats, 1 torch thread (DESIGN §8: the box has 
 - training step: the experiment's CPU recipe (the trainable top transformer layer over cached
   lower-layer states, mean pooling, the loss, AdamW) on one batch of 32 queries × 8 docs,
   with each loss.
-Writes docs/loss_bench.md (+ JSON next to it).
+Writes docs/results/loss_bench.md (+ JSON next to it).
 
     python benchmarks/loss_bench.py [--repeats 30] [--no-step]
 """
@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--no-step", action="store_true", help="skip the full training-step measurement")
     ap.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "loss_bench.md"
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "results" / "loss_bench.md"
     )
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -79,9 +79,9 @@ def register(app: typer.Typer) -> None:
         n: Annotated[int, typer.Option(min=1000, help="vectors in the index")] = 1_000_000,
         seconds: Annotated[float | None, typer.Option(min=1, help="seconds per measurement point")] = None,
         skip_naive: Annotated[bool, typer.Option(help="leave out the naive peer")] = False,
-        publish: Annotated[bool, typer.Option(help="also write docs/bench.md, .png, .json")] = False,
+        publish: Annotated[bool, typer.Option(help="also write docs/results/bench.md, .png, .json")] = False,
     ) -> None:
-        """In-process limit vs the service over HTTP vs the naive peer: table + PNG + JSON (docs/bench.md)."""
+        """In-process limit vs the service over HTTP vs the naive peer: table + PNG + JSON (docs/results/bench.md)."""
         script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
         if not script.is_file():
             raise CropsError(

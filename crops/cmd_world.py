@@ -56,7 +56,7 @@ def build(
         ),
     ] = False,
 ) -> None:
-    """Simulate the platform and write logs, truth and eval sets (see docs/world.md)."""
+    """Simulate the platform and write logs, truth and eval sets (see docs/explanation/simulator.md)."""
     from world.build import build_world
     from world.config import load_config
 

@@ -13,7 +13,7 @@ point where an answer takes longer than a user's next scheduled send. Not ``cons
 users spawned at a fixed spawn rate keep the phase they were spawned with, so with 40 users paced at
 100 ms and spawned every 125 ms the whole load arrived in 4 synchronised bursts of 10 every 25 ms
 (``tests/loadtest/test_pacing.py``), which measured the service's answer to bursts instead of to the
-rate (``docs/loadtest_quiet.md``).
+rate (``docs/results/loadtest_quiet.md``).
 Queries are drawn by frequency from the world's query log (head/torso/tail) or the embedded
 default mix; user ids come from the log (so A/B arms split as in production) or a large pool.
 """

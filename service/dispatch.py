@@ -10,7 +10,7 @@ Why not let the workers accept: a ranking service calls us over a handful of kee
 connections, and their split decides the throughput. From one shared socket, whichever worker wakes
 first accepts, and its event loop accepts a burst in a loop (DESIGN §8: 2 and 8 connections all
 landed on one worker, about half the throughput). With one SO_REUSEPORT socket per worker the kernel
-hashes the 4-tuple, so 2 connections share a worker half the time (``docs/service.md``). Node's
+hashes the 4-tuple, so 2 connections share a worker half the time (``docs/explanation/service.md``). Node's
 cluster module dispatches from the parent on Linux for the same reason.
 
 ``reuse-port``: one SO_REUSEPORT socket per worker (kernel-balanced; fine for many connections).

@@ -2,7 +2,7 @@
 
 ``/retrieve`` is the one endpoint on the hot path. Served through FastAPI, each request also pays
 for routing over every route, dependency solving, a stdlib ``json.loads`` and a second validation
-pass, and Starlette's response object (about 0.1 ms of a worker's CPU; ``docs/service.md``). This
+pass, and Starlette's response object (about 0.1 ms of a worker's CPU; ``docs/explanation/service.md``). This
 front answers it directly: pydantic-core parses and validates the raw bytes in one call
 (``model_validate_json``), the same handler the FastAPI route calls does the work, and the answer
 goes out as two ASGI messages. Everything else passes through to FastAPI, which still declares

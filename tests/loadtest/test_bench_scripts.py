@@ -106,12 +106,12 @@ def test_service_row_pairs_limit_and_service_rounds_on_two_least_conn_workers(ti
 
 
 def test_bench_report_renders_paired_rounds_from_the_published_json(tmp_path: Path) -> None:
-    """docs/bench.json (a real 1M run where no point met the SLO) renders into the markdown report:
+    """docs/results/bench.json (a real 1M run where no point met the SLO) renders into the markdown report:
     the paired ratio, the per-round table, and no SLO claim for the service."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench
 
-    result = json.loads((ROOT / "docs" / "bench.json").read_text())
+    result = json.loads((ROOT / "docs" / "results" / "bench.json").read_text())
     out = tmp_path / "report.md"
     bench.write_markdown(result, out, "python benchmarks/bench.py ...")
     md = out.read_text()

@@ -1,6 +1,6 @@
 """schemathesis against the live server's OpenAPI schema: no 5xx, responses match the schema.
 
-CI runs a short, seeded pass (≤ 60 s). The long run is documented in docs/service.md.
+CI runs a short, seeded pass (≤ 60 s). The long run is documented in docs/explanation/service.md.
 """
 
 from __future__ import annotations

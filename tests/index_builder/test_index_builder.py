@@ -13,7 +13,7 @@ import pytest
 from core.errors import CropsError, ErrorKind
 from core.manifest import load_id_map, read_manifest, verify_bundle
 from index_builder.faiss_utils import choose_factory, exact_topk, production_factory, recall_vs_exact
-from tests.index.conftest import clustered
+from tests.index_builder.conftest import clustered
 
 
 def test_factory_scales_with_corpus_and_memory_budget() -> None:
