@@ -47,7 +47,7 @@ serve: install-serve bundle
 
 lint: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy core world service index_builder model_export loadtest crops training
+	$(BIN)/mypy core world service index_builder model_export loadtest online crops training
 	$(BIN)/lint-imports
 
 test: install-dev

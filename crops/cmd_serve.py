@@ -87,34 +87,99 @@ def register(app: typer.Typer) -> None:
 
     @app.command("exposures")
     def exposures(
-        out: Annotated[Path, typer.Option("--out", help="search_log parquet to write")],
+        out: Annotated[
+            Path,
+            typer.Option("--out", help="a folder (search_log.parquet, rec_log.parquet, join.json) or one "
+                                       "search_log .parquet file"),
+        ],
         jsonl: Annotated[Path | None, typer.Option(help="JSONL exposure log (CROPS_EXPOSURE_JSONL)")] = None,
-        redis_url: Annotated[str | None, typer.Option(help="read the Redis exposure stream instead")] = None,
+        redis_url: Annotated[
+            str | None, typer.Option(help="read the Redis exposure stream (and <prefix>feedback) instead")
+        ] = None,
         prefix: Annotated[str, typer.Option(help="Redis key prefix (CROPS_REDIS_PREFIX)")] = "crops:",
-        stage: Annotated[str, typer.Option(help="stage written for every candidate")] = "rank_unexposed",
+        feedback_jsonl: Annotated[
+            list[Path] | None, typer.Option(help="JSONL feedback log(s) of POST /feedback (repeatable)")
+        ] = None,
+        stage: Annotated[
+            str, typer.Option(help="stage of returned candidates without a feedback event (exposed: all were shown)")
+        ] = "rank_unexposed",
+        max_delay_s: Annotated[
+            float, typer.Option(min=0, help="drop events later than this after their impression's first event")
+        ] = 86_400.0,
+        clock: Annotated[
+            str, typer.Option(help="a request's ts: feedback (the ranking side's event time) or service")
+        ] = "feedback",
     ) -> None:
-        """Convert the service's exposure log into a search_log parquet (one row per returned candidate)."""
+        """Join the service's exposure log with feedback events into search_log / rec_log tables for
+        `crops mine` (one search_log row per returned candidate; exposed, clicked and played ones from
+        the events). Bad, unknown, duplicate or late events are dropped and counted, never fatal."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from core.atomic import atomic_write_bytes
+        from core.atomic import atomic_write_bytes, atomic_write_json
         from core.errors import CropsError, ErrorKind
+        from online.joinlogs import join_logs, read_jsonl_records, read_stream_records
         from service.exposure import read_jsonl, read_stream, to_search_log
 
         if (jsonl is None) == (redis_url is None):
             raise CropsError(ErrorKind.INVALID_INPUT, "give exactly one of --jsonl or --redis-url")
         if stage not in ("prerank_filtered", "rank_unexposed", "exposed"):
             raise CropsError(ErrorKind.INVALID_INPUT, f"unknown stage {stage!r}")
+        if clock not in ("feedback", "service"):
+            raise CropsError(ErrorKind.INVALID_INPUT, f"--clock takes feedback or service, not {clock!r}")
         if jsonl is not None and not jsonl.is_file():
             raise CropsError(ErrorKind.NOT_FOUND, f"{jsonl} does not exist")
-        records = read_jsonl(jsonl) if jsonl is not None else read_stream(str(redis_url), prefix)
-        table = to_search_log(records, stage=stage)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        buf = pa.BufferOutputStream()
-        pq.write_table(table, buf)
-        atomic_write_bytes(out, buf.getvalue().to_pybytes())
-        typer.echo(f"{table.num_rows} search_log rows from {len({*table.column('request_id').to_pylist()})} "
-                   f"requests -> {out}")
+        for f in feedback_jsonl or []:
+            if not f.is_file() and not f.with_suffix(f.suffix + ".1").is_file():
+                raise CropsError(ErrorKind.NOT_FOUND, f"{f} does not exist")
+
+        def parquet(table: pa.Table, path: Path) -> None:
+            buf = pa.BufferOutputStream()
+            pq.write_table(table, buf)
+            atomic_write_bytes(path, buf.getvalue().to_pybytes())
+
+        with_feedback = bool(feedback_jsonl) or redis_url is not None
+        if stage == "exposed":  # the caller states every returned candidate was shown: no join
+            if feedback_jsonl:
+                raise CropsError(ErrorKind.INVALID_INPUT, "--stage exposed says every candidate was shown; "
+                                 "with feedback the events say which were (drop one of the two)")
+            records = read_jsonl(jsonl) if jsonl is not None else read_stream(str(redis_url), prefix)
+            table = to_search_log(records, stage=stage)
+            target = out if out.suffix == ".parquet" else out / "search_log.parquet"
+            parquet(table, target)
+            typer.echo(f"{table.num_rows} search_log rows -> {target}")
+            return
+        try:
+            if jsonl is not None:
+                exp = read_jsonl_records(jsonl)
+                events = (e for f in (feedback_jsonl or []) for e in read_jsonl_records(f))
+            else:
+                exp = read_stream_records(str(redis_url), prefix + "exposures")
+                events = (e for src in ([read_stream_records(str(redis_url), prefix + "feedback")] +
+                                        [read_jsonl_records(f) for f in (feedback_jsonl or [])]) for e in src)
+            search, rec, st = join_logs(exp, events, unexposed_stage=stage, max_delay_ms=round(max_delay_s * 1000),
+                                        clock=clock)
+        except OSError as exc:
+            raise CropsError(ErrorKind.BACKEND, f"reading the logs: {exc}") from exc
+        except Exception as exc:  # redis errors and the like: one line, not a traceback
+            if type(exc).__module__.startswith("redis"):
+                raise CropsError(ErrorKind.BACKEND, f"reading the Redis streams: {exc}") from exc
+            raise
+        if out.suffix == ".parquet":
+            parquet(search, out)
+        else:
+            parquet(search, out / "search_log.parquet")
+            parquet(rec, out / "rec_log.parquet")
+            atomic_write_json(out / "join.json", st.as_dict())
+        d = st.as_dict()
+        typer.echo(f"{d['search_rows']} search_log rows ({d['exposed_rows']} exposed, {d['clicked_rows']} clicked) "
+                   f"from {d['exposure_records']} requests, {d['rec_rows']} rec_log rows -> {out}")
+        if with_feedback:
+            typer.echo(f"feedback: {d['feedback_events']} events, {d['requests_with_feedback']} requests with "
+                       f"feedback; dropped {d['dropped_total']} " +
+                       ", ".join(f"{k}={v}" for k, v in d["dropped"].items() if v))
+            for e in d["first_errors"]:
+                typer.echo(f"  dropped: {e}", err=True)
 
     @app.command("serve-bench")
     def serve_bench(
