@@ -13,6 +13,7 @@ Layout of a world folder::
     truth/topics.parquet, truth/intents.parquet   the ontology
     eval/ct.parquet, eval/qr.parquet    query, video_id, query_class, ambiguous
     eval/graded.parquet                 query, video_id, grade (0..3), query_class, ambiguous
+    state/legacy_stack.npz              the legacy ranking stage's learned state at the end of the logs
     world.json                          config, seed, split_ts, counts, build time
 """
 
@@ -30,10 +31,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.atomic import atomic_write_json
+from core.logs import REC_LOG, SEARCH_LOG
 from world.catalog import Catalog, catalog_for, modifier_ids
 from world.config import WorldConfig
 from world.files import atomic_path, write_parquet
+from world.legacy import LegacyStack
 from world.ontology import Ontology, load_ontology
+from world.platform import STATE_FILE
 from world.population import DAY_MS, make_users
 from world.queries import LEVELS, QueryBook
 from world.relevance import VideoIndex, grade_need
@@ -70,8 +74,12 @@ def build_world(
     cat = catalog_for(cfg, seed, source=source, progress=progress)
     users = make_users(onto, cfg, seed)
     t_cat = time.perf_counter()
-    logs, book = simulate(cat, onto, users, cfg, seed, progress=progress)
+    stack = LegacyStack(cat, cfg.legacy)
+    logs, book = simulate(cat, onto, users, cfg, seed, progress=progress, state=stack)
     t_sim = time.perf_counter()
+    # the ranking stage as the logged days left it: world.Platform continues from here
+    with atomic_path(out / STATE_FILE) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **stack.state_arrays())  # type: ignore[arg-type]
     split_ts = cfg.start_ts_ms + (cfg.days - cfg.test_days) * DAY_MS
     counts = _write_tables(out, cat, onto, users.ids, logs, book, cfg, seed, split_ts)
     t_end = time.perf_counter()
@@ -156,7 +164,7 @@ def _write_tables(
                 "play_ms": pa.array(row_play[mask], pa.int64()),
             }
         )
-        write_parquet(table, out / part / "search_log.parquet")
+        write_parquet(SEARCH_LOG.stamp(table), out / part / SEARCH_LOG.file)
 
     # ---- rec log
     rec_user = _cat(logs.rec_user, np.int64)
@@ -169,16 +177,18 @@ def _write_tables(
     for part, m in (("train", rec_ts[order] < split_ts), ("test", rec_ts[order] >= split_ts)):
         o = order[m]
         write_parquet(
-            pa.table(
-                {
-                    "user_id": _dict(rec_user[o], user_ids),
-                    "ts": pa.array(rec_ts[o], pa.int64()),
-                    "video_id": _dict(rec_vid[o], vid_ids),
-                    "action": _dict(rec_act[o], list(ACTIONS)),
-                    "play_ms": pa.array(rec_play[o], pa.int64()),
-                }
+            REC_LOG.stamp(
+                pa.table(
+                    {
+                        "user_id": _dict(rec_user[o], user_ids),
+                        "ts": pa.array(rec_ts[o], pa.int64()),
+                        "video_id": _dict(rec_vid[o], vid_ids),
+                        "action": _dict(rec_act[o], list(ACTIONS)),
+                        "play_ms": pa.array(rec_play[o], pa.int64()),
+                    }
+                )
             ),
-            out / part / "rec_log.parquet",
+            out / part / REC_LOG.file,
         )
     # which feed rows leaned toward a search session (truth, for the report)
     write_parquet(

@@ -2,15 +2,15 @@
 
 Only the portable subset is used (CTEs, joins, GROUP BY, CASE, ROW_NUMBER, COALESCE, CAST to
 STRING/TINYINT/DOUBLE/BOOLEAN), so both engines compute the same rows from the same Parquet input.
-Tables referenced by name are registered by the engine: ``search_log``, ``rec_log`` (DESIGN §4)
+Tables referenced by name are registered by the engine: ``search_log``, ``rec_log`` (contracts in ``core.logs``)
 and the intermediate results ``log_samples``, ``p1_candidates``, ``p2_candidates``, ``theta``,
 ``p3``. Parameters are numbers validated by :class:`MineConfig`, never user strings.
 """
 
 from __future__ import annotations
 
+from core.samples import LEVELS, SOURCE_PRIORITY
 from training.engine.config import MineConfig
-from training.engine.hla import LEVELS, SOURCE_PRIORITY
 
 _REQUESTS = """requests AS (
   SELECT request_id, MIN(user_id) AS user_id, MIN(ts) AS ts, MIN(query) AS query

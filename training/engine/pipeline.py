@@ -29,7 +29,9 @@ import pyarrow.parquet as pq
 
 from core.atomic import atomic_write_bytes, atomic_write_json
 from core.errors import CropsError, ErrorKind
+from core.logs import REC_LOG, SEARCH_LOG
 from core.normalize import doc_text
+from core.samples import SAMPLES_FILE, SAMPLES_SCHEMA
 from training.engine.config import MineConfig
 from training.engine.discriminator import Discriminator
 from training.engine.engines import SqlEngine, make_engine
@@ -42,21 +44,6 @@ from training.engine.perspectives import (
 )
 
 log = logging.getLogger(__name__)
-
-SEARCH_LOG_COLUMNS = ("request_id", "user_id", "ts", "query", "video_id", "stage", "position", "clicked", "play_ms")
-REC_LOG_COLUMNS = ("user_id", "ts", "video_id", "action", "play_ms")
-
-SAMPLES_SCHEMA = pa.schema(
-    [
-        ("query", pa.string()),
-        ("video_id", pa.string()),
-        ("text", pa.string()),
-        ("level", pa.int8()),
-        ("source", pa.string()),
-        ("theta", pa.float64()),
-        ("exposed_ever", pa.bool_()),
-    ]
-)
 
 P3_SCHEMA = pa.schema(
     [
@@ -87,11 +74,11 @@ class MineInputs:
 
     @property
     def search_log(self) -> Path:
-        return self.logs / "search_log.parquet"
+        return self.logs / SEARCH_LOG.file
 
     @property
     def rec_log(self) -> Path:
-        return self.logs / "rec_log.parquet"
+        return self.logs / REC_LOG.file
 
 
 def resolve_inputs(logs: Path, videos: Path | None = None, labels: Path | None = None) -> MineInputs:
@@ -111,8 +98,9 @@ def resolve_inputs(logs: Path, videos: Path | None = None, labels: Path | None =
                 labels = cand
                 break
     inp = MineInputs(logs, videos, labels)
-    _check_columns(inp.search_log, SEARCH_LOG_COLUMNS)
-    _check_columns(inp.rec_log, REC_LOG_COLUMNS)
+    for contract, path in ((SEARCH_LOG, inp.search_log), (REC_LOG, inp.rec_log)):
+        _check_columns(path, contract.columns)
+        contract.check_file(path)
     _check_columns(inp.videos, ("video_id", "title"))
     if labels is not None:
         cols = _check_columns(labels, ("query", "video_id"))
@@ -340,7 +328,7 @@ class Miner:
             )
             self._step("p3", d_p3, [self.work / "p3.parquet", self.out / "llm_positives.parquet"], self._run_p3)
             d_asm = _digest("assemble", d_p3, self.engine_name, self.cfg.alpha)
-            self._step("assemble", d_asm, [self.out / "samples.parquet"], self._assemble)
+            self._step("assemble", d_asm, [self.out / SAMPLES_FILE], self._assemble)
             d_rep = _digest("report", d_asm, self.cfg.digest("alpha_sweep"))
             report: dict[str, Any] = {}
 
@@ -354,7 +342,7 @@ class Miner:
                 report = json.loads((self.out / "report.json").read_text())
         finally:
             self.close()
-        return MineResult(self.out, self.out / "samples.parquet", report, self.run_steps, self.skipped)
+        return MineResult(self.out, self.out / SAMPLES_FILE, report, self.run_steps, self.skipped)
 
     def _run_sql(self) -> None:
         self._register("search_log", "rec_log")
@@ -630,7 +618,7 @@ LIMIT {int(self.max_fit_pairs)}
                 ("text", "ascending"),
             ]
         )
-        write_table(t, self.out / "samples.parquet")
+        write_table(t, self.out / SAMPLES_FILE)
 
 
 def mine(

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from core.atomic import atomic_write_json, atomic_write_text
+from core.samples import LEVELS
 from training.engine.discriminator import expected_calibration_error, reliability_table
-from training.engine.hla import LEVELS
 
 if TYPE_CHECKING:
     from training.engine.pipeline import Miner

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from training.engine.hla import LEVELS
+from core.samples import LEVELS
 
 pytestmark = pytest.mark.slow
 
