@@ -29,7 +29,11 @@ def experiment(
     ] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="override the budget's training steps")] = None,
     sampling: Annotated[
-        str | None, typer.Option(help="docs per query: stratified over levels (default) or uniform")
+        str | None,
+        typer.Option(help="docs per query: quota (per-level quota, default), stratified (round-robin) or uniform"),
+    ] = None,
+    level_quota: Annotated[
+        str | None, typer.Option(help="docs per level per query, e.g. 5:1,4:3,3:2,2:1,1:1 (0 = hard negatives)")
     ] = None,
 ) -> None:
     """Train and evaluate bm25, dpr, ance, fs-lr, crops and its ablations; write table1.{md,png,json}."""
@@ -46,6 +50,8 @@ def experiment(
     extra: dict[str, Any] = {"steps": steps} if steps else {}
     if sampling:
         extra["sampling"] = sampling
+    if level_quota is not None:
+        extra["level_quota"] = level_quota
     run_experiment(world, out, chosen, seeds, budget, samples=samples, model_dir=model, **extra)
     typer.echo((out / "table1.md").read_text())
 
@@ -73,6 +79,30 @@ def beir(
             {k: result[k] for k in ("fine_tuned", "pretrained_same_recipe", "bm25s", "published")}, indent=2
         )
     )
+
+
+@exp_app.command("batch-audit")
+def batch_audit(
+    world: Annotated[Path, typer.Option("--world", help="a built world")],
+    out: Annotated[Path, typer.Option("--out", help="output folder (shares the experiment's caches)")],
+    samples: Annotated[Path | None, typer.Option(help="samples.parquet (default: mine the world)")] = None,
+    methods: Annotated[str, typer.Option(help="comma-separated methods")] = "crops,crops-inherit,dpr",
+    budget: Annotated[str, typer.Option(help="the recipe whose batches are audited")] = "full",
+) -> None:
+    """Per method: docs drawn and positive terms per level, true grades per level, relevant in-batch
+    negatives, gradient norm at the start; writes batch_audit.{md,json}."""
+    from core.errors import CropsError, ErrorKind
+    from training.baselines.methods import METHODS
+    from training.experiment.batch_audit import audit
+
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in chosen if m not in METHODS or METHODS[m].sources is None]
+    if bad or not chosen:
+        raise CropsError(ErrorKind.INVALID_INPUT, f"--methods: unknown or untrained method(s) {bad}")
+    if not (world / "truth" / "relevance.parquet").is_file():
+        raise CropsError(ErrorKind.NOT_FOUND, f"{world}/truth/relevance.parquet not found: is {world} a built world?")
+    audit(world, out, chosen, budget, samples=samples)
+    typer.echo((out / "batch_audit.md").read_text())
 
 
 def register(app: typer.Typer) -> None:

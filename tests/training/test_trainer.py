@@ -27,11 +27,12 @@ VIDEOS = {"v1": "cat playing", "v2": "kitten sleeping", "v3": "pasta recipe", "v
 
 
 def test_groups_levels_and_cross_query_labels() -> None:
+    """The old batch (an ablation): a query takes its label on any doc of the batch."""
     ts = build_training_set(ROWS, VIDEOS)
     assert ts.queries == ["cat videos", "pasta"]  # normalised; "no positive" has no level >= 4
     assert ts.groups[0] == {"v1": 4, "v2": 5, "v3": 3, text_key("a kitten video"): 4}
     assert "v9" not in ts.groups[1]
-    b = BatchSampler(ts, batch_queries=2, docs_per_query=8, seed=0).batch(0)
+    b = BatchSampler(ts, 2, 8, seed=0, sampling="stratified", batch_labels="inherit").batch(0)
     col = {k: i for i, k in enumerate(b.doc_keys)}
     qi = {q: i for i, q in enumerate(b.queries)}
     # v3 is a level-3 negative for "cat videos" and a positive (4) for "pasta", whoever brought it
@@ -39,8 +40,67 @@ def test_groups_levels_and_cross_query_labels() -> None:
     assert b.levels[qi["pasta"], col["v2"]] == 0  # in-batch negative
     assert len(set(b.doc_keys)) == len(b.doc_keys)
     # deterministic per (seed, step)
-    again = BatchSampler(ts, 2, 8, seed=0).batch(0)
+    again = BatchSampler(ts, 2, 8, seed=0, sampling="stratified", batch_labels="inherit").batch(0)
     assert again.doc_keys == b.doc_keys and torch.equal(again.levels, b.levels)
+
+
+def test_hla_batch_uses_only_own_labels_and_masks_foreign_positives() -> None:
+    """The paper's batch: a query's levels only on the docs it drew; another query's doc is level 0,
+    or masked when it is one of this query's labelled positives."""
+    from training.losses import IGNORE
+
+    rows = [
+        {"query": "a", "video_id": "x", "level": 4, "source": "p0_click"},
+        {"query": "a", "video_id": "shared", "level": 4, "source": "p0_click"},
+        {"query": "a", "video_id": "low", "level": 1, "source": "prerank_filtered"},
+        {"query": "b", "video_id": "y", "level": 5, "source": "p1_reformulation"},
+        {"query": "b", "video_id": "low", "level": 3, "source": "exposed_unclicked"},
+    ]
+    videos = {str(r["video_id"]): str(r["video_id"]) for r in rows}
+    # "shared" is a positive of "a" and a level-2 doc of "b": when "b" draws it, "a" must ignore it
+    rows_b = [*rows, {"query": "b", "video_id": "shared", "level": 2, "source": "rank_unexposed"}]
+    ts = build_training_set(rows_b, videos)
+    n_masked = 0
+    for step in range(12):
+        b = BatchSampler(ts, 2, 2, seed=step, quota={5: 1, 4: 1, 2: 1, 1: 1}).batch(step)
+        n_masked += int((b.levels == IGNORE).sum())
+        col = {k: i for i, k in enumerate(b.doc_keys)}
+        for qi, q in enumerate(b.queries):
+            grp = ts.groups[ts.index[q]]
+            own = set(b.drawn[qi])
+            for d, j in col.items():
+                lvl = int(b.levels[qi, j])
+                if d in own:
+                    assert lvl == grp[d]
+                elif grp.get(d, 0) >= 4:
+                    assert lvl == IGNORE
+                else:
+                    assert lvl == 0  # labelled 1-3 for q but drawn by the other query: level 0
+    assert n_masked > 0
+
+
+def test_quota_draws_levels_as_configured() -> None:
+    from training.trainer.data import batch_stats, parse_quota
+
+    ts = _one_query_set(30)
+    s = BatchSampler(ts, 1, 8, seed=0, quota=parse_quota("5:1,4:3,3:1,2:1,1:2"))
+    for step in range(10):
+        keys = s.batch(step).doc_keys
+        assert len(keys) == 8 and {"reform", "shown", "ranked"} <= set(keys)
+        assert sum(k.startswith("c") for k in keys) == 3 and sum(k.startswith("f") for k in keys) == 2
+    stats = batch_stats(s, range(10), grade=lambda q, d: 3 if d.startswith("c") else 0)
+    assert stats["drawn_per_level"] == {"5": 1.0, "4": 3.0, "3": 1.0, "2": 1.0, "1": 2.0}
+    # one query, no other docs in the batch: level-1 docs have nothing below them, so no term
+    assert "1" not in stats["terms_per_level"] and stats["terms_per_level"]["5"] == 1.0
+    assert stats["grade_mix"]["4"] == {"3": 1.0}
+    # a level with too few docs gives its slots to the others (positives capped at half)
+    short = BatchSampler(ts, 1, 8, seed=0, quota=parse_quota("5:4,3:1"))
+    keys = short.batch(0).doc_keys
+    assert len(keys) == 8 and "reform" in keys and sum(k.startswith("c") for k in keys) == 3
+    with pytest.raises(CropsError):
+        parse_quota("5-1")
+    with pytest.raises(CropsError):
+        TrainConfig(batch_labels="theirs").validate()
 
 
 def _one_query_set(n_clicks: int) -> TrainingSet:
@@ -58,8 +118,8 @@ def test_stratified_sampling_keeps_rare_levels() -> None:
     each of levels 3 and 2 among 40 pre-rank-filtered ones are drawn at every step; uniform sampling
     draws them rarely."""
     ts = _one_query_set(30)
-    strat = BatchSampler(ts, 1, 8, seed=0)
-    uniform = BatchSampler(ts, 1, 8, seed=0, stratified=False)
+    strat = BatchSampler(ts, 1, 8, seed=0, sampling="stratified")
+    uniform = BatchSampler(ts, 1, 8, seed=0, sampling="uniform")
     for step in range(20):
         keys = set(strat.batch(step).doc_keys)
         assert {"reform", "shown", "ranked"} <= keys

@@ -190,6 +190,19 @@ class Experiment:
 
         return refresh
 
+    def batch_report(
+        self, ts: TrainingSet, cfg: TrainConfig, hard: Mapping[str, list[str]] | None, steps: int = 10
+    ) -> dict[str, Any]:
+        """The batch as the loss saw it (levels drawn and positive terms per query, masked pairs) on
+        the run's first ``steps`` batches: the quota as realised, reported with every run."""
+        from training.trainer.data import BatchSampler, batch_stats, parse_quota
+
+        sampler = BatchSampler(
+            ts, cfg.batch_queries, cfg.docs_per_query, cfg.seed * 1000, hard_negatives=hard,
+            sampling=cfg.sampling, quota=parse_quota(cfg.level_quota), batch_labels=cfg.batch_labels,
+        )
+        return batch_stats(sampler, range(min(steps, cfg.steps)))
+
     def run_one(self, method: str, seed: int) -> dict[str, Any]:
         run_dir = self.out / "runs" / method / f"seed{seed}"
         done = run_dir / "metrics.json"
@@ -208,6 +221,7 @@ class Experiment:
                 hard_negatives=spec.hard_negatives,
                 pos_level=spec.pos_level,
                 term_min_level=spec.term_min_level,
+                **dict(spec.overrides),
             )
             ts = self.training_set(spec)
             model = self.new_model(cfg)
@@ -233,6 +247,8 @@ class Experiment:
             result["metrics"] = self.evaluate(model)
             result.update(
                 {
+                    "batch": self.batch_report(ts, cfg, hard),
+                    "grad_norm_median": float(np.median(res.grad_norms)) if res.grad_norms else None,
                     "train_queries": len(ts),
                     "levels": ts.level_counts(),
                     "steps": res.steps,

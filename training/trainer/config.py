@@ -27,7 +27,12 @@ class TrainConfig:
     hard_negatives: str = "none"  # none | bm25 | ance
     n_hard: int = 20  # hard-negative candidates kept per query
     ance_refresh: int = 100  # steps between ANCE index refreshes
-    sampling: str = "stratified"  # stratified: docs per query round-robin over levels | uniform
+    # docs per query: quota (level_quota per level; the default) | stratified (round-robin over
+    # levels, the old draw) | uniform
+    sampling: str = "quota"
+    level_quota: str = "5:1,4:3,3:2,2:1,1:1"  # level:docs per query (0 = hard negatives)
+    batch_labels: str = "own"  # own: the paper's HLA batch | inherit: the old batch (an ablation)
+    clip_norm: float = 1.0  # gradient clipping (the measured norm before clipping is logged)
     checkpoint_every: int = 100
     log_every: int = 10
     device: str = "auto"  # auto | cpu | cuda
@@ -46,10 +51,19 @@ class TrainConfig:
                 ErrorKind.INVALID_INPUT,
                 f"hard_negatives must be none, bm25 or ance, got {self.hard_negatives!r}",
             )
-        if self.sampling not in ("stratified", "uniform"):
+        if self.sampling not in ("quota", "stratified", "uniform"):
             raise CropsError(
-                ErrorKind.INVALID_INPUT, f"sampling must be stratified or uniform, got {self.sampling!r}"
+                ErrorKind.INVALID_INPUT, f"sampling must be quota, stratified or uniform, got {self.sampling!r}"
             )
+        from training.trainer.data import BATCH_LABELS, parse_quota
+
+        parse_quota(self.level_quota)
+        if self.batch_labels not in BATCH_LABELS:
+            raise CropsError(
+                ErrorKind.INVALID_INPUT, f"batch_labels must be own or inherit, got {self.batch_labels!r}"
+            )
+        if self.clip_norm <= 0:
+            raise CropsError(ErrorKind.INVALID_INPUT, "clip_norm must be positive")
         if self.steps < 1 or self.temperature <= 0 or self.lr <= 0:
             raise CropsError(ErrorKind.INVALID_INPUT, "steps, temperature and lr must be positive")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -1,10 +1,12 @@
 """Training data: labelled samples → per-query groups → batches with a Q×D level matrix.
 
-A *group* is one query with its labelled docs (doc key → level). A batch takes B groups, draws up
-to ``docs_per_query`` docs from each (positives first, then lower levels and hard negatives,
-each drawn round-robin over levels), and
-dedupes the docs across the batch. The level matrix gives each (query, doc) pair the doc's label
-for that query when it has one, even when another query brought the doc, else 0 (in-batch).
+A *group* is one query with its labelled docs (doc key → level). A batch takes B groups and draws
+``docs_per_query`` docs for each by a per-level quota (e.g. one level-5, three level-4, two level-3,
+one level-2, one level-1 doc; slots a level cannot fill go to the other levels), then dedupes the
+docs across the batch. As in the paper's HLA table, a query's sample set is its own drawn docs at
+their levels and every other doc of the batch is level 0 (in-batch negative), except the query's
+own labelled positives that another query brought, which are masked. The old batch (labels
+inherited from other queries' docs, levels drawn round-robin) remains as an ablation.
 Sampling is a pure function of (seed, step), so a resumed run sees exactly the same batches.
 """
 
@@ -158,12 +160,42 @@ def build_training_set(
     return TrainingSet(queries, [by_query[q] for q in queries], doc_text, pos_level)
 
 
+BATCH_LABELS = ("own", "inherit")
+"""How a batch labels (query, doc) pairs: ``own`` is the paper's HLA batch (a query's labels only on
+the docs it drew itself; every other doc of the batch is level 0, or masked when it is one of the
+query's labelled positives); ``inherit`` is the old behaviour kept as an ablation (a query takes its
+label for any doc of the batch, whoever drew it)."""
+
+DEFAULT_QUOTA = "5:1,4:3,3:2,2:1,1:1"
+
+
+def parse_quota(spec: str) -> dict[int, int]:
+    """``"5:1,4:3,3:2"`` → {5: 1, 4: 3, 3: 2}: docs drawn per level per query (level 0 = hard
+    negatives, the unlabelled docs a miner adds). Empty string → {}."""
+    out: dict[int, int] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        try:
+            lvl_s, n_s = part.split(":")
+            lvl, n = int(lvl_s), int(n_s)
+        except ValueError:
+            raise CropsError(
+                ErrorKind.INVALID_INPUT, f"level quota {spec!r}: expected 'level:count,...', e.g. {DEFAULT_QUOTA}"
+            ) from None
+        if not 0 <= lvl <= 9 or n < 0:
+            raise CropsError(ErrorKind.INVALID_INPUT, f"level quota {spec!r}: levels 0..9, counts >= 0")
+        out[lvl] = n
+    return out
+
+
 @dataclass
 class Batch:
     queries: list[str]
     doc_keys: list[str]
     doc_texts: list[str]
-    levels: torch.Tensor  # Q×D int64
+    levels: torch.Tensor  # Q×D int64; IGNORE (-1) = masked pair
+    drawn: list[list[str]] = field(default_factory=list)  # each query's own docs
 
 
 def _stratified(
@@ -187,8 +219,69 @@ def _stratified(
     return out
 
 
+def _by_quota(
+    rng: np.random.Generator,
+    level: Mapping[str, int],
+    n: int,
+    quota: Mapping[int, int],
+    pos_level: int,
+    max_pos: int,
+) -> list[str]:
+    """Up to ``quota[l]`` docs of each level l (at random within the level); slots a level cannot
+    fill go round-robin to the remaining docs, highest level first, positives capped at ``max_pos``."""
+    strata: dict[int, list[str]] = {}
+    for d in sorted(level):  # sorted: the draw depends on (seed, step), not on dict order
+        strata.setdefault(level[d], []).append(d)
+    for lvl, docs in strata.items():
+        strata[lvl] = [docs[i] for i in rng.permutation(len(docs))]
+    chosen: list[str] = []
+    for lvl in sorted(quota, reverse=True):
+        chosen += strata.get(lvl, [])[: min(quota[lvl], n - len(chosen))]
+    n_pos = sum(level[d] >= pos_level for d in chosen)
+    taken = set(chosen)
+    rest_pos = [d for lvl in sorted(strata, reverse=True) if lvl >= pos_level for d in strata[lvl] if d not in taken]
+    rest_low = [d for lvl in sorted(strata, reverse=True) if lvl < pos_level for d in strata[lvl] if d not in taken]
+    rest = rest_pos[: max(0, max_pos - n_pos)] + rest_low
+    need = min(n - len(chosen), len(rest))
+    if need > 0:
+        chosen += _stratified(rng, rest, level, need)
+    return chosen
+
+
+def level_matrix(
+    ts: TrainingSet, queries: list[str], drawn: list[list[str]], keys: list[str], mode: str = "own"
+) -> torch.Tensor:
+    """Q×D levels of a batch whose docs are ``keys`` (every rank's under DDP).
+
+    ``own``: a query's label on the docs it drew; other docs are level 0 except its labelled
+    positives, which are masked (IGNORE) rather than used as negatives or promoted. ``inherit``: the
+    query's label on every doc it has one for (the old behaviour)."""
+    from training.losses.hinfonce import IGNORE
+
+    if mode not in BATCH_LABELS:
+        raise CropsError(ErrorKind.INVALID_INPUT, f"batch labels must be own or inherit, got {mode!r}")
+    col = {k: j for j, k in enumerate(keys)}
+    levels = torch.zeros(len(queries), len(keys), dtype=torch.long)
+    for qi, q in enumerate(queries):
+        grp = ts.groups[ts.index[q]]
+        own = set(drawn[qi]) if qi < len(drawn) else set()
+        for d, lvl in grp.items():
+            j = col.get(d)
+            if j is None:
+                continue
+            if mode == "inherit" or d in own:
+                levels[qi, j] = lvl
+            elif lvl >= ts.pos_level:
+                levels[qi, j] = IGNORE
+    return levels
+
+
 class BatchSampler:
-    """Deterministic batches: step t's batch depends only on (seed, t)."""
+    """Deterministic batches: step t's batch depends only on (seed, t).
+
+    ``sampling``: ``quota`` draws each query's docs by ``quota`` (level → count), ``stratified``
+    round-robin over its levels (the old draw), ``uniform`` at random. ``batch_labels``: see
+    :data:`BATCH_LABELS`."""
 
     def __init__(
         self,
@@ -198,14 +291,25 @@ class BatchSampler:
         seed: int,
         hard_negatives: Mapping[str, list[str]] | None = None,
         max_pos: int | None = None,
-        stratified: bool = True,
+        *,
+        sampling: str = "quota",
+        quota: Mapping[int, int] | None = None,
+        batch_labels: str = "own",
     ) -> None:
         if batch_queries < 1 or docs_per_query < 1:
             raise CropsError(ErrorKind.INVALID_INPUT, "batch_queries and docs_per_query must be >= 1")
         self.ts, self.b, self.k, self.seed = ts, min(batch_queries, len(ts)), docs_per_query, seed
         self.hard_negatives = hard_negatives or {}
         self.max_pos = max_pos or max(1, docs_per_query // 2)
-        self.stratified = stratified
+        if sampling not in ("quota", "stratified", "uniform"):
+            raise CropsError(
+                ErrorKind.INVALID_INPUT, f"sampling must be quota, stratified or uniform, got {sampling!r}"
+            )
+        self.sampling = sampling
+        self.quota = dict(quota) if quota is not None else parse_quota(DEFAULT_QUOTA)
+        if batch_labels not in BATCH_LABELS:
+            raise CropsError(ErrorKind.INVALID_INPUT, f"batch labels must be own or inherit, got {batch_labels!r}")
+        self.batch_labels = batch_labels
 
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.ts))
@@ -215,36 +319,99 @@ class BatchSampler:
         epoch, slot = divmod(step, per_epoch)
         return [int(g) for g in self._order(epoch)[slot * self.b : (slot + 1) * self.b]]
 
+    def draw(self, rng: np.random.Generator, g: int) -> list[str]:
+        """One query's own docs for a batch."""
+        ts = self.ts
+        q, grp = ts.queries[g], ts.groups[g]
+        hard = [d for d in self.hard_negatives.get(q, []) if d not in grp]
+        if self.sampling == "quota":
+            return _by_quota(rng, {**{d: 0 for d in hard}, **grp}, self.k, self.quota, ts.pos_level, self.max_pos)
+        stratify = self.sampling == "stratified"
+        pos = ts.positives(g)
+        chosen = _stratified(rng, pos, grp, min(len(pos), self.max_pos), stratify)
+        lower = [d for d, lvl in grp.items() if lvl < ts.pos_level]
+        n_rest = min(len(lower) + len(hard), self.k - len(chosen))
+        if n_rest > 0:
+            # hard negatives form one more stratum below the labelled levels
+            chosen += _stratified(rng, lower + hard, {**{d: -1 for d in hard}, **grp}, n_rest, stratify)
+        return chosen
+
     def batch(self, step: int) -> Batch:
         rng = np.random.default_rng([self.seed, 1, step])
         ts = self.ts
         queries: list[str] = []
         keys: list[str] = []
         seen: dict[str, int] = {}
-        group_ids = self.groups_at(step)
-        for g in group_ids:
-            q = ts.queries[g]
-            queries.append(q)
-            grp = ts.groups[g]
-            pos = ts.positives(g)
-            n_pos = min(len(pos), self.max_pos)
-            chosen = _stratified(rng, pos, grp, n_pos, self.stratified)
-            lower = [d for d, lvl in grp.items() if lvl < ts.pos_level]
-            hard = [d for d in self.hard_negatives.get(q, []) if d not in grp]
-            n_rest = min(len(lower) + len(hard), self.k - len(chosen))
-            if n_rest > 0:
-                # hard negatives form one more stratum below the labelled levels
-                chosen += _stratified(rng, lower + hard, {**{d: -1 for d in hard}, **grp}, n_rest, self.stratified)
+        drawn: list[list[str]] = []
+        for g in self.groups_at(step):
+            queries.append(ts.queries[g])
+            chosen = self.draw(rng, g)
+            drawn.append(chosen)
             for d in chosen:
                 if d not in seen:
                     seen[d] = len(keys)
                     keys.append(d)
-        levels = torch.zeros(len(queries), len(keys), dtype=torch.long)
-        for qi, g in enumerate(group_ids):
-            grp = ts.groups[g]
-            for d, lvl in grp.items():
-                j = seen.get(d)
-                if j is not None:
-                    levels[qi, j] = lvl
+        levels = level_matrix(ts, queries, drawn, keys, self.batch_labels)
         texts = [ts.doc_text[d] for d in keys]
-        return Batch(queries, keys, texts, levels)
+        return Batch(queries, keys, texts, levels, drawn)
+
+
+def batch_stats(
+    sampler: BatchSampler,
+    steps: Iterable[int],
+    grade: Callable[[str, str], int | None] | None = None,
+) -> dict[str, Any]:
+    """What the loss sees, averaged per query over the batches of ``steps``.
+
+    - ``drawn_per_level``: the query's own docs per level (the quota as realised);
+    - ``terms_per_level``: H-InfoNCE positive terms (a pair at level l ≥ 1 with some doc below l);
+    - ``masked``: pairs masked (another query's doc that is one of this query's positives);
+    With ``grade(query, doc_key)`` (the truth, when known): ``grade_mix`` (level → share of pairs
+    per true grade, text positives excluded) and ``in_batch_relevant`` (level-0 docs per query
+    with grade ≥ 2, i.e. relevant docs used as negatives)."""
+    from collections import Counter
+
+    n_q = 0
+    drawn_lvl: Counter[int] = Counter()
+    terms: Counter[int] = Counter()
+    masked = 0
+    mix: dict[int, Counter[int]] = {}
+    inb_rel = 0
+    for step in steps:
+        b = sampler.batch(step)
+        lv = b.levels.numpy()
+        for qi, q in enumerate(b.queries):
+            n_q += 1
+            grp = sampler.ts.groups[sampler.ts.index[q]]
+            for d in b.drawn[qi]:
+                drawn_lvl[grp.get(d, 0)] += 1
+            row = lv[qi]
+            masked += int((row < 0).sum())
+            present = row[row >= 0]
+            lowest = int(present.min()) if present.size else 0
+            for j, lvl in enumerate(row):
+                lvl = int(lvl)
+                if lvl >= 1 and lowest < lvl:
+                    terms[lvl] += 1
+                if grade is not None and lvl >= 0:
+                    g = grade(q, b.doc_keys[j])
+                    if g is None:
+                        continue
+                    mix.setdefault(lvl, Counter())[g] += 1
+                    if lvl == 0 and g >= 2:
+                        inb_rel += 1
+    n = max(n_q, 1)
+    out: dict[str, Any] = {
+        "queries": n_q,
+        "drawn_per_level": {str(k): v / n for k, v in sorted(drawn_lvl.items(), reverse=True)},
+        "terms_per_level": {str(k): v / n for k, v in sorted(terms.items(), reverse=True)},
+        "terms_per_query": sum(terms.values()) / n,
+        "masked_per_query": masked / n,
+    }
+    if grade is not None:
+        out["grade_mix"] = {
+            str(lvl): {str(g): c / max(sum(cnt.values()), 1) for g, c in sorted(cnt.items())}
+            for lvl, cnt in sorted(mix.items(), reverse=True)
+        }
+        out["in_batch_relevant_per_query"] = inb_rel / n
+    return out

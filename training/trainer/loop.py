@@ -25,7 +25,7 @@ from core.atomic import atomic_write_text
 from training.losses import hinfonce_loss, infonce_loss
 from training.trainer import distributed as ddp
 from training.trainer.config import TrainConfig
-from training.trainer.data import BatchSampler, TrainingSet
+from training.trainer.data import BatchSampler, TrainingSet, level_matrix, parse_quota
 from training.trainer.model import DualEncoder
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class TrainResult:
     steps: int = 0
     seconds: float = 0.0
     step_seconds: float = 0.0  # median seconds per step (excluding index refreshes)
+    grad_norms: list[float] = field(default_factory=list)  # one per step, before clipping
     cpu_seconds: float = 0.0  # process CPU time of the loop (wall time lies on a shared, busy box)
 
 
@@ -72,19 +73,8 @@ def batch_loss(
     levels = levels.to(scores.device)
     if cfg.loss == "hinfonce":
         return hinfonce_loss(scores, levels, temperature=cfg.temperature, min_level=cfg.term_min_level)
-    labels = (levels >= cfg.pos_level).long()
+    labels = torch.where(levels < 0, -1, (levels >= cfg.pos_level).long())  # masked pairs stay out
     return infonce_loss(scores, labels, temperature=cfg.temperature)
-
-
-def _global_levels(ts: TrainingSet, queries: list[str], all_keys: list[str]) -> torch.Tensor:
-    levels = torch.zeros(len(queries), len(all_keys), dtype=torch.long)
-    for qi, q in enumerate(queries):
-        grp = ts.groups[ts.index[q]]
-        for j, key in enumerate(all_keys):
-            lvl = grp.get(key)
-            if lvl:
-                levels[qi, j] = lvl
-    return levels
 
 
 def train(
@@ -139,6 +129,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     state_path = out / "train_state.pt"
     losses: list[float] = []
+    grad_norms: list[float] = []
     start = 0
     if state_path.is_file():
         state = torch.load(state_path, map_location=device, weights_only=False)
@@ -148,12 +139,13 @@ def train(
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start, losses = int(state["step"]), list(state["losses"])
+        grad_norms = list(state.get("grad_norms", []))
         log.info("resuming %s at step %d", out, start)
 
     # each rank draws its own share of the global batch (seed offset by rank)
     sampler = BatchSampler(
         ts, cfg.batch_queries, cfg.docs_per_query, cfg.seed * 1000 + rank, hard_negatives=hard_negatives,
-        stratified=cfg.sampling == "stratified",
+        sampling=cfg.sampling, quota=parse_quota(cfg.level_quota), batch_labels=cfg.batch_labels,
     )
 
     def refresh(step: int) -> None:
@@ -179,6 +171,7 @@ def train(
                 "sched": sched.state_dict(),
                 "step": step,
                 "losses": losses,
+                "grad_norms": grad_norms,
                 "config": cfg.to_dict(),
             },
             tmp,
@@ -202,14 +195,14 @@ def train(
         b = sampler.batch(step)
         if world > 1:
             all_keys = [k for keys in ddp.gather_objects(b.doc_keys) for k in keys]  # type: ignore[attr-defined]
-            levels = _global_levels(ts, b.queries, all_keys)
+            levels = level_matrix(ts, b.queries, b.drawn, all_keys, cfg.batch_labels)
         else:
             levels = b.levels
         opt.zero_grad(set_to_none=True)
         loss = batch_loss(model, cfg, b.queries, b.doc_texts, levels)
         loss.backward()  # type: ignore[no-untyped-call]
         ddp.average_gradients(params)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)))
         opt.step()
         sched.step()
         value = float(loss.detach())
@@ -228,13 +221,21 @@ def train(
             "config": cfg.to_dict(),
             "steps": cfg.steps,
             "final_loss": float(np.mean(losses[-10:])),
+            "grad_norm_median": float(np.median(grad_norms)) if grad_norms else None,
             "world_size": world,
             **(meta or {}),
         }
         model.save(ckpt, meta={"training": info})
         atomic_write_text(out / "losses.json", json.dumps(losses))
+        atomic_write_text(out / "grad_norms.json", json.dumps(grad_norms))
         state_path.unlink(missing_ok=True)
     cpu = time.process_time() - c0
     return TrainResult(
-        ckpt, losses, cfg.steps, seconds, float(np.median(step_times)) if step_times else 0.0, cpu
+        ckpt,
+        losses,
+        cfg.steps,
+        seconds,
+        float(np.median(step_times)) if step_times else 0.0,
+        grad_norms=grad_norms,
+        cpu_seconds=cpu,
     )
