@@ -411,7 +411,7 @@ def assign_real(onto: Ontology, texts: list[RealText], rng: np.random.Generator)
     noise = rng.random(len(texts)) * 0.1
     for i, r in enumerate(texts):
         text = f"{r.title} {r.caption} {' '.join(r.tags)}".lower()
-        words = set(_WORD.findall(text))
+        words = sorted(set(_WORD.findall(text)))  # sorted: set order varies by process
         score: dict[int, float] = {}
         for w in words:
             for t, wt in index.get(w, ()):

@@ -102,7 +102,9 @@ class LegacyStack:
         return out
 
     def _lexical(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        ids = [self.vocab[w] for w in set(legacy_tokens(text)) if w in self.vocab]
+        ids = [
+            self.vocab[w] for w in dict.fromkeys(legacy_tokens(text)) if w in self.vocab
+        ]  # no set: its order varies by process
         if not ids:
             return np.empty(0, np.int64), np.empty(0, np.float32)
         ip, ind, dat = self.bm25.indptr, self.bm25.indices, self.bm25.data
@@ -163,6 +165,41 @@ class LegacyStack:
         out: np.ndarray = np.minimum(np.log1p(clicks) / np.log1p(10.0), 1.5)
         return out
 
+    def _lex_of(self, text: str) -> tuple[np.ndarray, np.ndarray, float]:
+        """(lexical hits, BM25 scores, the query's best BM25 among videos available today)."""
+        vids, lex = self.lexical(text)
+        keep = self.available[vids]
+        best = float(lex[keep].max()) if keep.any() else 0.0
+        return vids, lex, best
+
+    def features(self, text: str, vids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(legacy score, click-history feature) of any candidate set for a query: what the legacy
+        funnel knows about a (query, video) pair whichever retriever brought the video in: text
+        match (BM25, normalised by the query's best available match), observed popularity, the
+        learned query → category prior and the (query, video) click history."""
+        q = self.qkey(text)
+        hits, lex, best = self._lex_of(text)
+        acc = self._acc  # scatter the query's BM25 scores, read the candidates', clear again
+        acc[hits] = lex
+        cand_lex = acc[vids].astype(np.float32)
+        acc[hits] = 0.0
+        return self._score(q, vids, cand_lex, best)
+
+    def _score(self, q: int, vids: np.ndarray, lex: np.ndarray, best: float) -> tuple[np.ndarray, np.ndarray]:
+        kn = self.knobs
+        qc = self.qc[q]
+        lexn = lex / max(best, 1e-6)
+        prior = np.log((qc + 1.0) / (qc.sum() + self.n_cat)) - np.log(1.0 / self.n_cat)
+        qcat = np.clip(prior[self.video_cat[vids]], -3.0, 3.0) / 3.0
+        fb = self._feedback(q, vids)
+        score = (
+            kn.lexical_weight * lexn
+            + kn.popularity_weight * self._pop[vids]
+            + kn.query_category_weight * qcat
+            + kn.feedback_weight * fb
+        )
+        return score, fb
+
     def retrieve(self, text: str) -> Candidates:
         """Top ``retrieve_k`` candidates for a query (call ``start_day`` first)."""
         hit = self._cache.get(text)
@@ -183,16 +220,7 @@ class LegacyStack:
         vids, lex = vids[keep], lex[keep]
         if len(vids) == 0:
             return Candidates(vids, np.empty(0), np.empty(0))
-        lexn = lex / max(float(lex.max()), 1e-6)
-        prior = np.log((qc + 1.0) / (qc.sum() + self.n_cat)) - np.log(1.0 / self.n_cat)
-        qcat = np.clip(prior[self.video_cat[vids]], -3.0, 3.0) / 3.0
-        fb = self._feedback(q, vids)
-        score = (
-            kn.lexical_weight * lexn
-            + kn.popularity_weight * self._pop[vids]
-            + kn.query_category_weight * qcat
-            + kn.feedback_weight * fb
-        )
+        score, fb = self._score(q, vids, lex, float(lex.max()))
         k = min(kn.retrieve_k, len(vids))
         top = np.argpartition(-score, k - 1)[:k] if k < len(vids) else np.arange(len(vids))
         top = top[np.argsort(-score[top], kind="stable")]
@@ -213,3 +241,28 @@ class LegacyStack:
             self.fb_keys = uniq.astype(np.int64)
             self.fb_clicks = np.bincount(inv, weights=all_vals).astype(np.float64)
             np.add.at(self.qc, (qkeys[c], self.video_cat[vids[c]]), 1.0)
+
+    # ------------------------------------------------------------------ persistence
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """What the stack learned from its logs (popularity, click history, query → category), to save."""
+        keys = sorted(self.qkey_index, key=self.qkey_index.__getitem__)
+        return {
+            "views": self.views,
+            "fb_keys": self.fb_keys,
+            "fb_clicks": self.fb_clicks,
+            "qc": self.qc[: len(keys)],
+            "qkeys": np.array(keys, dtype=object).astype(str),
+        }
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore ``state_arrays`` (the catalog must be the same)."""
+        if len(arrays["views"]) != self.n:
+            raise ValueError(f"state is for {len(arrays['views'])} videos, the catalog has {self.n}")
+        self.views = np.asarray(arrays["views"], np.float64)
+        self.fb_keys = np.asarray(arrays["fb_keys"], np.int64)
+        self.fb_clicks = np.asarray(arrays["fb_clicks"], np.float64)
+        keys = [str(k) for k in arrays["qkeys"].tolist()]
+        self.qkey_index = {k: i for i, k in enumerate(keys)}
+        qc = np.asarray(arrays["qc"], np.float64)
+        self.qc = np.vstack([qc, np.zeros((max(1024, len(qc)), self.n_cat))])
+        self._cache = {}

@@ -56,9 +56,12 @@ class Sessions:
         return len(self.user)
 
 
-def make_sessions(onto: Ontology, users: Users, cfg: WorldConfig, seed: int, day: int, n: int) -> Sessions:
-    """``n`` sessions on ``day`` (own random stream per day, so days are independent)."""
-    rng = stream(seed, f"sessions-{day}")
+def make_sessions(
+    onto: Ontology, users: Users, cfg: WorldConfig, seed: int, day: int, n: int, *, stream_name: str | None = None
+) -> Sessions:
+    """``n`` sessions on ``day`` (own random stream per day, so days are independent; ``stream_name``
+    names another stream of the same world, e.g. for sessions served online)."""
+    rng = stream(seed, stream_name or f"sessions-{day}")
     topic_pop = topic_popularity(onto, seed, cfg.users.topic_concentration)
     user = rng.choice(len(users), size=n, p=users.activity)
     # category from the user's interests (inverse-CDF on each row), topic by popularity within it
