@@ -35,6 +35,9 @@ def experiment(
     level_quota: Annotated[
         str | None, typer.Option(help="docs per level per query, e.g. 5:1,4:3,3:2,2:1,1:1 (0 = hard negatives)")
     ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="override the budget's device: auto, cpu or cuda (e.g. the gpu recipe on cpu)")
+    ] = None,
 ) -> None:
     """Train and evaluate bm25, dpr, ance, fs-lr, crops and its ablations; write table1.{md,png,json}."""
     if ctx.invoked_subcommand is not None:
@@ -52,6 +55,8 @@ def experiment(
         extra["sampling"] = sampling
     if level_quota is not None:
         extra["level_quota"] = level_quota
+    if device is not None:
+        extra["device"] = device
     run_experiment(world, out, chosen, seeds, budget, samples=samples, model_dir=model, **extra)
     typer.echo((out / "table1.md").read_text())
 

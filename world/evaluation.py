@@ -162,3 +162,128 @@ def dense_run(
     qv = encode([normalize_text(q) for q in queries])
     top = exact_search(qv.astype(np.float32), dv.astype(np.float32), k)
     return {q: [ids[int(j)] for j in row] for q, row in zip(queries, top, strict=True)}
+
+
+# ----------------------------------------------------------------------------- slices
+
+SLICE_WORDS_VERSION = 1
+
+
+def world_ontology(world_dir: Path) -> Any:
+    """The ontology a world was built on: the file ``world.json`` names (``ontology``), or a copy in
+    the world folder (``ontology.txt``), else the embedded one."""
+    import json
+
+    from world.ontology import load_ontology
+
+    meta_file = Path(world_dir) / "world.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    for cand in (meta.get("ontology"), (meta.get("config") or {}).get("ontology"), Path(world_dir) / "ontology.txt"):
+        if cand and Path(str(cand)).is_file():
+            return load_ontology(str(cand))
+    return load_ontology()
+
+
+def lexicon(onto: Any) -> set[str]:
+    """Every word the platform's vocabulary can put in a query (topic names, synonyms, vocabulary,
+    modifiers, facet words and slang, fillers): a query word outside it is a typo."""
+    import re
+
+    from world.textgen import QUERY_FILLERS
+
+    word = re.compile(r"[a-z0-9]+")
+    out: set[str] = set()
+    phrases: list[str] = list(QUERY_FILLERS)
+    for t in onto.topics:
+        phrases += [t.head, *t.names, *t.synonyms, *t.vocab, *t.modifiers]
+    for f in onto.facets.values():
+        phrases += [*f.words, *f.slang]
+    for p in phrases:
+        out.update(word.findall(normalize_text(p)))
+    return out
+
+
+def query_info(world_dir: Path) -> dict[str, dict[str, Any]]:
+    """Normalised query → class, ambiguous, typo, test frequency (``n_test``) and sense topics.
+
+    ``typo`` comes from the world's table when it has the column, else from the words: a query with
+    a word outside the platform's vocabulary is a typo string."""
+    import re
+
+    cols = _read(world_dir, "truth/queries.parquet")
+    lex = lexicon(world_ontology(world_dir)) if "typo" not in cols else set()
+    word = re.compile(r"[a-z0-9]+")
+    out: dict[str, dict[str, Any]] = {}
+    n = len(cols["query"])
+    for i in range(n):
+        q = normalize_text(str(cols["query"][i]))
+        typo = bool(cols["typo"][i]) if "typo" in cols else any(w not in lex for w in word.findall(q))
+        out[q] = {
+            "class": str(cols["query_class"][i]),
+            "ambiguous": bool(cols["ambiguous"][i]),
+            "typo": typo,
+            "n_test": float(cols["n_test"][i]) if "n_test" in cols and cols["n_test"][i] is not None else 1.0,
+            "topics": [int(t) for t in (cols["topic_ids"][i] or [])] if "topic_ids" in cols else [],
+        }
+    return out
+
+
+def clicked_in_training(world_dir: Path, queries: Sequence[str]) -> dict[str, set[str]]:
+    """Normalised query → videos clicked for that string in the training logs (CT's 'seen' pairs)."""
+    import duckdb
+
+    wanted = set(queries)
+    con = duckdb.connect()
+    con.execute("SET threads TO 1")
+    rows = con.execute(
+        "SELECT DISTINCT query, video_id FROM read_parquet(?) WHERE clicked",
+        [str(Path(world_dir) / "train" / "search_log.parquet")],
+    ).fetchall()
+    con.close()
+    out: dict[str, set[str]] = {}
+    for q, v in rows:
+        nq = normalize_text(str(q))
+        if nq in wanted:
+            out.setdefault(nq, set()).add(str(v))
+    return out
+
+
+def video_topics(world_dir: Path) -> dict[str, int]:
+    """Video id → its primary topic (the sense it serves)."""
+    cols = _read(world_dir, "truth/video_intents.parquet")
+    return {str(v): int(t) for v, t in zip(cols["video_id"], cols["primary_topic"], strict=True)}
+
+
+def sense_coverage(ranked: Sequence[str], senses: Sequence[int], topic_of: Mapping[str, int], k: int) -> float:
+    """Share of a query's senses (topics) with at least one video of that topic in the top ``k``."""
+    if not senses:
+        return float("nan")
+    seen = {topic_of.get(v, -1) for v in list(ranked)[:k]}
+    return sum(1 for s in senses if s in seen) / len(senses)
+
+
+def sliced_means(
+    metric: str, scores: Mapping[str, float], info: Mapping[str, Mapping[str, Any]]
+) -> dict[str, float]:
+    """``metric`` over the queries of ``scores``: per distinct string (macro) and weighted by test
+    frequency (``/freq``), overall and on the clean / typo strings and the ambiguous ones."""
+    out: dict[str, float] = {}
+    groups: dict[str, list[str]] = {"": list(scores)}
+    for q in scores:
+        meta = info.get(q)
+        if meta is None:
+            continue
+        kind = "typo" if meta["typo"] else "clean"
+        groups.setdefault(f"/{kind}", []).append(q)
+        if meta["ambiguous"]:
+            groups.setdefault(f"/ambiguous/{kind}", []).append(q)
+    for suffix, qs in groups.items():
+        if not qs:
+            continue
+        vals = np.array([scores[q] for q in qs])
+        w = np.array([float(info.get(q, {}).get("n_test", 1.0)) for q in qs])
+        if suffix:
+            out[f"{metric}{suffix}"] = float(vals.mean())
+        if w.sum() > 0:
+            out[f"{metric}{suffix}/freq"] = float((vals * w).sum() / w.sum())
+    return out

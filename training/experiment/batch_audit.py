@@ -13,7 +13,7 @@ this draws the run's first batches with the budget's recipe and reports, per que
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,10 @@ def _grades(world: Path, rows: Any, pairs: set[tuple[str, str]]) -> dict[tuple[s
     out = {(nq, v): 0 for nq, v in pairs}
     out.update({(nq, v): int(g) for nq, v, g in got})
     return out
+
+
+def _lookup(grades: dict[tuple[str, str], int]) -> Callable[[str, str], int | None]:
+    return lambda q, d: grades.get((q, d))
 
 
 def audit(
@@ -95,7 +99,7 @@ def audit(
             b = sampler.batch(step)
             pairs.update((q, d) for q in b.queries for d in b.doc_keys if not d.startswith("text:"))
         grades = _grades(world, exp.rows, pairs)
-        stats = batch_stats(sampler, range(batches), grade=lambda q, d, g=grades: g.get((q, d)))
+        stats = batch_stats(sampler, range(batches), grade=_lookup(grades))
         model = exp.new_model(cfg)
         params = model.trainable_parameters()
         norms = []

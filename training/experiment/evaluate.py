@@ -1,9 +1,14 @@
-"""Evaluation on the world's test sets: Recall@100 on CT and QR, NDCG@4 on the graded set.
+"""Evaluation on the world's test sets: Recall@100 on CT and QR, NDCG@4 on the graded set(s).
 
-Each metric is also broken down by query class (head / torso / tail) and for ambiguous queries,
-and we report the share of the top-100 that the legacy stack never exposed for that query in the
-training logs (how far a model reaches outside the filter bubble). Per-query maths is
-``core.ir_metrics`` (checked against pytrec_eval in tests).
+Each metric is macro-averaged over distinct query strings and also weighted by test frequency
+(``/freq``), broken down by query class (head / torso / tail), clean vs typo strings and ambiguous
+queries; CT is also split into pairs already clicked for that string in training (``/seen``) and
+the others (``/unseen``); ambiguous queries get sense coverage@10/@100 (share of their senses with
+a video in the top k). Any other graded file in ``WORLD/eval`` (e.g. the sense-aware set, graded
+by the user's sense) is scored as ``<name>_ndcg@4``. We also report the share of the top-100 that
+the legacy stack never exposed for that query in the training logs (how far a model reaches
+outside the filter bubble). Per-query maths is ``core.ir_metrics`` (checked against pytrec_eval
+in tests); the slices come from ``world.evaluation``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +31,9 @@ METRIC_NAMES = {"ct": "ct_recall@100", "qr": "qr_recall@100", "graded": "ndcg@4"
 @dataclass
 class EvalSet:
     name: str
+    kind: str = "recall"
+    k: int = 100
+    metric: str = ""
     qrels: dict[str, dict[str, float]] = field(default_factory=dict)  # normalised query → doc → gain
     query_class: dict[str, str] = field(default_factory=dict)
     ambiguous: dict[str, bool] = field(default_factory=dict)
@@ -40,8 +49,14 @@ def load_eval_sets(world: Path | str) -> dict[str, EvalSet]:
         path = root / f"{name}.parquet"
         if not path.exists():
             raise CropsError(ErrorKind.NOT_FOUND, f"{path} not found: is {world} a built world?")
+    extra = sorted(
+        p.stem for p in root.glob("*.parquet") if p.stem not in SETS and "grade" in pq.read_schema(p).names
+    )
+    for name in (*SETS, *extra):
+        path = root / f"{name}.parquet"
         rows = pq.read_table(path).to_pylist()
-        es = EvalSet(name)
+        kind, k = SETS.get(name, ("ndcg", 4))
+        es = EvalSet(name, kind, k, METRIC_NAMES.get(name, f"{name}_ndcg@{k}"))
         for r in rows:
             q = normalize_text(str(r["query"]))
             gain = float(r.get("grade", 1.0) if r.get("grade") is not None else 1.0)
@@ -73,23 +88,58 @@ def load_exposed(search_log: Path | str, queries: Sequence[str]) -> dict[str, se
 
 
 def per_query(es: EvalSet, run: Mapping[str, Sequence[str]]) -> dict[str, float]:
-    kind, k = SETS[es.name]
+    kind, k = es.kind, es.k
     fn: Callable[[Sequence[str], Mapping[str, float], int], float] = (
         ndcg_at_k if kind == "ndcg" else recall_at_k
     )
     return {q: fn(run.get(q, []), rel, k) for q, rel in es.qrels.items() if any(g > 0 for g in rel.values())}
 
 
+@dataclass
+class SliceInfo:
+    """What the slices need from the world: per-query facts, CT's seen pairs, video senses."""
+
+    queries: dict[str, dict[str, Any]]
+    clicked: dict[str, set[str]]
+    topic_of: dict[str, int]
+
+
+def load_slice_info(world: Path | str, queries: Sequence[str]) -> SliceInfo:
+    from world.evaluation import clicked_in_training, query_info, video_topics
+
+    world = Path(world)
+    return SliceInfo(query_info(world), clicked_in_training(world, queries), video_topics(world))
+
+
+def _ct_split(es: EvalSet, run: Mapping[str, Sequence[str]], clicked: Mapping[str, set[str]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in ("seen", "unseen"):
+        vals = []
+        for q, rel in es.qrels.items():
+            seen = clicked.get(q, set())
+            sub = {v: g for v, g in rel.items() if g > 0 and ((v in seen) == (part == "seen"))}
+            if sub:
+                vals.append(recall_at_k(run.get(q, []), sub, es.k))
+        if vals:
+            out[f"{es.metric}/{part}"] = float(np.mean(vals))
+            out[f"{es.metric}/{part}_queries"] = float(len(vals))
+    return out
+
+
 def summarise(
     sets: Mapping[str, EvalSet],
     run: Mapping[str, Sequence[str]],
     exposed: Mapping[str, set[str]] | None = None,
+    info: SliceInfo | None = None,
 ) -> dict[str, float]:
-    """Flat dict of metrics (fractions): overall, by class, ambiguous, never-exposed share."""
+    """Flat dict of metrics (fractions): overall, by class, ambiguous, never-exposed share, and with
+    ``info`` the slices of the module docstring."""
+    from world.evaluation import sense_coverage, sliced_means
+
     out: dict[str, float] = {}
     for name, es in sets.items():
         scores = per_query(es, run)
-        metric = METRIC_NAMES[name]
+        metric = es.metric or METRIC_NAMES[name]
         if not scores:
             continue
         out[metric] = float(np.mean(list(scores.values())))
@@ -100,6 +150,26 @@ def summarise(
         amb = [s for q, s in scores.items() if es.ambiguous.get(q)]
         if amb:
             out[f"{metric}/ambiguous"] = float(np.mean(amb))
+        if info is not None:
+            out.update(sliced_means(metric, scores, info.queries))
+            if name == "ct":
+                out.update(_ct_split(es, run, info.clicked))
+    if info is not None:
+        amb_q = sorted({q for es in sets.values() for q in es.qrels if es.ambiguous.get(q)})
+        for k_cov in (10, 100):
+            cov: dict[str, float] = {}
+            for q in amb_q:
+                cv = sense_coverage(run.get(q, []), info.queries.get(q, {}).get("topics", []), info.topic_of, k_cov)
+                if cv == cv:
+                    cov[q] = cv
+            if cov:
+                out[f"sense_coverage@{k_cov}"] = float(np.mean(list(cov.values())))
+                typo = {q: v for q, v in cov.items() if info.queries.get(q, {}).get("typo")}
+                clean = {q: v for q, v in cov.items() if q not in typo}
+                if clean:
+                    out[f"sense_coverage@{k_cov}/clean"] = float(np.mean(list(clean.values())))
+                if typo:
+                    out[f"sense_coverage@{k_cov}/typo"] = float(np.mean(list(typo.values())))
     if exposed is not None:
         shares = []
         for q, exp in exposed.items():

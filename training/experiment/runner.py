@@ -30,8 +30,10 @@ from training.experiment.evaluate import (
     exact_search,
     load_eval_sets,
     load_exposed,
+    load_slice_info,
     summarise,
 )
+from training.experiment.report import write_report
 from training.trainer.config import TrainConfig
 from training.trainer.data import TrainingSet, build_training_set, read_samples
 from training.trainer.loop import train
@@ -92,6 +94,11 @@ class Experiment:
         self.eval_queries = all_queries(self.sets)
         search_log = world / "train" / "search_log.parquet"
         self.exposed = load_exposed(search_log, self.eval_queries) if search_log.exists() else None
+        self.slices = (
+            load_slice_info(world, self.eval_queries)
+            if search_log.exists() and (world / "truth" / "queries.parquet").exists()
+            else None
+        )
         self.samples_path = ensure_samples(world, out, samples)
         self.rows = read_samples(self.samples_path)
         self.bm25 = BM25Index(self.doc_ids, self.doc_texts)
@@ -152,7 +159,7 @@ class Experiment:
             d = model.encode(self.doc_texts, side="d", progress=False)
             q = model.encode(self.eval_queries, side="q", progress=False)
             runs = exact_search(q, d, self.doc_ids, k=100)
-        return summarise(self.sets, dict(zip(self.eval_queries, runs, strict=True)), self.exposed)
+        return summarise(self.sets, dict(zip(self.eval_queries, runs, strict=True)), self.exposed, self.slices)
 
     def training_set(self, spec: MethodSpec) -> TrainingSet:
         assert spec.sources is not None
@@ -286,8 +293,6 @@ def run_experiment(
     **overrides: Any,
 ) -> dict[str, Any]:
     """Run (or resume) the experiment and write Table 1 (markdown, PNG, JSON) under ``out``."""
-    from training.experiment.report import write_report
-
     methods = list(methods or METHODS)
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -314,15 +319,3 @@ def run_experiment(
             runs.setdefault(m, []).append(exp.run_one(m, seed))
         exp.drop_training_set()
     return write_report(Path(out), runs, seed_list, budget, start, exp.cfg.to_dict())
-
-
-def table(runs: Mapping[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
-    """method → metric → {mean, std} over seeds (population std; 0 for one seed)."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for m, rs in runs.items():
-        keys = sorted({k for r in rs for k in r["metrics"]})
-        out[m] = {}
-        for k in keys:
-            vals = [r["metrics"][k] for r in rs if k in r["metrics"]]
-            out[m][k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n": len(vals)}
-    return out
