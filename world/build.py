@@ -40,7 +40,7 @@ from world.ontology import Ontology, load_ontology
 from world.platform import STATE_FILE
 from world.population import DAY_MS, make_users
 from world.queries import LEVELS, QueryBook
-from world.relevance import VideoIndex, grade_need
+from world.relevance import VideoIndex, grade_need, grade_pairs
 from world.seeding import stream
 from world.simulate import ACTIONS, STAGES, Logs, simulate
 
@@ -148,6 +148,11 @@ def _write_tables(
     row_pos = _cat(logs.row_pos, np.int16)
     row_click = _cat(logs.row_click, bool)
     row_play = _cat(logs.row_play, np.int64)
+    row_grade = _cat(logs.row_grade, np.int8)  # truth: the user's own grade of each candidate
+    user_rel = row_grade >= cfg.clicks.satisfied_grade
+    r_ret_rel = np.bincount(row_req, weights=user_rel, minlength=n_req).astype(np.int32)
+    r_exp_rel = np.bincount(row_req, weights=user_rel & (row_stage == 2), minlength=n_req).astype(np.int32)
+    r_cands = np.bincount(row_req, minlength=n_req).astype(np.int32)
     row_test = r_test[row_req]
     for part, mask in (("train", ~row_test), ("test", row_test)):
         rq = row_req[mask]
@@ -222,6 +227,9 @@ def _write_tables(
                 "origin_request_id": pa.array([req_ids[o] for o in r_origin], pa.string()),
                 "topic_switch_session": pa.array(s_switch[r_sess], pa.bool_()),
                 "satisfied": pa.array(r_sat, pa.bool_()),
+                "n_candidates": pa.array(r_cands, pa.int32()),
+                "retrieved_user_relevant": pa.array(r_ret_rel, pa.int32()),
+                "exposed_user_relevant": pa.array(r_exp_rel, pa.int32()),
                 "split": pa.array(np.where(r_test, "test", "train"), pa.string()),
             }
         ),
@@ -232,6 +240,7 @@ def _write_tables(
     n_q = len(book.strings)
     q_level = np.array([book.string_level(i) for i in range(n_q)], np.int8)
     q_amb = np.array([book.ambiguous(i) for i in range(n_q)], bool)
+    q_typo = np.array([book.typo(i) for i in range(n_q)], bool)
     q_train = np.bincount(r_sid[~r_test], minlength=n_q)
     q_test = np.bincount(r_sid[r_test], minlength=n_q)
     index = VideoIndex.build(cat)
@@ -306,6 +315,7 @@ def _write_tables(
                 "n_train": pa.array(q_train, pa.int64()),
                 "n_test": pa.array(q_test, pa.int64()),
                 "n_relevant": pa.array([int((cache[s][1] >= 2).sum()) for s in senses_of], pa.int32()),
+                "typo": pa.array(q_typo, pa.bool_()),
             }
         ),
         out / "truth" / "queries.parquet",
@@ -313,6 +323,10 @@ def _write_tables(
     del mods_inv
 
     # ---- eval sets (test days)
+    n_v = len(vid_ids)
+    clicked_train = row_click & ~row_test
+    train_pairs = np.unique(r_sid[row_req[clicked_train]].astype(np.int64) * n_v + row_vid[clicked_train])
+
     def with_class(q: np.ndarray, v: np.ndarray) -> dict[str, Any]:
         pairs = np.unique(np.stack([q, v], axis=1), axis=0) if len(q) else np.empty((0, 2), np.int64)
         return {
@@ -320,6 +334,10 @@ def _write_tables(
             "video_id": _dict(pairs[:, 1], vid_ids),
             "query_class": pa.array([LEVELS[x] for x in q_level[pairs[:, 0]]], pa.string()),
             "ambiguous": pa.array(q_amb[pairs[:, 0]], pa.bool_()),
+            "typo": pa.array(q_typo[pairs[:, 0]], pa.bool_()),
+            "query_seen_in_training": pa.array(q_train[pairs[:, 0]] > 0, pa.bool_()),
+            # the pair was already clicked in the training days: recalling it rewards imitating the logs
+            "pair_seen_in_training": pa.array(np.isin(pairs[:, 0] * n_v + pairs[:, 1], train_pairs), pa.bool_()),
         }
 
     clicked_test = row_click & row_test
@@ -348,9 +366,43 @@ def _write_tables(
                 "grade": pa.array(gg, pa.int8()),
                 "query_class": pa.array([LEVELS[x] for x in q_level[gq]], pa.string()),
                 "ambiguous": pa.array(q_amb[gq], pa.bool_()),
+                "typo": pa.array(q_typo[gq], pa.bool_()),
             }
         ),
         out / "eval" / "graded.parquet",
+    )
+    sq, sr, sv, sg, sqg = _graded_sense_sample(
+        cat,
+        cfg,
+        seed,
+        q_level,
+        q_amb,
+        r_sid,
+        r_test,
+        s_topic[r_sess],
+        s_intent[r_sess],
+        s_mod[r_sess],
+        cache,
+        senses_of,
+        row_req,
+        row_vid,
+        row_stage,
+    )
+    write_parquet(
+        pa.table(
+            {
+                "request_id": pa.array([req_ids[i] for i in sr], pa.string()),
+                "query": _dict(sq, book.strings),
+                "video_id": _dict(sv, vid_ids),
+                "grade": pa.array(sg, pa.int8()),
+                "query_grade": pa.array(sqg, pa.int8()),
+                "need_topic": pa.array(s_topic[r_sess][sr], pa.int32()),
+                "query_class": pa.array([LEVELS[x] for x in q_level[sq]], pa.string()),
+                "ambiguous": pa.array(q_amb[sq], pa.bool_()),
+                "typo": pa.array(q_typo[sq], pa.bool_()),
+            }
+        ),
+        out / "eval" / "graded_sense.parquet",
     )
     return {
         "videos": len(cat),
@@ -367,7 +419,64 @@ def _write_tables(
         "qr_pairs": len(qr["query"]),
         "graded_rows": len(gq),
         "graded_queries": len(np.unique(gq)),
+        "graded_sense_rows": len(sq),
+        "graded_sense_requests": len(np.unique(sr)),
     }
+
+
+def _graded_sense_sample(
+    cat: Catalog,
+    cfg: WorldConfig,
+    seed: int,
+    q_level: np.ndarray,
+    q_amb: np.ndarray,
+    r_sid: np.ndarray,
+    r_test: np.ndarray,
+    need_t: np.ndarray,
+    need_i: np.ndarray,
+    need_m: np.ndarray,
+    cache: dict[Any, tuple[np.ndarray, np.ndarray]],
+    senses_of: list[Any],
+    row_req: np.ndarray,
+    row_vid: np.ndarray,
+    row_stage: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """Sense-aware labels: test *requests* (a quarter each: head, torso, tail, and ambiguous of any
+    class), each judged by that user's own need, over every video relevant to any sense of the query
+    plus up to 10 exposed irrelevant ones. Returns (query, request, video, grade, query grade)."""
+    rng = stream(seed, "graded-sense")
+    per = max(1, cfg.graded_queries // 4)
+    chosen: list[int] = []
+    strata = [(q_level == lvl) & ~q_amb for lvl in range(3)] + [q_amb]
+    for st in strata:
+        cand = np.flatnonzero(r_test & st[r_sid])
+        cand = cand[[len(cache[senses_of[int(r_sid[i])]][0]) > 0 for i in cand]] if len(cand) else cand
+        take = min(per, len(cand))
+        chosen += sorted(rng.choice(cand, size=take, replace=False).tolist()) if take else []
+    exposed = row_stage == 2
+    order = np.argsort(row_req, kind="stable")
+    starts = np.searchsorted(row_req[order], np.arange(len(r_sid) + 1))
+    out_q, out_r, out_v, out_g, out_qg = [], [], [], [], []
+    for r in chosen:
+        q = int(r_sid[r])
+        v, qg = cache[senses_of[q]]
+        rows = order[starts[r] : starts[r + 1]]
+        neg = np.setdiff1d(np.unique(row_vid[rows[exposed[rows]]]), v)[:10]
+        vids = np.concatenate([v, neg]).astype(np.int64)
+        n = len(vids)
+        g = grade_pairs(cat, vids, np.full(n, need_t[r]), np.full(n, need_i[r]), np.full(n, need_m[r]))
+        out_q.append(np.full(n, q))
+        out_r.append(np.full(n, r))
+        out_v.append(vids)
+        out_g.append(g)
+        out_qg.append(np.concatenate([qg, np.zeros(len(neg), np.int8)]))
+    return (
+        _cat(out_q, np.int64),
+        _cat(out_r, np.int64),
+        _cat(out_v, np.int64),
+        _cat(out_g, np.int8),
+        _cat(out_qg, np.int8),
+    )
 
 
 def _graded_sample(

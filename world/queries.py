@@ -30,6 +30,7 @@ class QueryBook:
     strings: list[str] = field(default_factory=list)
     string_index: dict[str, int] = field(default_factory=dict)
     string_keys: list[set[int]] = field(default_factory=list)
+    clean: set[int] = field(default_factory=set)  # strings phrased at least once without a typo
     _mods: dict[tuple[int, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -70,7 +71,18 @@ class QueryBook:
         if not allow_typo:
             uu[7] = 1.0
         text, surface = phrase_query(self.onto, t, f, m, uu, self.knobs, avoid=avoid)
-        return self.string_id(text, self.key_id(surface, f, m)), surface
+        sid = self.string_id(text, self.key_id(surface, f, m))
+        if uu[7] >= self.knobs.typo_prob:
+            self.clean.add(sid)
+        else:  # a slip was drawn; a word too short to slip leaves the string clean
+            uu[7] = 1.0
+            if phrase_query(self.onto, t, f, m, uu, self.knobs, avoid=avoid)[0] == text:
+                self.clean.add(sid)
+        return sid, surface
+
+    def typo(self, sid: int) -> bool:
+        """The string was only ever typed with a slip (a typo string)."""
+        return sid not in self.clean
 
     def senses(self, key: int) -> list[tuple[int, int, int]]:
         """[(topic, intent | -1, modifier id | -1)] for every topic the key can mean."""
