@@ -67,8 +67,15 @@ def mine_cmd(
     rec_exclude_actions: Annotated[
         str, typer.Option(help="P2: comma-separated rec_log actions that are not interactions")
     ] = "skip",
-    p3_n: Annotated[int, typer.Option(min=0, help="P3: descriptions per query (0 = no P3)")] = 3,
-    p3_max_queries: Annotated[int, typer.Option(min=0, help="P3: at most this many queries (0 = all)")] = 2000,
+    p3_n: Annotated[int, typer.Option(min=0, help="P3: descriptions per query with --p3-sampling all (0 = no P3)")] = 3,
+    p3_sampling: Annotated[
+        str, typer.Option(help="P3: demand (descriptions spread over queries by their requests) or all")
+    ] = "demand",
+    p3_volume: Annotated[
+        float, typer.Option(min=0.0, help="P3 (demand): descriptions asked = this × the number of click pairs")
+    ] = 1.0,
+    p3_max_per_query: Annotated[int, typer.Option(min=1, help="P3 (demand): at most this many per query")] = 30,
+    p3_max_queries: Annotated[int, typer.Option(min=0, help="P3: at most this many queries (0 = all)")] = 0,
     llm_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://host:8000/v1")] = None,
     llm_model: Annotated[str, typer.Option(help="model name sent to the LLM endpoint")] = "Qwen2.5-14B-Instruct",
     llm_concurrency: Annotated[int, typer.Option(min=1)] = 8,
@@ -94,6 +101,9 @@ def mine_cmd(
         rec_actions=tuple(a.strip() for a in rec_actions.split(",") if a.strip()),
         rec_exclude_actions=tuple(a.strip() for a in rec_exclude_actions.split(",") if a.strip()),
         p3_n=p3_n,
+        p3_sampling=p3_sampling,
+        p3_volume=p3_volume,
+        p3_max_per_query=p3_max_per_query,
         p3_max_queries=p3_max_queries,
     ).validate()
     resolve_inputs(logs, videos, labels)  # bad input fails before any work (or LLM set-up)

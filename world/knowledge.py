@@ -3,9 +3,12 @@
 Given a query and one relevant video, a real LLM would write descriptions of *other* videos that
 fit the query, drawing on world knowledge: for "transformer" it knows both the power transformer
 and the neural network, even when the logs only ever showed one. This stand-in does the same from
-the world's ontology: each description expresses one of the query's senses (half of them the
-example's sense, half any sense) in fresh words, and with probability ``error_rate`` it
-hallucinates a plausible but wrong topic. Deterministic for (seed, query, example, n).
+the world's ontology (its knowledge of topics, their names and vocabulary): it reads the query's
+words (snapping typos to known words, as an LLM reads through them), finds the topics those words
+can name, and writes each description for one of them (half of them the example's sense, half any
+sense) in fresh words; with probability ``error_rate`` it hallucinates a plausible but wrong topic.
+It never reads the world's truth tables, so a query it cannot read is a query it gets wrong.
+Deterministic for (seed, query, example, n).
 """
 
 from __future__ import annotations
@@ -16,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from core.errors import CropsError, ErrorKind
 from core.normalize import normalize_text
-from world.ontology import Ontology, load_ontology
+from world.ontology import Ontology
 from world.textgen import TextKnobs, video_text
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -46,22 +48,23 @@ class SimulatedLLM:
         self.world_dir = Path(world_dir)
         self.error_rate = error_rate
         self.seed = seed
-        self.onto: Ontology = load_ontology()
-        self._queries: dict[str, tuple[list[int], str | None, str | None]] = {}
-        qfile = self.world_dir / "truth" / "queries.parquet"
-        if qfile.is_file():
-            t = pq.read_table(qfile, columns=["query", "topic_ids", "facet", "modifier"])
-            for q, ts, f, m in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
-                self._queries[q] = (list(ts), f, m)
-        elif not self.world_dir.is_dir():
+        if not self.world_dir.is_dir():
             raise CropsError(ErrorKind.NOT_FOUND, f"world {world_dir} does not exist")
+        from world.evaluation import world_ontology
+
+        self.onto: Ontology = world_ontology(self.world_dir)
+        self._read: dict[str, tuple[list[int], str | None, str | None]] = {}
         self._knobs = TextKnobs(synonym_text_prob=0.5, clickbait_prob=0.0, noise_tag_prob=0.0, spam_tag_prob=0.0)
 
     # ------------------------------------------------------------------ understanding the query
     def interpret(self, query: str) -> tuple[list[int], str | None, str | None]:
-        """(sense topics, facet, modifier) — from the world's query table, else by reading the words."""
-        if query in self._queries:
-            return self._queries[query]
+        """(sense topics, facet, modifier), read from the query's words (cached per string)."""
+        got = self._read.get(query)
+        if got is None:
+            got = self._read[query] = self._interpret(query)
+        return got
+
+    def _interpret(self, query: str) -> tuple[list[int], str | None, str | None]:
         q = self._spellfix(normalize_text(query))
         surfaces = sorted(
             (s for s in self.onto.surface_topics if re.search(rf"\b{re.escape(s)}\b", q)), key=len, reverse=True

@@ -76,19 +76,32 @@ def prefilter(
     return out
 
 
+def allocate_by_demand(demand: Sequence[float], total: int, cap: int, seed: int) -> np.ndarray:
+    """Descriptions per query: ``total`` draws over the queries in proportion to ``demand`` (a
+    seeded multinomial), at most ``cap`` per query. Head queries, the ones with most requests and
+    most senses to cover, get most; the long tail gets some at random."""
+    d = np.asarray(demand, dtype=np.float64)
+    if len(d) == 0 or total <= 0 or d.sum() <= 0:
+        return np.zeros(len(d), dtype=np.int64)
+    counts = np.random.default_rng([seed, 3]).multinomial(total, d / d.sum())
+    return np.minimum(counts, cap).astype(np.int64)
+
+
 def generate_p3(
     source: DescriptionSource,
     examples: Sequence[tuple[str, str, str]],
     score: Callable[[list[str], list[str]], np.ndarray],
     *,
-    n: int,
+    n: int | Sequence[int],
     alpha: float,
     min_chars: int,
     max_chars: int,
     progress: bool = False,
 ) -> tuple[list[P3Row], list[GenerationResult]]:
-    """``examples``: (query, example_video_id, example_text). ``score(queries, texts)`` is θ."""
-    reqs = [GenerationRequest(q, ex_text, n) for q, _, ex_text in examples]
+    """``examples``: (query, example_video_id, example_text); ``n``: descriptions per query (one
+    number, or one per example). ``score(queries, texts)`` is θ."""
+    counts = [n] * len(examples) if isinstance(n, int) else list(n)
+    reqs = [GenerationRequest(q, ex_text, k) for (q, _, ex_text), k in zip(examples, counts, strict=True)]
     results = source.generate_many(reqs, progress=progress)
     rows: list[P3Row] = []
     for (q, vid, ex_text), res in zip(examples, results, strict=True):

@@ -31,7 +31,7 @@ from core.atomic import atomic_write_bytes, atomic_write_json
 from core.errors import CropsError, ErrorKind
 from core.logs import REC_LOG, SEARCH_LOG
 from core.normalize import doc_text
-from core.samples import SAMPLES_FILE, SAMPLES_SCHEMA
+from core.samples import POSITIVE_LEVEL, SAMPLES_FILE, SAMPLES_SCHEMA
 from training.engine.config import MineConfig
 from training.engine.discriminator import Discriminator
 from training.engine.engines import SqlEngine, make_engine
@@ -61,8 +61,10 @@ P3_SCHEMA = pa.schema(
 
 EXAMPLES_SQL = """
 WITH c AS (SELECT query, video_id, COUNT(*) AS n FROM search_log WHERE clicked GROUP BY query, video_id),
-r AS (SELECT query, video_id, n, ROW_NUMBER() OVER (PARTITION BY query ORDER BY n DESC, video_id) AS rn FROM c)
-SELECT query, video_id, n FROM r WHERE rn = 1
+r AS (SELECT query, video_id, n, ROW_NUMBER() OVER (PARTITION BY query ORDER BY n DESC, video_id) AS rn FROM c),
+d AS (SELECT query, COUNT(DISTINCT request_id) AS demand FROM search_log GROUP BY query)
+SELECT r.query AS query, r.video_id AS video_id, r.n AS n, d.demand AS demand
+FROM r JOIN d ON d.query = r.query WHERE r.rn = 1
 """
 
 
@@ -300,6 +302,7 @@ class Miner:
         fp = {"search": _fingerprint(self.inp.search_log), "rec": _fingerprint(self.inp.rec_log)}
         d_sql = _digest(
             "sql",
+            "examples-with-demand",
             fp,
             self.cfg.digest(
                 "reformulation_window_s", "rec_window_s", "rec_cap_per_user", "rec_actions", "rec_exclude_actions"
@@ -324,7 +327,14 @@ class Miner:
             self._step("theta_score", d_score, [self.work / "theta.parquet"], self._score_candidates)
             src = (self.source.model, self.source.prompt_version) if self.source else None
             d_p3 = _digest(
-                "p3", d_score, src, self.cfg.digest("alpha", "p3_n", "p3_max_queries", "p3_min_chars", "p3_max_chars")
+                "p3",
+                d_score,
+                src,
+                self.cfg.digest(
+                    "alpha", "p3_n", "p3_max_queries", "p3_min_chars", "p3_max_chars", "p3_sampling", "p3_volume",
+                    "p3_max_per_query",
+                ),
+                self.seed,
             )
             self._step("p3", d_p3, [self.work / "p3.parquet", self.out / "llm_positives.parquet"], self._run_p3)
             d_asm = _digest("assemble", d_p3, self.engine_name, self.cfg.alpha)
@@ -540,6 +550,31 @@ LIMIT {int(self.max_fit_pairs)}
             atomic_write_json(self.work / "theta_fit.json", info)
         return sigmoid(disc.platt[0] * margin + disc.platt[1])
 
+    def p3_requests(self) -> tuple[list[tuple[str, str, str]], list[int]]:
+        """The queries the LLM is asked about, each with its most-clicked video as the example, and
+        how many descriptions each gets (see ``MineConfig.p3_sampling``)."""
+        from training.engine.p3 import allocate_by_demand
+
+        ex = read_table(self.work / "examples.parquet").to_pydict()
+        demand = ex.get("demand") or ex["n"]
+        rows = sorted(
+            (q, v, self.videos[v], float(d))
+            for q, v, d in zip(ex["query"], ex["video_id"], demand, strict=True)
+            if v in self.videos
+        )
+        if self.cfg.p3_max_queries:  # a hash sample, not the alphabetical head
+            rows = sorted(rows, key=lambda e: hashlib.sha1(e[0].encode("utf-8")).digest())
+            rows = sorted(rows[: self.cfg.p3_max_queries])
+        if self.cfg.p3_sampling == "all":
+            counts = [self.cfg.p3_n] * len(rows)
+        else:
+            levels = read_table(self.work / "log_samples.parquet", ["level"]).column("level")
+            clicks = int(pc.sum(pc.equal(levels, POSITIVE_LEVEL)).as_py() or 0)
+            total = round(self.cfg.p3_volume * clicks)
+            counts = allocate_by_demand([r[3] for r in rows], total, self.cfg.p3_max_per_query, self.seed).tolist()
+        keep = [i for i, c in enumerate(counts) if c > 0]
+        return [rows[i][:3] for i in keep], [int(counts[i]) for i in keep]
+
     def _run_p3(self) -> None:
         from training.engine.p3 import generate_p3
 
@@ -547,18 +582,12 @@ LIMIT {int(self.max_fit_pairs)}
         results: list[Any] = []
         if self.source is not None and self.cfg.p3_n > 0:
             self._ensure_theta_loaded()
-            ex = read_table(self.work / "examples.parquet", ["query", "video_id"]).to_pydict()
-            examples = sorted(
-                (q, v, self.videos[v]) for q, v in zip(ex["query"], ex["video_id"], strict=True) if v in self.videos
-            )
-            if self.cfg.p3_max_queries:  # a hash sample, not the alphabetical head
-                examples = sorted(examples, key=lambda e: hashlib.sha1(e[0].encode("utf-8")).digest())
-                examples = sorted(examples[: self.cfg.p3_max_queries])
+            examples, counts = self.p3_requests()
             rows, results = generate_p3(
                 self.source,
                 examples,
                 self.score,
-                n=self.cfg.p3_n,
+                n=counts,
                 alpha=self.cfg.alpha,
                 min_chars=self.cfg.p3_min_chars,
                 max_chars=self.cfg.p3_max_chars,

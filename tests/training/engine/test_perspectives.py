@@ -21,7 +21,7 @@ def _run(
     logs = tmp / "logs"
     if not logs.exists():
         build_logs(logs)
-    cfg = cfg or MineConfig(p3_n=5)
+    cfg = cfg or MineConfig(p3_n=5, p3_sampling="all")
     res = mine(
         logs,
         tmp / "out",
@@ -138,7 +138,7 @@ def test_rerun_skips_finished_steps_and_alpha_change_reruns_only_downstream(tmp_
     assert res1.steps_skipped == []
     rows2, res2 = _run(tmp_path)
     assert res2.steps_run == [] and rows2 == rows1
-    rows3, res3 = _run(tmp_path, MineConfig(p3_n=5, alpha=0.55))
+    rows3, res3 = _run(tmp_path, MineConfig(p3_n=5, p3_sampling="all", alpha=0.55))
     assert "sql" in res3.steps_skipped and "theta_score" in res3.steps_skipped
     assert "assemble" in res3.steps_run
     assert rows3[("transformer", "v7", None)]["source"] == "p1_reformulation"  # θ 0.6 > 0.55 now

@@ -21,7 +21,7 @@ def _mine(logs: Path, out: Path, engine: object) -> list[dict[str, object]]:
     res = mine(
         logs,
         out,
-        MineConfig(p3_n=5),
+        MineConfig(p3_n=5, p3_sampling="all"),
         engine=engine,
         scorer=fake_theta,  # type: ignore[arg-type]
         source=SimulatedSource(FakeLLM(), model="fake-llm"),
