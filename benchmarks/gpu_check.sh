@@ -2,7 +2,7 @@
 # GPU path check: one script, run on a CUDA machine with the project importable (PYTHONPATH or
 # `pip install -e .[train,export,index,dev]`). Writes results under ${OUT:-/tmp/crops-gpu-check}.
 #   1. environment: GPU, torch CUDA, onnxruntime providers, faiss GPU support, CUDA 12 libraries
-#   2. full fine-tuning on CUDA (training/experiment/gpu_check.py: tiny world → mine → 4 methods)
+#   2. full fine-tuning on CUDA (benchmarks/gpu_check.py: tiny world → mine → 4 methods)
 #   3. H-InfoNCE vs InfoNCE loss step on CUDA (benchmarks/loss_bench.py)
 #   4. doc-tower encoding throughput with torch on CUDA vs the CPU
 set -uo pipefail
@@ -23,7 +23,7 @@ libs = sorted(set(p.rsplit("/", 1)[-1] for p in glob.glob("/usr/**/libcublas.so*
 print("cuBLAS libraries on the machine:", libs or "none found")
 PY
 echo "== full fine-tuning on CUDA"
-timeout 330 python3 -m training.experiment.gpu_check --out "$OUT/ft" --steps "${STEPS:-150}" \
+timeout 330 python3 benchmarks/gpu_check.py --out "$OUT/ft" --steps "${STEPS:-150}" \
   > "$OUT/gpu_train.json" 2> "$OUT/gpu_train.log"; echo "exit $?"; tail -c 4000 "$OUT/gpu_train.json"
 tail -5 "$OUT/gpu_train.log"
 echo "== loss benchmark on CUDA"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,12 @@ from training.trainer.loop import train
 from training.trainer.model import DualEncoder
 
 log = logging.getLogger(__name__)
+
+
+def hard_negatives(ts: TrainingSet, ranked: Sequence[Sequence[str]], n: int) -> dict[str, list[str]]:
+    """The one hard-negative miner: per training query, the first ``n`` docs of a retriever's ranking
+    (BM25's, or the model's own for ANCE) that carry no label for that query."""
+    return {q: [d for d in r if d not in g][:n] for q, g, r in zip(ts.queries, ts.groups, ranked, strict=True)}
 
 
 def load_catalog(videos: Path) -> tuple[list[str], list[str]]:
@@ -179,21 +185,13 @@ class Experiment:
         self._ts = None
 
     def bm25_negatives(self, ts: TrainingSet, n: int) -> dict[str, list[str]]:
-        hits = self.bm25.search(ts.queries, k=n + 20)
-        out = {}
-        for q, g, ranked in zip(ts.queries, ts.groups, hits, strict=True):
-            out[q] = [d for d in ranked if d not in g][:n]
-        return out
+        return hard_negatives(ts, self.bm25.search(ts.queries, k=n + 20), n)
 
-    def ance_refresher(self, n: int):  # type: ignore[no-untyped-def]
+    def ance_refresher(self, n: int) -> Callable[[DualEncoder, TrainingSet], dict[str, list[str]]]:
         def refresh(model: DualEncoder, ts: TrainingSet) -> dict[str, list[str]]:
             d = model.encode(self.doc_texts, side="d")
             q = model.encode(ts.queries, side="q")
-            ranked = exact_search(q, d, self.doc_ids, k=n + 20)
-            return {
-                qq: [x for x in r if x not in g][:n]
-                for qq, g, r in zip(ts.queries, ts.groups, ranked, strict=True)
-            }
+            return hard_negatives(ts, exact_search(q, d, self.doc_ids, k=n + 20), n)
 
         return refresh
 

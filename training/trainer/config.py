@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -36,7 +36,6 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     device: str = "auto"  # auto | cpu | cuda
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
