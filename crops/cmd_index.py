@@ -42,7 +42,8 @@ def build(
         Path | None, typer.Option(help="BEIR folder with graded qrels: report recall per relevance level")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
-    gpu: Annotated[str, typer.Option(help="auto, on or off (faiss GPU build, CUDA encoder)")] = "auto",
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    gpu: Annotated[str | None, typer.Option(hidden=True, help="old spelling of --device: auto, on, off")] = None,
     reuse_vectors_from: Annotated[
         Path | None, typer.Option(help="bundle (same model, same docs, Flat index): reuse its vectors")
     ] = None,
@@ -54,7 +55,7 @@ def build(
         bundle, corpus, factory=factory, target_recall=target_recall, n_recall_queries=recall_queries,
         batch_size=batch_size, shards_dir=from_shards, ann=ann, opq=opq, refine=refine, graded=graded,
         memory_budget_bytes=int(memory_budget_gib * _GiB) if memory_budget_gib else None,
-        use_gpu=_gpu_flag(gpu), reuse_vectors_from=reuse_vectors_from,
+        use_gpu=_device_flag(device, gpu), reuse_vectors_from=reuse_vectors_from,
     )
     typer.echo(_summary(sec))
     if sec.recall_by_level:
@@ -63,13 +64,24 @@ def build(
                        f"index {row['index']:.4f} (loss {row['loss']:+.4f})")
 
 
-def _gpu_flag(value: str) -> bool | None:
+_DEVICE_HELP = ("auto, cpu or cuda: where faiss trains/adds the IVF part and the doc tower encodes "
+                "(auto: the GPU when faiss GPU / the ONNX Runtime CUDA provider are present; cuda: "
+                "fail unless they are)")
+
+
+def _device_flag(device: str, gpu: str | None = None) -> bool | None:
+    """``--device`` (or the older ``--gpu auto|on|off``) → use_gpu: None = auto, True = cuda, False = cpu."""
     from core.errors import CropsError, ErrorKind
 
-    flags = {"auto": None, "on": True, "off": False}
-    if value not in flags:
-        raise CropsError(ErrorKind.INVALID_INPUT, f"--gpu must be auto, on or off, got {value!r}")
-    return flags[value]
+    if gpu is not None:
+        old = {"auto": None, "on": True, "off": False}
+        if gpu not in old:
+            raise CropsError(ErrorKind.INVALID_INPUT, f"--gpu must be auto, on or off, got {gpu!r}")
+        return old[gpu]
+    flags = {"auto": None, "cuda": True, "gpu": True, "cpu": False}
+    if device not in flags:
+        raise CropsError(ErrorKind.INVALID_INPUT, f"--device must be auto, cpu or cuda, got {device!r}")
+    return flags[device]
 
 
 @index_app.command("encode")
@@ -80,13 +92,14 @@ def encode(
     out: Annotated[Path, typer.Option("--out", help="shard folder shared by all shards")],
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime intra-op threads (0 = all cores)")] = 1,
-    gpu: Annotated[str, typer.Option(help="auto, on or off (CUDA execution provider)")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (ONNX Runtime CUDA provider)")] = "auto",
+    gpu: Annotated[str | None, typer.Option(hidden=True, help="old spelling of --device: auto, on, off")] = None,
 ) -> None:
     """Encode one shard of the corpus (resumable; a finished shard is skipped)."""
     from index_builder.shards import encode_shard, parse_shard
 
     meta = encode_shard(bundle, corpus, parse_shard(shard), out, batch_size=batch_size, threads=threads,
-                        use_gpu=_gpu_flag(gpu))
+                        use_gpu=_device_flag(device, gpu))
     typer.echo(f"shard {shard} complete: {meta}")
 
 
@@ -97,13 +110,14 @@ def merge(
     factory: Annotated[str | None, typer.Option()] = None,
     ann: Annotated[bool, typer.Option("--ann")] = False,
     target_recall: Annotated[float, typer.Option(min=0.01, max=1.0)] = 0.95,
-    gpu: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    gpu: Annotated[str | None, typer.Option(hidden=True, help="old spelling of --device: auto, on, off")] = None,
 ) -> None:
     """Merge encoded shards into the bundle's index (same as ``build --from-shards``)."""
     from index_builder.build import build_index
 
     sec = build_index(bundle, None, shards_dir=shards, factory=factory, ann=ann, target_recall=target_recall,
-                      use_gpu=_gpu_flag(gpu))
+                      use_gpu=_device_flag(device, gpu))
     typer.echo(_summary(sec))
 
 

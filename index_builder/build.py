@@ -36,6 +36,7 @@ from index_builder import ops
 from index_builder.faiss_utils import (
     choose_factory,
     exact_topk,
+    gpu_count,
     ivf_of,
     production_factory,
     recall_vs_exact,
@@ -52,6 +53,20 @@ QUERIES_FILE = "recall_queries.npy"
 # Re-exported: skeleton callers import these names from here.
 __all__ = ["NPROBE_GRID", "add_docs", "build_from_vectors", "build_index", "encode_corpus", "ivf_of",
            "refine_of", "remove_docs", "sample_queries", "train_and_add", "tune_nprobe"]
+
+
+def require_gpu(*, encode: bool) -> None:
+    """Fail before any work when the GPU was asked for and is absent: faiss GPU for the build, and
+    the ONNX Runtime CUDA provider when the doc tower has to encode."""
+    if gpu_count() == 0:
+        raise CropsError(ErrorKind.BACKEND, "--device cuda: faiss sees no GPU (install faiss-gpu-cu12 in place "
+                         "of faiss-cpu, and check the driver), or use --device cpu/auto")
+    if encode:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise CropsError(ErrorKind.BACKEND, "--device cuda: onnxruntime has no CUDA provider (install "
+                             "onnxruntime-gpu), or use --device cpu/auto")
 
 
 def encode_corpus(
@@ -162,6 +177,8 @@ def build_from_vectors(
         raise CropsError(ErrorKind.INVALID_INPUT, f"corpus {corpus} has duplicate document ids")
     if dim != manifest.model.embedding_dim:
         raise CropsError(ErrorKind.INCOMPATIBLE, f"vectors have dim {dim}, model {manifest.model.embedding_dim}")
+    if use_gpu:
+        require_gpu(encode=False)
     timings = dict(timings or {})
     pick = production_factory if ann else choose_factory
     factory = factory or pick(n, dim, memory_budget_bytes=memory_budget_bytes, opq=opq, refine=refine)
@@ -252,6 +269,8 @@ def build_index(
     assert manifest.model is not None
     if not 0 < target_recall <= 1:
         raise CropsError(ErrorKind.INVALID_INPUT, f"target recall must be in (0, 1], got {target_recall}")
+    if use_gpu:
+        require_gpu(encode=corpus is not None and shards_dir is None and reuse_vectors_from is None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if corpus is None and shards_dir is None:

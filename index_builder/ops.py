@@ -15,6 +15,7 @@ side table, and checks ``len(id_map) == index.ntotal``.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,9 @@ def _train_sample(vectors: np.ndarray, seed: int) -> np.ndarray:
     return vectors[np.sort(rng.choice(len(vectors), MAX_TRAIN, replace=False))]
 
 
-def _gpu_train_add(base: Any, sample: np.ndarray, vectors: np.ndarray, labels: np.ndarray) -> Any:
+def _gpu_train_add(
+    base: Any, sample: np.ndarray, vectors: np.ndarray, labels: np.ndarray, timings: dict[str, float]
+) -> Any:
     """Train and fill the (pre-transform +) IVF part on GPU 0; returns it in CPU form."""
     import faiss
 
@@ -75,19 +78,25 @@ def _gpu_train_add(base: Any, sample: np.ndarray, vectors: np.ndarray, labels: n
     co = faiss.GpuClonerOptions()
     co.useFloat16 = True  # IVF-PQ lookup tables in fp16: needed for m=48 within shared memory
     gpu = faiss.index_cpu_to_gpu(res, 0, base, co)
+    t0 = time.perf_counter()
     gpu.train(sample)
+    t1 = time.perf_counter()
     gpu.add_with_ids(vectors, labels)
-    return faiss.index_gpu_to_cpu(gpu)
+    cpu = faiss.index_gpu_to_cpu(gpu)  # the copy back is part of the add: the bundle stores the CPU form
+    timings["train_s"], timings["add_s"] = t1 - t0, time.perf_counter() - t1
+    return cpu
 
 
 def train_and_add(
-    factory: str, vectors: np.ndarray, *, seed: int = 0, use_gpu: bool | None = None
+    factory: str, vectors: np.ndarray, *, seed: int = 0, use_gpu: bool | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[Any, str]:
     """A trained index holding ``vectors`` as labels 0..n-1, and where it was built ("gpu"/"cpu").
 
     With faiss GPU (``use_gpu`` None = auto) the IVF part is trained and filled on GPU 0 and copied
-    back; the refine store is a plain copy, built on CPU. Any GPU failure falls back to CPU with a
-    warning, so a build never fails for lack of a GPU feature. The result is always CPU-resident.
+    back; the refine store is a plain copy, built on CPU. In auto mode a GPU failure falls back to CPU
+    with a warning; with ``use_gpu=True`` it is an error. The result is always CPU-resident.
+    ``timings`` (optional) receives ``train_s`` and ``add_s`` (wall seconds, refine store included).
     """
     import faiss
 
@@ -105,17 +114,24 @@ def train_and_add(
         try:
             # Seed faiss' k-means so GPU and CPU builds are reproducible run to run.
             ivf.cp.seed = seed
-            new_base = _gpu_train_add(base, sample, vectors, labels)
+            t = timings if timings is not None else {}
+            new_base = _gpu_train_add(base, sample, vectors, labels, t)
             if store is None:
                 return new_base, "gpu"
+            t0 = time.perf_counter()
             store.train(sample)
+            t1 = time.perf_counter()
             store.add(vectors)
+            t["train_s"] += t1 - t0
+            t["add_s"] += time.perf_counter() - t1
             out = faiss.IndexRefine(new_base, store)
             out.k_factor = top.k_factor
             out.own_fields = False  # python references keep new_base/store alive
             out.referenced_objects = [new_base, store, index]  # type: ignore[attr-defined]
             return out, "gpu"
         except Exception as exc:  # GPU clone not supported for this layout, out of memory, ...
+            if use_gpu:  # asked for explicitly: a silent CPU build would misreport where it ran
+                raise CropsError(ErrorKind.BACKEND, f"faiss GPU build failed: {exc}") from exc
             log.warning("faiss GPU build failed (%s); building on CPU", exc)
             index = new_index(factory, dim)
             top, base, store = _parts(index)
@@ -123,8 +139,12 @@ def train_and_add(
     fresh_ivf = faiss.try_extract_index_ivf(base)  # the fresh index after a GPU fallback
     if fresh_ivf is not None:
         fresh_ivf.cp.seed = seed
+    t0 = time.perf_counter()
     index.train(sample)
+    t1 = time.perf_counter()
     add_rows(index, vectors, start=0)
+    if timings is not None:
+        timings["train_s"], timings["add_s"] = t1 - t0, time.perf_counter() - t1
     return index, "cpu"
 
 
