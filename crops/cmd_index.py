@@ -15,8 +15,12 @@ _GiB = 1 << 30
 def _summary(sec: Any) -> str:
     chosen = sec.chosen or {}
     lat = f", batch-1 {chosen['b1_ms_p50']:.3f} ms" if chosen else ""
+    extra = sec.model_extra or {}
+    kind = f" on {extra['recall_queries_kind']} queries" if extra.get("recall_queries_kind") else ""
+    report = (f", held-out {sec.recall_at_100_report} ({sec.report_queries} queries)"
+              if sec.recall_at_100_report is not None else "")
     return (f"index {sec.factory}: {sec.ntotal} vectors, nprobe={sec.nprobe}, k_factor={sec.k_factor}, "
-            f"recall@100 vs exact={sec.recall_at_100}{lat}")
+            f"recall@100 vs exact={sec.recall_at_100}{kind}{report}{lat}")
 
 
 @index_app.command("build")
@@ -37,7 +41,12 @@ def build(
     opq: Annotated[bool, typer.Option(help="OPQ rotation before IVF-PQ")] = False,
     refine: Annotated[bool, typer.Option(help="exact re-ranking stage after PQ")] = True,
     target_recall: Annotated[float, typer.Option(min=0.01, max=1.0)] = 0.95,
-    recall_queries: Annotated[int, typer.Option(min=1)] = 200,
+    recall_queries: Annotated[int, typer.Option(min=1, help="tuning (and report) queries, at most")] = 200,
+    queries: Annotated[
+        Path | None,
+        typer.Option("--queries", help="the queries the index will serve: text (one per line), JSONL "
+                     "(query/text field) or a search_log/exposure log; half tune, the rest give the report"),
+    ] = None,
     graded: Annotated[
         Path | None, typer.Option(help="BEIR folder with graded qrels: report recall per relevance level")
     ] = None,
@@ -55,7 +64,7 @@ def build(
         bundle, corpus, factory=factory, target_recall=target_recall, n_recall_queries=recall_queries,
         batch_size=batch_size, shards_dir=from_shards, ann=ann, opq=opq, refine=refine, graded=graded,
         memory_budget_bytes=int(memory_budget_gib * _GiB) if memory_budget_gib else None,
-        use_gpu=_device_flag(device, gpu), reuse_vectors_from=reuse_vectors_from,
+        use_gpu=_device_flag(device, gpu), reuse_vectors_from=reuse_vectors_from, queries=queries,
     )
     typer.echo(_summary(sec))
     if sec.recall_by_level:

@@ -44,6 +44,7 @@ from index_builder.faiss_utils import (
     set_search_params,
 )
 from index_builder.graded import GradedSet, load_graded, recall_by_level
+from index_builder.queries import query_sets
 from index_builder.shards import doc_encoder, encode_rows, load_shards
 from index_builder.tuning import NPROBE_GRID, tune, write_curve
 
@@ -79,7 +80,8 @@ def encode_corpus(
 
 
 def sample_queries(docs: list[Doc], n: int, seed: int = 0) -> list[str]:
-    """Pseudo-queries for recall measurement: the first words of random docs' titles (or texts)."""
+    """Prefix pseudo-queries (the first words of random docs' titles): too easy to tune on, they
+    overstate recall on real queries; ``index_builder.queries`` has the builder's default."""
     rng = random.Random(seed)
     picks = rng.sample(docs, min(n, len(docs)))
     out = []
@@ -156,6 +158,9 @@ def build_from_vectors(
     use_gpu: bool | None = None,
     timings: dict[str, float] | None = None,
     n_latency: int = 100,
+    tune_margin: float = 0.0,
+    queries_kind: str | None = None,
+    queries_source: str | None = None,
 ) -> IndexSection:
     """Build, tune and persist the bundle's index from embeddings already computed.
 
@@ -163,6 +168,8 @@ def build_from_vectors(
     ``report_queries`` (optional, disjoint) give an unbiased recall at the chosen point.
     ``graded`` = (query ids, query vectors, qrels) adds recall per relevance level.
     ``ann`` forces the production IVF-PQ recipe even below the Flat threshold.
+    ``tune_margin`` is added to the target while tuning (pseudo-queries overstate real recall);
+    ``queries_kind``/``queries_source`` say what the tuning queries are, in the manifest.
     """
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir)
@@ -190,7 +197,7 @@ def build_from_vectors(
     t0 = time.perf_counter()
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     truth = exact_topk(vectors, queries, 100)
-    chosen, points = tune(index, queries, truth, target_recall, n_latency=n_latency)
+    chosen, points = tune(index, queries, truth, min(0.9999, target_recall + tune_margin), n_latency=n_latency)
     timings["tune_s"] = round(time.perf_counter() - t0, 2)
     section = IndexSection(
         model_id=manifest.model.model_id, factory=factory, ntotal=int(index.ntotal), dim=dim,
@@ -200,6 +207,10 @@ def build_from_vectors(
     )
     section.target_recall = target_recall
     section.target_met = chosen.recall >= target_recall
+    # What the recall figure is about (extra fields of the index section, schema unchanged).
+    section.recall_queries_kind = queries_kind or "given vectors"  # type: ignore[attr-defined]
+    section.recall_queries_source = queries_source  # type: ignore[attr-defined]
+    section.tune_margin = tune_margin  # type: ignore[attr-defined]
     section.built_on = built_on
     section.chosen = {"b1_ms_p50": chosen.b1_ms_p50, "b1_ms_p99": chosen.b1_ms_p99, "b32_ms": chosen.b32_ms}
     section.timings = timings
@@ -255,14 +266,18 @@ def build_index(
     use_gpu: bool | None = None,
     threads: int = 1,
     reuse_vectors_from: Path | str | None = None,
+    queries: Path | str | None = None,
 ) -> IndexSection:
     """Build the bundle's index over ``corpus`` (or over encoded shards) and record the tuned point.
 
     ``reuse_vectors_from``: a bundle of the same model whose index keeps exact vectors (Flat or a
     flat refine store) over the same documents: re-index with another factory without re-encoding.
 
-    Held-out queries are pseudo-queries drawn from the corpus (first title words), encoded with the
-    query tower; the recorded recall@100 is measured on them against exact search.
+    ``queries``: the queries the index will serve (text one per line, JSONL, or a search_log /
+    exposure log); half tune nprobe/k_factor, the disjoint rest gives ``recall_at_100_report``.
+    Without it, paraphrase-like pseudo-queries from the corpus, tuned to the target plus a margin
+    (``index_builder.queries``). Queries are encoded with the query tower; recall@100 is against
+    exact search, and the manifest says which kind of queries it was measured on.
     """
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir)
@@ -293,12 +308,15 @@ def build_index(
             vectors = encode_corpus(bundle_dir, docs, batch_size=batch_size, progress=progress,
                                     threads=threads, use_gpu=use_gpu)
     timings["encode_s"] = round(time.perf_counter() - t0, 2)
-    qtexts = sample_queries(docs, n_recall_queries, seed=seed)
-    qvecs = _query_encoder(bundle_dir, manifest).encode_batched(qtexts)
+    qs = query_sets(docs, queries, n_recall_queries, seed=seed)
+    qenc = _query_encoder(bundle_dir, manifest)
+    qvecs = qenc.encode_batched(qs.tune)
+    rvecs = qenc.encode_batched(qs.report) if qs.report else None
     return build_from_vectors(
-        bundle_dir, vectors, ids, qvecs, factory=factory, target_recall=target_recall,
+        bundle_dir, vectors, ids, qvecs, factory=factory, target_recall=target_recall, report_queries=rvecs,
         graded=_graded_inputs(bundle_dir, manifest, graded), memory_budget_bytes=memory_budget_bytes,
         opq=opq, refine=refine, ann=ann, corpus=str(corpus), seed=seed, use_gpu=use_gpu, timings=timings,
+        tune_margin=qs.margin, queries_kind=qs.kind, queries_source=qs.source,
     )
 
 
