@@ -53,9 +53,13 @@ class ModelSection(BaseModel):
     embedding_dim: int
     metric: Literal["ip"] = "ip"
     normalized: bool = True
-    pooling: Literal["mean"] = "mean"
+    pooling: str = "mean"  # sentence-transformers pooling mode(s) of the towers: cls, mean, max, "cls+mean"...
+    dense_layers: int = 0  # Dense modules after pooling (folded into the ONNX graph)
     max_query_tokens: int
     max_doc_tokens: int
+    trained_max_query_tokens: int | None = None  # the limits the checkpoint trained with (None: pretrained)
+    trained_max_doc_tokens: int | None = None
+    token_limit_mismatch: list[str] = Field(default_factory=list)  # non-empty only when export was told to allow it
     normalization_version: int = NORMALIZATION_VERSION
     onnx_opset: int
     tokenizer: str = "tokenizer.json"
@@ -236,4 +240,7 @@ def load_id_map(path: Path | str) -> list[str]:
         raise CropsError(ErrorKind.BUNDLE_INVALID, f"{path}: unreadable id map ({exc})") from exc
     if not isinstance(ids, list):
         raise CropsError(ErrorKind.BUNDLE_INVALID, f"{path}: id map must be a JSON list")
+    for row, x in enumerate(ids):
+        if isinstance(x, bool) or not isinstance(x, str | int):
+            raise CropsError(ErrorKind.BUNDLE_INVALID, f"{path}: row {row} is {type(x).__name__}, not a string id")
     return [str(x) for x in ids]

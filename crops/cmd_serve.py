@@ -18,40 +18,36 @@ def register(app: typer.Typer) -> None:
         ] = None,
         host: Annotated[str, typer.Option()] = "127.0.0.1",
         port: Annotated[int, typer.Option(envvar="PORT", min=1, max=65535)] = 8000,
-        workers: Annotated[int, typer.Option(min=1, max=64)] = 1,
+        workers: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                max=64,
+                help="worker processes on this box (uvicorn's own); behind a balancer run one per core or pod",
+            ),
+        ] = 1,
         redis_url: Annotated[str | None, typer.Option(envvar="CROPS_REDIS_URL")] = None,
         log_level: Annotated[str, typer.Option()] = "warning",
-        balance: Annotated[
-            str,
-            typer.Option(
-                help="with --workers > 1, how connections reach workers: least-conn (the parent accepts and "
-                "hands each to the worker with the fewest), reuse-port (one SO_REUSEPORT socket per worker, "
-                "kernel hash), shared (uvicorn's one socket: whichever worker wakes first)"
-            ),
-        ] = "least-conn",
-        pin: Annotated[
-            bool,
-            typer.Option(help="with --workers > 1: pin worker i to core i (bare metal/VMs; not under CPU quotas)"),
-        ] = False,
     ) -> None:
         """Serve /retrieve. Settings not given here come from CROPS_* environment variables."""
         from core.settings import limit_native_threads
 
         # Before numpy/faiss load anywhere (workers inherit it): one BLAS/OpenMP thread per worker.
         limit_native_threads(1)
-        import uvicorn
+        import socket
+        import sys
+        import tempfile
 
         from core.errors import CropsError, ErrorKind
-        from service.dispatch import BALANCES
 
-        if balance not in BALANCES:
-            raise CropsError(ErrorKind.INVALID_INPUT, f"--balance takes one of {', '.join(BALANCES)}, not {balance!r}")
-        if pin and balance == "shared":
-            raise CropsError(ErrorKind.INVALID_INPUT, "--pin needs --balance least-conn or reuse-port")
-        if bundle is None and experiments is None and not os.environ.get("CROPS_BUNDLE") \
-                and not os.environ.get("CROPS_EXPERIMENTS"):
+        if (
+            bundle is None
+            and experiments is None
+            and not os.environ.get("CROPS_BUNDLE")
+            and not os.environ.get("CROPS_EXPERIMENTS")
+        ):
             raise CropsError(ErrorKind.INVALID_INPUT, "give --bundle or --experiments (or CROPS_BUNDLE)")
-        # Settings travel by environment so every uvicorn worker process builds the same app.
+        # Settings travel by environment so every worker process builds the same app.
         if bundle is not None:
             os.environ["CROPS_BUNDLE"] = str(bundle.resolve())
         if experiments is not None:
@@ -60,9 +56,22 @@ def register(app: typer.Typer) -> None:
             os.environ["CROPS_REDIS_URL"] = redis_url
         if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Several workers: each writes its metrics here and /metrics sums them (any worker answers).
-            import tempfile
-
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="crops-metrics-")
+        if workers > 1 and not os.environ.get("CROPS_REDIS_URL") and not os.environ.get("CROPS_STATE_DIR"):
+            # Without Redis the workers share the desired state (and report convergence) through a folder.
+            os.environ["CROPS_STATE_DIR"] = tempfile.mkdtemp(prefix="crops-state-")
+        # Bind first: a port clash is one error line, and "serving on" is printed only once we hold the port.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise CropsError(ErrorKind.INVALID_INPUT, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        sock.listen(2048)
+        sock.set_inheritable(True)
+
         from service.app import app_from_env  # fail fast in this process on a bad bundle/config
 
         checked = app_from_env()
@@ -73,17 +82,30 @@ def register(app: typer.Typer) -> None:
             asyncio.run(checked.state.crops.stop())
             del checked
             gc.collect()
-        typer.echo(f"serving on http://{host}:{port}  (try: curl -s {host}:{port}/retrieve "
-                   "-H 'content-type: application/json' -d '{\"query\":\"cat video\"}')")
-        if workers > 1:
-            from service.dispatch import serve_workers
+        import uvicorn
+        from uvicorn.supervisors import Multiprocess
 
-            code = serve_workers(host, port, workers, balance, log_level, pin)  # type: ignore[arg-type]
-            if code:
-                raise typer.Exit(code)
-            return
-        uvicorn.run("service.app:app_from_env", factory=True, host=host, port=port, log_level=log_level,
-                    access_log=False)
+        from service.protocol import TimedHttpToolsProtocol
+
+        config = uvicorn.Config(
+            "service.app:app_from_env",
+            factory=True,
+            workers=workers,
+            http=TimedHttpToolsProtocol,
+            log_level=log_level,
+            access_log=False,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=30,
+        )
+        typer.echo(
+            f"serving on http://{host}:{port} with {workers} worker(s)  (try: curl -s {host}:{port}/retrieve "
+            "-H 'content-type: application/json' -d '{\"query\":\"cat video\"}')",
+        )
+        sys.stdout.flush()
+        if workers > 1:
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            uvicorn.Server(config).run(sockets=[sock])
 
     @app.command("exposures")
     def exposures(

@@ -1,8 +1,10 @@
-"""Result and embedding caches keyed by (bundle id, [nprobe,] normalised query).
+"""Result and embedding caches keyed by (content id, [nprobe,] normalised query).
 
 Level 1 is an in-process LRU with TTL (cachetools); level 2, when Redis is configured, is shared by
-all workers and replicas. The bundle id is part of every key, so two arms serving different
-bundles can never see each other's entries, and a reloaded bundle (new id) starts cold.
+all workers and replicas. The content id (a hash of the loaded query tower's, the index's and the id
+map's checksums, see ``service.engine``) is part of every key: two arms serving different models or
+indexes never see each other's entries, and a rebuilt index starts cold even when its manifest keeps
+the bundle id. Level 1 is also purged when a swap changes what is served.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from service.redis_link import RedisLink
 Result = tuple[list[str], list[float]]
 
 
-def result_key(bundle_id: str, nprobe: int | None, norm_query: str) -> str:
-    return f"{bundle_id}\x1f{nprobe}\x1f{norm_query}"
+def result_key(content_id: str, nprobe: int | None, norm_query: str) -> str:
+    return f"{content_id}\x1f{nprobe}\x1f{norm_query}"
 
 
-def embedding_key(bundle_id: str, norm_query: str) -> str:
-    return f"{bundle_id}\x1f{norm_query}"
+def embedding_key(content_id: str, norm_query: str) -> str:
+    return f"{content_id}\x1f{norm_query}"
 
 
 class QueryCache:
@@ -94,6 +96,11 @@ class QueryCache:
     def put_embedding(self, key: str, vec: np.ndarray) -> None:
         if self.enabled:
             self._embeddings[key] = vec
+
+    def purge(self) -> None:
+        """Drop every in-process entry (after a swap)."""
+        self._results.clear()
+        self._embeddings.clear()
 
     def info(self) -> dict[str, Any]:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -10,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from core.atomic import sha256_file
 from core.errors import CropsError, ErrorKind
-from core.manifest import BundleManifest, load_id_map, verify_bundle
+from core.manifest import BundleManifest, compute_model_id, load_id_map, verify_bundle
 from core.normalize import normalize_text
 from core.onnx_encoder import OnnxEncoder, available_providers
 
@@ -60,6 +62,17 @@ class Retriever:
         self.manifest: BundleManifest = verify_bundle(self.bundle_dir, require_index=True, check_checksums=verify)
         model, index_sec = self.manifest.model, self.manifest.index
         assert model is not None and index_sec is not None
+        # The model's identity comes from the towers' checksums (verified above), never from the
+        # manifest's word: a re-signed manifest with a swapped tower and the old model_id is refused.
+        towers = [self.manifest.files[model.query_onnx].sha256]
+        if model.doc_onnx:
+            towers.append(self.manifest.files[model.doc_onnx].sha256)
+        if compute_model_id(*towers) != model.model_id:
+            raise CropsError(
+                ErrorKind.INCOMPATIBLE,
+                f"{bundle_dir}: model_id {model.model_id} is not the hash of its towers' checksums "
+                f"({compute_model_id(*towers)}); the towers were replaced: re-export and rebuild the index",
+            )
         onnx_file, self.precision = model.query_onnx, "fp32"
         wanted: tuple[str, ...] = ()
         if precision == "auto":  # the gated variant for the device: fp16 on CUDA, int8 on CPU
@@ -77,6 +90,13 @@ class Retriever:
                     ErrorKind.BUNDLE_INVALID,
                     f"{bundle_dir}: no {precision!r} encoder variant (has: {sorted(model.variants) or 'none'})",
                 )
+        # What the results depend on: the query tower actually loaded, the index and its id map.
+        self.content_id = hashlib.sha256(
+            "|".join(
+                self.manifest.files[f].sha256 if f in self.manifest.files else sha256_file(self.bundle_dir / f)
+                for f in (onnx_file, index_sec.index_file, index_sec.id_map_file)
+            ).encode()
+        ).hexdigest()[:16]
         self.encoder = OnnxEncoder(
             self.bundle_dir / onnx_file,
             self.bundle_dir / model.tokenizer,

@@ -67,7 +67,9 @@ def install_handlers(app: Any, on_error: Any) -> None:
         assert isinstance(exc, CropsError)
         on_error(exc.kind, request.url.path, HTTP_STATUS.get(exc.kind, 500))
         retry = getattr(request.app.state, "retry_after_s", 1)
-        return error_response(exc.kind, exc.message, retry_after_s=retry)
+        details = getattr(exc, "details", None)
+        extra = {"details": details} if details else {}
+        return error_response(exc.kind, exc.message, retry_after_s=retry, **extra)
 
     async def invalid(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

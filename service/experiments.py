@@ -97,13 +97,17 @@ class ExperimentConfig(BaseModel):
     """The whole A/B config. ``version`` must grow for a hot update to be applied."""
 
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(default=0, ge=0)
+    # bounded: it is a Prometheus gauge and a JSON number every reader must represent exactly
+    version: int = Field(default=0, ge=0, le=2**53)
     bundles: dict[str, str] = Field(min_length=1)
     defaults: Defaults
     layers: list[LayerSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _refs(self) -> ExperimentConfig:
+        for name, path in self.bundles.items():
+            if not path or "\x00" in path or len(path) > 4096:
+                raise ValueError(f"bundles.{name}: a path of 1..4096 characters without NUL")
         if self.defaults.bundle not in self.bundles:
             raise ValueError(f"defaults.bundle {self.defaults.bundle!r} is not in bundles")
         seen_arms: set[str] = set()

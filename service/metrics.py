@@ -74,7 +74,17 @@ class Metrics:
             multiprocess_mode="livesum" if mp else "all",
         )
         self.shed = Counter(
-            "crops_shed", "Requests refused with 503, by reason (in_flight, deadline)", ["reason"], registry=r
+            "crops_shed",
+            "Requests refused with 503, by reason (queue_full, predicted: could not finish in its deadline; "
+            "deadline: waited past it)",
+            ["reason"],
+            registry=r,
+        )
+        self.queued = Gauge(
+            "crops_queued",
+            "Admitted requests waiting for or in encode+search",
+            registry=r,
+            multiprocess_mode="livesum" if mp else "all",
         )
         self.batch_size = Histogram(
             "crops_encoder_batch_size",
@@ -109,7 +119,16 @@ class Metrics:
             "crops_redis_errors", "Redis operations that failed, by operation", ["op"], registry=r
         )
         self.exposures = Counter(
-            "crops_exposures", "Exposure records by result (written/dropped)", ["result"], registry=r
+            "crops_exposures",
+            "Exposure records by result (written, spooled while Redis is down, replayed, dropped)",
+            ["result"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "crops_feedback",
+            "Feedback events by result (written, spooled while Redis is down, replayed, dropped)",
+            ["result"],
+            registry=r,
         )
         self._stage_children: dict[str, dict[str, Any]] = {}
 
@@ -121,7 +140,8 @@ class Metrics:
         return children
 
     def set_bundles(self, rows: list[dict[str, str]]) -> None:
-        self.bundle_info.clear()
+        if not _multiproc():  # multi-process gauges cannot be cleared; each worker's rows are its own
+            self.bundle_info.clear()
         for row in rows:
             self.bundle_info.labels(**row).set(1)
 

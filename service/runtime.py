@@ -1,19 +1,12 @@
-"""A loaded bundle with its encoder micro-batcher.
+"""A loaded bundle with its encoder micro-batcher (one thread per bundle).
 
-Requests submit jobs and await an asyncio future. A batch (up to ``max_batch`` jobs) is encoded in ONE
-onnxruntime call and each nprobe group searched in ONE faiss call. Two ways to run batches:
-
-- ``thread`` (the default): a batcher thread per bundle takes the first queued job, gathers whatever
-  else arrives within ``max_wait_ms`` and runs the batch off the event loop, which keeps parsing
-  requests and answering cache hits meanwhile (onnxruntime and faiss release the GIL).
-- ``loop``: the batch runs on the event loop itself, in a callback scheduled when the first job of a
-  batch arrives; every request read in the same loop turn joins it. No thread handoffs per request
-  (queue wake-up, ``call_soon_threadsafe`` wake-up, GIL transfers), but nothing else is answered
-  while a batch runs: it suits traffic where every request misses the cache.
-
+Requests submit jobs and await an asyncio future. The batcher thread takes the first queued job,
+gathers whatever else arrives within ``max_wait_ms`` (up to ``max_batch``), encodes the batch in ONE
+onnxruntime call and searches each nprobe group in ONE faiss call, off the event loop, which keeps
+parsing requests and answering cache hits meanwhile (onnxruntime and faiss release the GIL).
 Batches take single queries first and at most ``bulk_slice`` items of /retrieve/batch requests.
-Either way one bundle runs one batch at a time, so onnxruntime/faiss stay at one intra-op thread each
-and never search the same index concurrently.
+One bundle runs one batch at a time, so onnxruntime/faiss stay at one intra-op thread each and
+never search the same index concurrently.
 """
 
 from __future__ import annotations
@@ -93,11 +86,8 @@ class BundleRuntime:
         precision: str | None = None,
         verify: bool = True,
         on_batch: Any = None,
-        batcher: str = "thread",
         bulk_slice: int = 4,
     ) -> None:
-        if batcher not in ("thread", "loop"):
-            raise ValueError(f"batcher is 'thread' or 'loop', not {batcher!r}")
         self.path = Path(path)
         self.manifest_sha = manifest_sha(self.path)
         self.retriever = Retriever(
@@ -109,18 +99,20 @@ class BundleRuntime:
         self._q: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped = False
-        self.batcher = batcher
         self.bulk_slice = max(1, bulk_slice)
-        # Jobs waiting for a batch: single queries, and /retrieve/batch items. Loop mode: touched on the
-        # event loop only; thread mode: by the batcher thread only.
+        # Jobs waiting for a batch (touched by the batcher thread only): single queries, /retrieve/batch items.
         self._pending: list[Job] = []
         self._bulk: list[Job] = []
-        self._flush_scheduled = False
         self.loaded_at = time.time()
 
     @property
     def bundle_id(self) -> str:
         return self.retriever.bundle_id
+
+    @property
+    def content_id(self) -> str:
+        """Identity of what the results depend on (query tower + index + id map checksums)."""
+        return self.retriever.content_id
 
     def warm_up(self, n: int) -> None:
         """Run a few queries end to end (first calls allocate arenas); fails loudly on a broken bundle."""
@@ -136,7 +128,7 @@ class BundleRuntime:
         self.retriever.encode(queries[:1])
 
     def start(self) -> None:
-        if self.batcher == "thread" and self._thread is None:
+        if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"batcher-{self.bundle_id}", daemon=True)
             self._thread.start()
 
@@ -152,12 +144,7 @@ class BundleRuntime:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         job = Job(query, vector, nprobe, fut, loop, time.perf_counter(), bulk)
-        if self.batcher == "loop":
-            self._add(job)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                loop.call_soon(self._flush)
-        elif self._stopped or self._thread is None:
+        if self._stopped or self._thread is None:
             # A request that picked this runtime just before a swap: serve it anyway.
             loop.run_in_executor(None, self._process, [job])
         else:
@@ -182,17 +169,8 @@ class BundleRuntime:
             del self._bulk[:room]
         return batch
 
-    def _flush(self) -> None:
-        """Loop mode: run the next batch of what was gathered; the rest after the loop's next I/O turn."""
-        batch = self._take()
-        if self._pending or self._bulk:
-            asyncio.get_running_loop().call_soon(self._flush)
-        else:
-            self._flush_scheduled = False
-        self._process(batch, same_thread=True)
-
     def _run(self) -> None:
-        """Thread mode: block for work, gather what else is queued (up to max_wait_ms), run the next batch."""
+        """Block for work, gather what else is queued (up to max_wait_ms), run the next batch."""
         stop = False
         while True:
             if not (self._pending or self._bulk):
@@ -218,7 +196,7 @@ class BundleRuntime:
                     self._add(nxt)
             self._process(self._take())
 
-    def _process(self, batch: list[Job], same_thread: bool = False) -> None:
+    def _process(self, batch: list[Job]) -> None:
         t0 = time.perf_counter()
         try:
             todo = [i for i, j in enumerate(batch) if j.vector is None]
@@ -246,10 +224,7 @@ class BundleRuntime:
             )
             log.exception("batch of %d failed", len(batch))
             for j in batch:
-                if same_thread:
-                    _resolve(j.future, None, err)
-                else:
-                    j.loop.call_soon_threadsafe(_resolve, j.future, None, err)
+                j.loop.call_soon_threadsafe(_resolve, j.future, None, err)
             return
         if self.on_batch is not None:
             self.on_batch(len(todo))
@@ -266,10 +241,7 @@ class BundleRuntime:
                 search_ms,
                 len(batch),
             )
-            if same_thread:
-                _resolve(j.future, out, None)
-            else:
-                j.loop.call_soon_threadsafe(_resolve, j.future, out, None)
+            j.loop.call_soon_threadsafe(_resolve, j.future, out, None)
 
     def summary(self) -> dict[str, Any]:
         m = self.retriever.manifest
@@ -287,7 +259,7 @@ class BundleRuntime:
             "normalization_version": model.normalization_version,
             "parity_max_abs_err": model.parity_max_abs_err,
             "precision": self.retriever.precision,
-            "batcher": self.batcher,
+            "content_id": self.content_id,
             "providers": self.retriever.encoder.providers,
             "index_factory": index.factory,
             "ntotal": index.ntotal,

@@ -84,4 +84,15 @@ class ErrorBody(BaseModel):
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     bundle: StrictStr | None = Field(default=None, description="config bundle name to reload; all when absent")
-    path: StrictStr | None = Field(default=None, max_length=4096, description="load this folder for that bundle")
+    path: StrictStr | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        pattern=r"^[^\x00]+$",
+        description="load this folder for that bundle",
+    )
+
+
+class FeedbackAccepted(BaseModel):
+    accepted: int = Field(description="events queued for the feedback log")
+    dropped: int = Field(description="events refused because the log's queue was full (counted in crops_feedback)")

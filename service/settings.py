@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -27,22 +28,26 @@ class ServiceSettings(CropsSettings):
     config_poll_s: float = Field(default=1.0, gt=0, description="how often the Redis A/B config is polled")
     admin_token: SecretStr | None = None
 
-    # Concurrency: load shedding instead of unbounded queues.
-    max_in_flight: int = Field(default=64, ge=1, description="requests in progress beyond which new ones get 503")
-    deadline_ms: float = Field(default=1000.0, gt=0, description="per-request deadline; past it 503")
+    # Admission: a bounded queue with a deadline-aware shed instead of unbounded waiting.
+    max_queue: int = Field(
+        default=32, ge=1, description="requests waiting for encode+search beyond which new ones get 503 at once"
+    )
+    deadline_ms: float = Field(
+        default=50.0,
+        gt=0,
+        description="per-request deadline: a request predicted to miss it is refused at once (503), one that "
+        "waits past it gets 503; a caller may ask for less with the x-crops-deadline-ms header",
+    )
     retry_after_s: int = Field(default=1, ge=0)
     # Encoder micro-batching: the batcher waits at most max_wait_ms for up to max_batch queries.
     max_batch: int = Field(default=16, ge=1, le=256)
     max_wait_ms: float = Field(default=0.0, ge=0, le=50)
-    batcher: Literal["thread", "loop"] = Field(
-        default="thread",
-        description="where batches run: a thread per bundle, off the event loop (thread; cache hits are answered "
-        "while a batch runs), or the event loop itself (loop; no thread handoffs, best when every request "
-        "misses the cache); see service.runtime",
-    )
     bulk_slice: int = Field(
-        default=4, ge=1, le=256, description="at most this many /retrieve/batch items per encoder batch: "
-        "single queries go first, so a big batch request does not stall them"
+        default=4,
+        ge=1,
+        le=256,
+        description="at most this many /retrieve/batch items per encoder batch: "
+        "single queries go first, so a big batch request does not stall them",
     )
     intra_op_threads: int = Field(default=1, ge=0, description="onnxruntime threads per worker (0 = all cores)")
     use_gpu: bool | None = None
@@ -62,14 +67,34 @@ class ServiceSettings(CropsSettings):
     exposure_stream_maxlen: int = Field(default=100_000, ge=100)
     exposure_jsonl: Path | None = None
     exposure_jsonl_max_mb: float = Field(default=256.0, gt=0, description="rotate the JSONL file past this size")
-    exposure_queue: int = Field(default=10_000, ge=10, description="pending exposures beyond which they are dropped")
-
-    fast_path: bool = Field(
-        default=True, description="serve POST /retrieve from the pure-ASGI front (service.hotpath), not FastAPI"
+    exposure_queue: int = Field(default=10_000, ge=10, description="pending records beyond which they are dropped")
+    feedback_jsonl: Path | None = Field(default=None, description="also append POST /feedback events here")
+    spool_dir: Path | None = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "crops-spool",
+        description="while Redis is down, exposures and feedback are spooled here and replayed later",
     )
+
+    # Declarative state: the desired config every worker converges to (Redis when set, else this folder).
+    state_dir: Path | None = Field(
+        default=None, description="folder shared by the workers of one box (crops serve --workers N sets one)"
+    )
+    converge_timeout_s: float = Field(default=10.0, gt=0, description="how long admin calls wait for workers")
+
+    # HTTP limits (every endpoint): bodies, slow clients, shutdown.
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="413 beyond this (POST /feedback: 4x)")
+    header_timeout_s: float = Field(default=5.0, gt=0, description="a request's headers must arrive within this")
+    body_timeout_s: float = Field(default=5.0, gt=0, description="each chunk of a body must arrive within this")
+    drain_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="on SIGTERM: answer not-ready and close connections after each response "
+        "for this long, then stop (requests in flight finish)",
+    )
+
     gc_freeze: bool = Field(
-        default=True, description="once bundles are loaded, move the heap out of the cyclic collector's view "
-        "(gc.freeze): a full collection over a loaded 1M-vector bundle takes ~100 ms (service.heap)"
+        default=True,
+        description="once bundles are loaded, move the heap out of the cyclic collector's view "
+        "(gc.freeze): a full collection over a loaded 1M-vector bundle takes ~100 ms (service.heap)",
     )
     max_query_chars: int = Field(default=512, ge=1, le=10_000)
     max_batch_items: int = Field(default=64, ge=1, le=1000)

@@ -1,9 +1,10 @@
-"""What the service serves now (a View swapped atomically) and how it changes: config updates, reloads.
+"""What the service serves now (a View swapped atomically) and how it converges to the desired state.
 
 A request reads ``state.view`` once and uses that object to the end, so a config update or a bundle
 reload (build a new View off the event loop, verify and warm it, then one attribute assignment)
-never mixes an old assignment with a new bundle. A failed update or reload leaves the old View
-serving and records why (``/info``, logs, metrics).
+never mixes an old assignment with a new bundle. The desired config lives in a ``DesiredStore``
+(Redis or a shared folder); every worker polls it, converges and reports. A failed update or reload
+leaves the old View serving and records why (``/info``, logs, metrics, the worker's report).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 
 from core.errors import CropsError, ErrorKind
 from service.cache import QueryCache
+from service.desired import DesiredStore, worker_name
 from service.experiments import (
     Assigner,
     ExperimentConfig,
@@ -27,7 +28,7 @@ from service.experiments import (
     parse_config,
     single_bundle_config,
 )
-from service.exposure import ExposureLog
+from service.exposure import FEEDBACK_STREAM, STREAM, DurableLog
 from service.heap import freeze_heap, frozen_objects
 from service.metrics import Metrics
 from service.redis_link import RedisLink
@@ -36,7 +37,6 @@ from service.settings import ServiceSettings
 
 log = logging.getLogger("service")
 
-CONFIG_KEY = "experiments"
 STOP_GRACE_S = 5.0  # old runtimes finish their queue; late requests run inline meanwhile
 
 
@@ -82,16 +82,34 @@ class ServiceState:
             redis=self.redis if use_redis_cache else None,
             enabled=settings.cache != "none",
         )
-        self.exposure = ExposureLog(
-            metrics=self.metrics,
+        spool = settings.spool_dir
+        self.exposure = DurableLog(
+            STREAM,
+            counter=self.metrics.exposures,
             redis=self.redis if settings.exposure_stream else None,
             stream_maxlen=settings.exposure_stream_maxlen,
             jsonl=settings.exposure_jsonl,
             jsonl_max_bytes=int(settings.exposure_jsonl_max_mb * (1 << 20)),
+            spool_dir=spool,
             max_pending=settings.exposure_queue,
         )
-        self.in_flight = 0
-        self.pending: dict[str, asyncio.Future[Any]] = {}
+        self.feedback = DurableLog(
+            FEEDBACK_STREAM,
+            counter=self.metrics.feedback,
+            redis=self.redis,
+            stream_maxlen=settings.exposure_stream_maxlen,
+            # without Redis or a configured file, events still land somewhere durable
+            jsonl=settings.feedback_jsonl
+            or (spool / "feedback.jsonl" if self.redis is None and spool is not None else None),
+            jsonl_max_bytes=int(settings.exposure_jsonl_max_mb * (1 << 20)),
+            spool_dir=spool,
+            max_pending=settings.exposure_queue,
+        )
+        self.desired = DesiredStore(
+            redis=self.redis, state_dir=settings.state_dir, stale_s=max(3 * settings.config_poll_s, 3.0)
+        )
+        self.worker = worker_name()
+        self.draining = False
         self.last_reload: Event | None = None
         self.last_config: Event | None = None
         self._rejected_raw: bytes | str | None = None
@@ -124,7 +142,6 @@ class ServiceState:
             precision=s.encoder_precision,
             verify=s.verify_checksums,
             on_batch=self.metrics.batch_size.observe,
-            batcher=s.batcher,
             bulk_slice=s.bulk_slice,
         )
         rt.warm_up(s.warmup_queries)
@@ -146,7 +163,7 @@ class ServiceState:
                 out[name] = self._new_runtime(Path(path))
             except CropsError as exc:
                 raise CropsError(exc.kind, f"bundle {name!r}: {exc.message}") from exc
-            except Exception as exc:  # faiss/onnxruntime raise untyped errors on corrupt files
+            except Exception as exc:  # faiss/onnxruntime/OS raise untyped errors on corrupt files or bad paths
                 raise CropsError(ErrorKind.BUNDLE_INVALID, f"bundle {name!r} at {path}: {exc}") from exc
         return out
 
@@ -156,6 +173,11 @@ class ServiceState:
         self._published = view
         for rt in view.runtimes.values():
             rt.start()
+        if old is not None and {r.content_id for r in old.runtimes.values()} != {
+            r.content_id for r in view.runtimes.values()
+        }:
+            # keys hold the content id, so old entries could never be served; purging frees their memory
+            self.cache.purge()
         self.metrics.config_version.set(view.config.version)
         self.metrics.set_bundles(
             [
@@ -189,12 +211,12 @@ class ServiceState:
                         # among their frozen objects (a pause of a full collection, once per reload)
                         loop.call_later(2 * STOP_GRACE_S, self._refreeze)
 
-    # ---- config updates ---------------------------------------------------------------------------
+    # ---- converging to the desired state -----------------------------------------------------------
     async def apply_config(self, cfg: ExperimentConfig, source: str) -> None:
         """Load what ``cfg`` needs off the loop, then swap; raises (keeping the old view) on failure."""
         async with self._lock:
             current = self.view
-            if cfg.version <= current.config.version and source.startswith("redis"):
+            if cfg.version <= current.config.version and source != "admin":
                 return
             try:
                 runtimes = await asyncio.to_thread(self._load_runtimes, cfg, current.runtimes)
@@ -217,25 +239,37 @@ class ServiceState:
         log.error("%s rejected, keeping v%d: %s", what, self.view.config.version, reason)
 
     async def poll_config_once(self) -> None:
-        """Read the Redis config; apply it when its version is newer and it is valid."""
-        assert self.redis is not None
-        key = self.redis.key(CONFIG_KEY)
-        raw = await self.redis.call("config_get", lambda c: c.get(key))
-        if raw is None or raw == self._rejected_raw:
-            return
-        base = self.settings.experiments.resolve().parent if self.settings.experiments else None
-        try:
-            cfg = parse_config(raw, base_dir=base, source=f"redis key {key}")
-        except CropsError as exc:
-            self._rejected_raw = raw
-            self._config_rejected(f"redis key {key}", exc.message)
-            return
-        if cfg.version <= self.view.config.version:
-            return
-        try:
-            await self.apply_config(cfg, f"redis:{key}")
-        except CropsError:
-            self._rejected_raw = raw
+        """Read the desired config; apply it when its version is newer and it is valid; report."""
+        raw = await self.desired.read()
+        if raw is not None and raw != self._rejected_raw:
+            base = self.settings.experiments.resolve().parent if self.settings.experiments else None
+            where = f"desired state ({self.desired.where()})"
+            try:
+                cfg = parse_config(raw, base_dir=base, source=where)
+            except CropsError as exc:
+                self._rejected_raw = raw
+                self._config_rejected(where, exc.message)
+            else:
+                if cfg.version > self.view.config.version:
+                    try:
+                        await self.apply_config(cfg, f"desired:{self.desired.where()}")
+                    except CropsError:
+                        self._rejected_raw = raw
+        await self.report()
+
+    async def report(self) -> None:
+        """Tell the other workers what this one serves (heartbeat)."""
+        v = self.view
+        failed = self.last_config if self.last_config is not None and not self.last_config.ok else None
+        await self.desired.report(
+            {
+                "worker": self.worker,
+                "version": v.config.version,
+                "content_ids": {n: rt.content_id for n, rt in v.runtimes.items()},
+                "error": failed.as_dict() if failed else None,
+                "draining": self.draining,
+            }
+        )
 
     async def _poll_loop(self) -> None:
         while True:
@@ -245,22 +279,44 @@ class ServiceState:
                 log.exception("config poll failed")
             await asyncio.sleep(self.settings.config_poll_s)
 
-    async def push_config(self, cfg: ExperimentConfig) -> None:
-        """Admin: apply a config here and publish it to Redis for the other workers/replicas."""
+    async def _publish_desired(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        """Write ``cfg`` as the desired state, then wait (bounded) for every live worker to converge."""
+        stored = await self.desired.write(dump_config(cfg))
+        await self.report()
+        deadline = time.monotonic() + self.settings.converge_timeout_s
+        while True:
+            workers = await self.desired.workers()
+            rows = {
+                name: {
+                    "version": w.get("version"),
+                    "converged": int(w.get("version", -1)) >= cfg.version,
+                    "error": (w.get("error") or {}).get("reason"),
+                }
+                for name, w in workers.items()
+            }
+            if all(r["converged"] or r["error"] for r in rows.values()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(min(0.1, self.settings.config_poll_s))
+        return {
+            "config_version": cfg.version,
+            "desired_state": self.desired.where() if stored else "unreachable: applied on this worker only",
+            "workers": rows,
+            "converged": stored and all(r["converged"] for r in rows.values()),
+        }
+
+    async def push_config(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        """Admin: apply a config here, then make it the desired state every worker converges to."""
         if cfg.version <= self.view.config.version:
             raise CropsError(
                 ErrorKind.CONFIG_INVALID,
                 f"config version {cfg.version} is not newer than the served v{self.view.config.version}",
             )
         await self.apply_config(cfg, "admin")
-        if self.redis is not None:
-            key, payload = self.redis.key(CONFIG_KEY), dump_config(cfg)
-            if await self.redis.call("config_set", lambda c: c.set(key, payload)) is None:
-                log.warning("config v%d applied here but not published: redis unavailable", cfg.version)
+        return await self._publish_desired(cfg)
 
     # ---- reload -----------------------------------------------------------------------------------
     async def reload(self, bundle: str | None, path: Path | None) -> dict[str, Any]:
-        """Reload one bundle (optionally from a new path) or all; verify, warm up, swap atomically."""
+        """Reload one bundle (optionally from a new path) or all: verify and warm here, swap, publish, converge."""
         async with self._lock:
             current = self.view
             names = [bundle] if bundle else list(current.config.bundles)
@@ -273,10 +329,12 @@ class ServiceState:
                 raise CropsError(ErrorKind.INVALID_INPUT, "a new path needs the bundle name it replaces")
             cfg = current.config.model_copy(deep=True)
             if path is not None and bundle is not None:
-                cfg.bundles[bundle] = str(path.resolve())
-            if self.redis is not None:
-                # a new version so that the other workers/replicas polling Redis follow this reload
-                cfg.version = current.config.version + 1
+                try:
+                    cfg.bundles[bundle] = str(path.resolve())
+                except (OSError, ValueError) as exc:
+                    raise CropsError(ErrorKind.INVALID_INPUT, f"path: {exc}") from exc
+            # a new version, so that every worker and replica converges to this reload
+            cfg.version = current.config.version + 1
             what = f"reload of {', '.join(names)}"
             t0 = time.perf_counter()
             try:
@@ -288,14 +346,11 @@ class ServiceState:
                 raise
             self._publish(View(cfg, Assigner(cfg), runtimes, current.source))
             self.last_reload = Event(True, what)
-            if self.redis is not None:
-                key, payload = self.redis.key(CONFIG_KEY), dump_config(cfg)
-                if await self.redis.call("config_set", lambda c: c.set(key, payload)) is None:
-                    log.warning("reload applied on this worker only: redis unavailable to publish v%d", cfg.version)
             self.metrics.reloads.labels(result="ok").inc()
-            ids = {n: runtimes[n].bundle_id for n in names}
-            log.warning("%s done in %.1f s: %s", what, time.perf_counter() - t0, ids)
-            return {"reloaded": ids, "seconds": round(time.perf_counter() - t0, 3)}
+        ids = {n: runtimes[n].bundle_id for n in names}
+        log.warning("%s done in %.1f s: %s", what, time.perf_counter() - t0, ids)
+        out = await self._publish_desired(cfg)
+        return {"reloaded": ids, "seconds": round(time.perf_counter() - t0, 3), **out}
 
     def _refreeze(self) -> None:
         ms = freeze_heap(collect=True)
@@ -308,11 +363,11 @@ class ServiceState:
         if self.settings.gc_freeze:  # bundles loaded and warmed: keep the collector off them
             ms = freeze_heap(collect=True)
             log.info("heap frozen: %d objects (%.0f ms)", frozen_objects(), ms)
-        if self.redis is not None:
-            await self.poll_config_once()
-            self._tasks.append(asyncio.create_task(self._poll_loop(), name="config-poll"))
-        if self.exposure.enabled:
-            self._tasks.append(asyncio.create_task(self.exposure.run(), name="exposure-writer"))
+        await self.poll_config_once()
+        self._tasks.append(asyncio.create_task(self._poll_loop(), name="config-poll"))
+        for durable in (self.exposure, self.feedback):
+            if durable.enabled:
+                self._tasks.append(asyncio.create_task(durable.run(), name=f"{durable.stream}-writer"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -325,10 +380,21 @@ class ServiceState:
         if self.redis is not None:
             await self.redis.close()
 
-    def info(self) -> dict[str, Any]:
+    def info(self, full: bool) -> dict[str, Any]:
+        """What is served; without ``full`` (no admin token) no paths, hosts, errors, git sha or config."""
         v = self.view
-        return {
+        public: dict[str, Any] = {
             "config_version": v.config.version,
+            "arms": sorted(v.assigner.arm_names),
+            "bundles": {
+                name: {"bundle_id": rt.bundle_id, "content_id": rt.content_id} for name, rt in v.runtimes.items()
+            },
+            "draining": self.draining,
+        }
+        if not full:
+            return public
+        return {
+            **public,
             "config_source": v.source,
             "arms": {
                 arm: {**row, "bundle_id": v.runtimes[row["bundle"]].bundle_id}
@@ -339,12 +405,12 @@ class ServiceState:
             "last_reload": self.last_reload.as_dict() if self.last_reload else None,
             "last_config_update": self.last_config.as_dict() if self.last_config else None,
             "redis": self.redis.info() if self.redis else {"configured": False},
+            "desired_state": self.desired.where(),
             "cache": self.cache.info(),
-            "in_flight": self.in_flight,
-            "worker_pid": os.getpid(),  # which worker answered (each keep-alive connection stays on one)
+            "worker": self.worker,  # which worker answered (each keep-alive connection stays on one)
             "gc_frozen_objects": frozen_objects(),
             "limits": {
-                "max_in_flight": self.settings.max_in_flight,
+                "max_queue": self.settings.max_queue,
                 "deadline_ms": self.settings.deadline_ms,
                 "max_batch": self.settings.max_batch,
                 "max_wait_ms": self.settings.max_wait_ms,

@@ -39,6 +39,9 @@ class LiveServer:
         settings.setdefault("redis_timeout_ms", 500.0)
         # In-process servers share pytest's heap: freezing it would keep every later test's cycles alive.
         settings.setdefault("gc_freeze", False)
+        # ... and a deadline no test means to hit (the production 50 ms is a latency SLO, not a test budget)
+        settings.setdefault("deadline_ms", 5000.0)
+        settings.setdefault("spool_dir", None)
         self.settings = ServiceSettings(**settings)
         self.app = create_app(self.settings)
         self.port = free_port()

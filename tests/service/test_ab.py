@@ -94,7 +94,7 @@ def test_redis_config_hot_update_and_rejection(
         while srv.metric("crops_config_updates_total", result="rejected") < 1:
             assert time.time() < deadline, "invalid config never rejected"
             time.sleep(0.05)
-        info = srv.client.get("/info").json()
+        info = srv.client.get("/info", headers={"x-crops-admin-token": TOKEN}).json()
         assert info["config_version"] == 2
         assert info["last_config_update"]["ok"] is False
         assert "not in bundles" in info["last_config_update"]["reason"]

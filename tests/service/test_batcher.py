@@ -1,4 +1,4 @@
-"""The bundle batcher (service.runtime) on a real bundle, in both modes: single queries go before
+"""The bundle batcher (service.runtime) on a real bundle: single queries go before
 /retrieve/batch items, bulk items run in slices of ``bulk_slice``, every job gets its own answer."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 from service.runtime import BundleRuntime
 
 
-@pytest.fixture(scope="module", params=["loop", "thread"])
-def runtime(request: pytest.FixtureRequest, tiny_bundle: Path) -> Any:
+@pytest.fixture()
+def runtime(tiny_bundle: Path) -> Any:
     sizes: list[int] = []
-    rt = BundleRuntime(tiny_bundle, max_batch=8, bulk_slice=2, batcher=request.param, on_batch=sizes.append)
+    rt = BundleRuntime(tiny_bundle, max_batch=8, bulk_slice=2, on_batch=sizes.append)
     rt.warm_up(2)
     rt.sizes = sizes  # type: ignore[attr-defined]
     yield rt
@@ -34,15 +34,11 @@ async def _queue_all_then_wait(rt: BundleRuntime) -> tuple[list[str], list[Any]]
     done: list[str] = []
     futs = []
     for q, bulk in JOBS:
-        if rt.batcher == "loop":
-            fut = rt.submit(q, None, None, bulk=bulk)  # the flush runs once this coroutine yields
-        else:
-            fut = loop.create_future()
-            rt._q.put(Job(q, None, None, fut, loop, 0.0, bulk))  # the thread starts after all are queued
+        fut = loop.create_future()
+        rt._q.put(Job(q, None, None, fut, loop, 0.0, bulk))  # the thread starts after all are queued
         fut.add_done_callback(lambda _f, q=q: done.append(q))
         futs.append(fut)
-    if rt.batcher == "thread":
-        rt.start()
+    rt.start()
     return done, list(await asyncio.gather(*futs))
 
 

@@ -18,8 +18,8 @@ def test_service_serves_from_the_gpu_with_cpu_equal_results(tiny_bundle: Path) -
     queries = ["funny cat compilation", "how to cook rice", "minecraft build", "piano tutorial"]
     with LiveServer(bundle=tiny_bundle, use_gpu=False, cache="none") as cpu:
         want = [cpu.retrieve(q, top_k=10).json() for q in queries]
-    with LiveServer(bundle=tiny_bundle, use_gpu=True, cache="none", max_batch=64) as gpu:
-        info = gpu.client.get("/info").json()["bundles"]["default"]
+    with LiveServer(bundle=tiny_bundle, use_gpu=True, cache="none", max_batch=64, admin_token="t") as gpu:
+        info = gpu.client.get("/info", headers={"x-crops-admin-token": "t"}).json()["bundles"]["default"]
         assert info["providers"][0] == "CUDAExecutionProvider", info
         got = [gpu.retrieve(q, top_k=10).json() for q in queries]
         # micro-batching on the GPU: one batch of 32 concurrent queries still answers each one

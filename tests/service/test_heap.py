@@ -47,7 +47,7 @@ def test_server_freezes_its_heap_at_start_and_reclaims_cycles_after_a_reload(
     monkeypatch.setattr("service.state.STOP_GRACE_S", 0.2)
     nxt = relabel_bundle(tiny_bundle, tmp_path / "next", "next-bundle", "n-")
     with LiveServer(bundle=tiny_bundle, admin_token=TOKEN, gc_freeze=True) as srv:
-        info = srv.client.get("/info").json()
+        info = srv.client.get("/info", headers={"x-crops-admin-token": TOKEN}).json()
         assert info["gc_frozen_objects"] > 0
         node = Node()  # garbage frozen together with the server's heap, as an old bundle's cycles would be
         alive = weakref.ref(node)
@@ -62,9 +62,9 @@ def test_server_freezes_its_heap_at_start_and_reclaims_cycles_after_a_reload(
             time.sleep(0.05)
         assert alive() is None, "the refreeze after the reload did not collect the frozen cycle"
         assert srv.retrieve("cat").json()["bundle_id"] == "next-bundle"
-        assert srv.client.get("/info").json()["gc_frozen_objects"] > 0
+        assert srv.client.get("/info", headers={"x-crops-admin-token": TOKEN}).json()["gc_frozen_objects"] > 0
 
 
 def test_in_process_test_servers_do_not_freeze_pytest(tiny_bundle: Path) -> None:
-    with LiveServer(bundle=tiny_bundle) as srv:
-        assert srv.client.get("/info").json()["gc_frozen_objects"] == 0
+    with LiveServer(bundle=tiny_bundle, admin_token=TOKEN) as srv:
+        assert srv.client.get("/info", headers={"x-crops-admin-token": TOKEN}).json()["gc_frozen_objects"] == 0

@@ -70,7 +70,7 @@ def test_redis_killed_and_restarted_mid_traffic_fails_no_request(
         while srv.metric("crops_redis_up") != 0:
             assert time.time() < deadline
             time.sleep(0.05)
-        assert srv.client.get("/info").json()["redis"]["up"] is False
+        assert srv.client.get("/info", headers=ADMIN).json()["redis"]["up"] is False
         redis_process.start()  # same port, empty
         deadline = time.time() + 15
         while srv.metric("crops_redis_up") != 1:
@@ -96,7 +96,7 @@ def test_redis_killed_and_restarted_mid_traffic_fails_no_request(
 def test_overload_is_shed_fast_with_retry_after(tiny_bundle: Path) -> None:
     import asyncio
 
-    with LiveServer(bundle=tiny_bundle, max_in_flight=2, cache="none") as srv:
+    with LiveServer(bundle=tiny_bundle, max_queue=2, cache="none") as srv:
 
         async def burst() -> list[tuple[int, float, str | None]]:
             async with httpx.AsyncClient(base_url=srv.url, timeout=30,
@@ -109,10 +109,10 @@ def test_overload_is_shed_fast_with_retry_after(tiny_bundle: Path) -> None:
                 return list(await asyncio.gather(*(one(i) for i in range(48))))
 
         results = asyncio.run(burst())
-        n_shed_metric = srv.metric("crops_shed_total", reason="in_flight")
+        n_shed_metric = srv.metric("crops_shed_total", reason="queue_full")
     shed = [(dt, ra) for code, dt, ra in results if code == 503]
     ok = [dt for code, dt, _ in results if code == 200]
-    assert shed, "48 simultaneous requests with max_in_flight=2 shed nothing"
+    assert shed, "48 simultaneous requests with max_queue=2 shed nothing"
     assert ok, "nothing was served"
     assert {code for code, _, _ in results} <= {200, 503}
     assert all(ra == "1" for _, ra in shed)
@@ -122,10 +122,25 @@ def test_overload_is_shed_fast_with_retry_after(tiny_bundle: Path) -> None:
     assert n_shed_metric == len(shed)
 
 
-def test_deadline_exceeded_is_503(tiny_bundle: Path) -> None:
+def test_a_request_that_cannot_make_its_deadline_is_refused_at_once(tiny_bundle: Path) -> None:
     with LiveServer(bundle=tiny_bundle, deadline_ms=0.01, cache="none") as srv:
         r = srv.retrieve("any query at all")
         assert r.status_code == 503
+        assert r.json()["error"] == "overloaded" and r.headers["retry-after"] == "1"
+        assert srv.metric("crops_shed_total", reason="predicted") == 1
+        # a caller may ask for a shorter deadline than the server's, never a longer one
+        r = srv.retrieve("any query at all", headers={"x-crops-deadline-ms": "0.001"})
+        assert r.status_code == 503 and srv.metric("crops_shed_total", reason="predicted") == 2
+
+
+def test_deadline_passed_while_queued_is_503(tiny_bundle: Path) -> None:
+    with LiveServer(bundle=tiny_bundle, deadline_ms=1.0, cache="none") as srv:
+        # the admission's cost estimate says "free" (as after a run of fast batches): the request is admitted,
+        # then its encode (several ms on CPU) outlasts the 1 ms deadline
+        srv.app.state.retrieve.admission.cost_s = 0.0
+        srv.app.state.retrieve.admission.observe = lambda *_: None  # keep it there for this test
+        r = srv.retrieve("any query at all")
+        assert r.status_code == 503, r.text
         assert r.json()["error"] == "deadline_exceeded" and r.headers["retry-after"] == "1"
         assert srv.metric("crops_shed_total", reason="deadline") == 1
 
@@ -153,7 +168,7 @@ def test_reload_refuses_corrupt_bundles_and_swaps_good_ones_while_serving(
         hammer.wait_for(5)
         r = srv.client.post("/admin/reload", json={"bundle": "default", "path": str(bundle_copy)}, headers=ADMIN)
         assert r.status_code == 409 and r.json()["error"] == "checksum_mismatch", r.text
-        info = srv.client.get("/info").json()
+        info = srv.client.get("/info", headers=ADMIN).json()
         assert info["last_reload"]["ok"] is False and "sha256" in info["last_reload"]["reason"]
         assert info["bundles"]["default"]["bundle_id"] == old_id
 

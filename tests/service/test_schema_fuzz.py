@@ -1,4 +1,5 @@
-"""schemathesis against the live server's OpenAPI schema: no 5xx, responses match the schema.
+"""schemathesis against the live server's OpenAPI schema (every endpoint, the admin ones with the token):
+no 5xx, responses match the schema.
 
 CI runs a short, seeded pass (≤ 60 s). The long run is documented in docs/explanation/service.md.
 """
@@ -21,13 +22,16 @@ CHECKS = ",".join([
 ])
 
 
+TOKEN = "fuzz-admin"
+
+
 def test_schemathesis_finds_no_server_error(tiny_bundle: Path, tmp_path: Path) -> None:
     exe = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
-    with LiveServer(bundle=tiny_bundle, max_in_flight=1000, deadline_ms=30_000) as srv:
+    with LiveServer(bundle=tiny_bundle, max_queue=1000, deadline_ms=30_000, admin_token=TOKEN) as srv:
         seconds = os.environ.get("CROPS_FUZZ_SECONDS", "20")
         proc = subprocess.run(
-            [exe, "run", f"{srv.url}/openapi.json", "--checks", CHECKS, "--max-examples", "20",
-             "--seed", "7", "--max-time", seconds, "--request-timeout", "20", "--no-color"],
+            [exe, "run", f"{srv.url}/openapi.json", "--checks", CHECKS, "--max-examples", "20", "--seed", "7",
+             "--max-time", seconds, "-H", f"x-crops-admin-token: {TOKEN}", "--request-timeout", "20", "--no-color"],
             capture_output=True, text=True, timeout=int(seconds) + 60, cwd=tmp_path, check=False,
         )
         served = srv.metric("crops_requests_total")

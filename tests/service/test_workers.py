@@ -1,211 +1,209 @@
-"""`crops serve --workers 2`: real multi-process servers.
-
-- least-conn (default): the parent hands each connection to the worker with the fewest open ones,
-  so keep-alive connections split evenly and a worker whose connections closed gets the next ones;
-  a killed worker is restarted (and pinned again with --pin); SIGTERM stops everything.
-- reuse-port: one SO_REUSEPORT socket per worker, connections spread by the kernel's hash.
-"""
+"""`crops serve` as operators run it (subprocesses, uvicorn's workers): reload reaching every worker
+without Redis, draining on SIGTERM, slow headers cut, a port clash, nginx least_conn in front."""
 
 from __future__ import annotations
 
-import collections
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
-from loadtest.ready import wait_ready, wait_workers
-from tests.service.conftest import free_port
+from tests.service.conftest import free_port, relabel_bundle
+
+TOKEN = "workers-token"
+ADMIN = {"x-crops-admin-token": TOKEN}
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def _start(bundle: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "CROPS_CACHE": "none"}
-    env.pop("CROPS_EXPERIMENTS", None)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "crops", "serve", "--bundle", str(bundle), "--port", str(port), "--workers", "2",
-         *extra],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    return proc, f"http://127.0.0.1:{port}"
+class Served:
+    """``crops serve`` in a subprocess; stopped (SIGTERM, then kill) on exit."""
+
+    def __init__(self, bundle: Path, workers: int = 1, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "CROPS_ADMIN_TOKEN": TOKEN, "CROPS_DEADLINE_MS": "5000", **env}
+        for k in ("PROMETHEUS_MULTIPROC_DIR", "CROPS_STATE_DIR", "CROPS_REDIS_URL"):
+            full_env.pop(k, None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "crops", "serve", "--bundle", str(bundle), "--port", str(self.port),
+             "--workers", str(workers)],
+            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert self.proc.poll() is None, self.proc.communicate()
+            assert time.time() < deadline, "crops serve did not become ready"
+            time.sleep(0.2)
+        if workers > 1:  # every worker loaded: fresh connections reach each of them
+            seen: set[str] = set()
+            while len(seen) < workers:
+                assert time.time() < deadline, f"only workers {seen} answered"
+                with httpx.Client(timeout=5) as c:
+                    r = c.get(f"{self.url}/info", headers=ADMIN)
+                    if r.status_code == 200:
+                        seen.add(r.json()["worker"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
-@pytest.fixture
-def least_conn(tiny_bundle: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    proc, url = _start(tiny_bundle, "--pin")
-    try:
-        wait_ready(url, proc)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+@pytest.fixture()
+def served(tiny_bundle: Path) -> Iterator[type[Served]]:
+    started: list[Served] = []
+
+    class Tracked(Served):
+        def __init__(self, bundle: Path = tiny_bundle, workers: int = 1, **env: str) -> None:
+            super().__init__(bundle, workers, **env)
+            started.append(self)
+
+    yield Tracked
+    for s in started:
+        s.stop()
 
 
-def _pid(client: httpx.Client) -> int:
-    r = client.get("/info")
-    assert r.status_code == 200
-    return int(r.json()["worker_pid"])
-
-
-def test_least_conn_splits_keepalive_connections_evenly_and_refills_the_emptier_worker(
-    least_conn: tuple[subprocess.Popen[bytes], str],
+# 2 ------------------------------------------------------------------------------------------------
+def test_reload_without_redis_reaches_every_worker_and_reports_them(
+    served: type[Served], tiny_bundle: Path, tmp_path: Path
 ) -> None:
-    proc, url = least_conn
-    workers = wait_workers(url, 2)
-    clients = [httpx.Client(base_url=url, timeout=10) for _ in range(8)]
+    nxt = relabel_bundle(tiny_bundle, tmp_path / "next", "next-bundle", "n-")
+    srv = served(workers=2)
+    r = httpx.post(f"{srv.url}/admin/reload", json={"bundle": "default", "path": str(nxt)}, headers=ADMIN, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["converged"] is True and len(body["workers"]) == 2, body
+    assert all(w["converged"] for w in body["workers"].values()), body
+    for i in range(20):  # a fresh connection each: whichever worker answers serves the new bundle
+        got = httpx.post(f"{srv.url}/retrieve", json={"query": f"cat {i}", "top_k": 3}, timeout=10).json()
+        assert got["bundle_id"] == "next-bundle", got
+        assert all(c["video_id"].startswith("n-") for c in got["candidates"])
+
+
+# 6 ------------------------------------------------------------------------------------------------
+def test_sigterm_drains_keepalive_connections_without_dropping_requests(served: type[Served]) -> None:
+    srv = served(workers=2, CROPS_DRAIN_S="3")
+    results: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=srv.url, timeout=10) as c:  # keep-alive, like a ranking fleet
+            i = 0
+            while not stop.is_set():
+                try:
+                    r = c.post("/retrieve", json={"query": f"drain {k} {i % 5}", "top_k": 3})
+                    results.append((time.monotonic(), str(r.status_code)))
+                except httpx.HTTPError as exc:
+                    results.append((time.monotonic(), type(exc).__name__))
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    t_term = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert httpx.get(f"{srv.url}/readyz", timeout=5).status_code == 503  # load balancers stop sending
+    time.sleep(2.0)
+    stop.set()
+    for t in threads:
+        t.join(timeout=15)
+    window = [s for t, s in results if t_term <= t <= t_term + 2.3]
+    assert len(window) > 20, len(window)
+    failures = [s for s in window if s != "200"]
+    assert not failures, f"{len(failures)} of {len(window)} requests failed while draining: {set(failures)}"
+    assert srv.proc.wait(timeout=30) == 0
+
+
+# 4 ------------------------------------------------------------------------------------------------
+def test_slow_header_connections_are_closed(served: type[Served]) -> None:
+    srv = served(CROPS_HEADER_TIMEOUT_S="1")
+    socks = []
+    for _ in range(50):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never ends its headers
+        socks.append(s)
+    idle = socket.create_connection(("127.0.0.1", srv.port), timeout=10)  # sends nothing at all
+    socks.append(idle)
+    t0 = time.monotonic()
+    for s in socks:
+        assert s.recv(1024) == b""  # closed by the server
+        s.close()
+    assert time.monotonic() - t0 < 6.0
+    assert httpx.get(f"{srv.url}/healthz", timeout=5).status_code == 200
+
+
+# 13 -----------------------------------------------------------------------------------------------
+def test_port_clash_is_one_error_line_and_exit_2(tiny_bundle: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "crops", "serve", "--bundle", str(tiny_bundle), "--port", str(port)],
+            capture_output=True, text=True, timeout=120, env=env,
+        )
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "serving on" not in proc.stdout
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert "Traceback" not in proc.stderr
+    assert lines[-1].startswith("error: ") and str(port) in lines[-1], proc.stderr
+
+
+# 5 ------------------------------------------------------------------------------------------------
+def test_nginx_least_conn_spreads_fresh_connections_over_replicas(served: type[Served], tmp_path: Path) -> None:
+    """The balancer the deployment ships (deploy/nginx/nginx.conf) in front of two replicas."""
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    a, b = served(), served()
+    conf = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
+    conf = re.sub(r"server crops:8000[^;]*;", f"server 127.0.0.1:{a.port}; server 127.0.0.1:{b.port};", conf)
+    port = free_port()
+    conf = conf.replace("listen 8080", f"listen 127.0.0.1:{port}")
+    conf = conf.replace("/var/run/nginx.pid", str(tmp_path / "nginx.pid"))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "nginx.conf").write_text(conf)
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        pids = [_pid(c) for c in clients]
-        assert collections.Counter(pids) == {p: 4 for p in workers}, pids
-        # each worker froze its loaded heap (gc.freeze, the default): full collections skip the bundle
-        assert all(c.get("/info").json()["gc_frozen_objects"] > 0 for c in clients)
-        for c in clients:  # each connection stays on its worker and serves retrievals
-            r = c.post("/retrieve", json={"query": "cat video", "top_k": 3})
-            assert r.status_code == 200 and len(r.json()["candidates"]) == 3
-        assert [_pid(c) for c in clients] == pids
-        # close three of one worker's connections: the next three connections all go to that worker
-        emptied = pids[0]
-        for i in [i for i, p in enumerate(pids) if p == emptied][:3]:
-            clients[i].close()
-        time.sleep(0.5)
-        fresh = [httpx.Client(base_url=url, timeout=10) for _ in range(3)]
-        clients += fresh
-        assert [_pid(c) for c in fresh] == [emptied] * 3
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 10
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline
+            time.sleep(0.1)
+        workers = []
+        for _ in range(8):  # sequential fresh connections
+            with httpx.Client(timeout=5) as c:
+                workers.append(c.get(f"{url}/info", headers=ADMIN).json()["worker"])
+        assert len(set(workers)) == 2 and min(workers.count(w) for w in set(workers)) >= 3, workers
     finally:
-        for c in clients:
-            c.close()
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
-
-
-def test_least_conn_restarts_a_killed_worker(least_conn: tuple[subprocess.Popen[bytes], str]) -> None:
-    proc, url = least_conn
-    victim, survivor = sorted(wait_workers(url, 2))
-    os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 120
-    replacement: set[int] = set()
-    while time.monotonic() < deadline and not replacement:
-        with httpx.Client(base_url=url, timeout=10) as a, httpx.Client(base_url=url, timeout=10) as b:
-            # the survivor keeps serving while the replacement loads
-            assert a.post("/retrieve", json={"query": "dog"}).status_code == 200
-            replacement = {_pid(a), _pid(b)} - {victim, survivor}
-        time.sleep(0.5)
-    assert replacement, "the killed worker was not replaced"
-    assert proc.poll() is None
-    # --pin: each worker (the replacement too) runs on one core of its own
-    cores = sorted(os.sched_getaffinity(proc.pid))
-    pinned = [os.sched_getaffinity(p) for p in (survivor, *replacement)]
-    assert all(len(c) == 1 for c in pinned), pinned
-    if len(cores) >= 2:
-        assert pinned[0] != pinned[1]
-    children = psutil.Process(proc.pid).children()
-    workers = [c for c in children if c.pid in {survivor, *replacement}]
-    helpers = [c for c in children if c.pid not in {survivor, *replacement}]
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
-    # the supervisor joins its workers before it exits: none may outlive it
-    assert len(workers) == 2 and not any(_alive(w) for w in workers)
-    # multiprocessing's resource tracker reads the parent's pipe to EOF, so it exits just after it
-    _, left = psutil.wait_procs(helpers, timeout=10)
-    assert not any(_alive(h) for h in left), left
-
-
-def _alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def test_unknown_balance_is_a_one_line_error(tiny_bundle: Path) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "crops", "serve", "--bundle", str(tiny_bundle), "--workers", "2", "--balance", "dns"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert r.returncode == 2
-    assert "--balance takes one of least-conn, reuse-port, shared" in r.stderr
-    assert "Traceback" not in r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "crops", "serve", "--bundle", str(tiny_bundle), "--workers", "2", "--balance", "shared",
-         "--pin"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert r.returncode == 2 and "--pin needs --balance least-conn or reuse-port" in r.stderr
-
-
-def test_reuse_port_workers_share_connections_and_stop_together(tiny_bundle: Path) -> None:
-    proc, url = _start(tiny_bundle, "--balance", "reuse-port")
-    clients: list[httpx.Client] = []
-    try:
-        wait_ready(url, proc)
-        deadline = time.monotonic() + 120
-        ready = 0
-        port = int(url.rsplit(":", 1)[1])
-        workers: list[psutil.Process] = []
-        while ready < 2 and time.monotonic() < deadline:  # both workers listening
-            workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
-            ready = sum(1 for w in workers if any(x.status == "LISTEN" for x in w.net_connections()))
-            time.sleep(0.5)
-        assert ready == 2, "two workers should each listen on the port"
-        # 16 keep-alive connections: hashed over 2 sockets, all 16 on one worker has probability 2 / 2**16
-        for _ in range(16):
-            c = httpx.Client(base_url=url, timeout=10.0)
-            r = c.post("/retrieve", json={"query": "cat video", "top_k": 5})
-            assert r.status_code == 200 and len(r.json()["candidates"]) == 5
-            clients.append(c)
-        per_worker = [
-            sum(1 for x in w.net_connections() if x.status == "ESTABLISHED" and x.laddr.port == port)
-            for w in workers
-        ]
-        assert sum(per_worker) == 16 and min(per_worker) > 0, per_worker
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
-    finally:
-        for c in clients:
-            c.close()
-        if proc.poll() is None:
-            proc.kill()
-
-
-def test_pick_prefers_fewest_connections_then_the_worker_served_longest_ago() -> None:
-    """Supervisor.pick on hand-made slots (no processes): a stale count must not send two fresh
-    connections to one worker."""
-    import socket as socketlib
-
-    from service.dispatch import Supervisor, _Slot
-
-    sup = Supervisor("127.0.0.1", 0, 2, "least-conn")
-    pairs = [socketlib.socketpair() for _ in range(2)]
-    try:
-        a, b = (_Slot(i, proc=None, chan=pairs[i][0], ready=True) for i in range(2))
-        sup.slots = [a, b]
-        a.open_conns = 1  # A's last connection closed, but its report has not arrived yet
-        first = sup.pick()
-        assert first is b
-        b.open_conns += 1
-        second = sup.pick()  # tie at 1: B was just served, so A
-        assert second is a
-        a.open_conns += 1
-        b.open_conns = a.open_conns = 0
-        order = []
-        for _ in range(6):  # no closes in between: strictly alternating
-            s = sup.pick()
-            assert s is not None
-            s.open_conns += 1
-            order.append(s.index)
-        assert order in ([0, 1, 0, 1, 0, 1], [1, 0, 1, 0, 1, 0])
-        b.ready = False
-        assert sup.pick() is a  # only ready workers get connections
-    finally:
-        for x, y in pairs:
-            x.close()
-            y.close()
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,199 @@
+"""The retrieve use case: admission, single-flight, cache, encode+search, metrics, exposure.
+
+This is the one request path of ``/retrieve`` and ``/retrieve/batch``; the HTTP layer
+(``service.api``) only parses, calls it and writes the answer.
+
+Admission is a bounded queue with a deadline-aware shed. Every cache miss holds a place in the
+queue until its encode+search is done; the queue also keeps a moving average of what one query
+costs the batcher (a batch's encode+search time over its size). A request is refused at once
+(503 + Retry-After, before its body is even validated) when the queue is full or when the queries
+ahead of it, at that cost, would not finish inside its deadline: under overload the excess is shed
+in microseconds and the admitted requests keep their latency, instead of every request queueing
+until all of them are late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from core.errors import CropsError, ErrorKind
+from core.normalize import normalize_text
+from service.cache import embedding_key, result_key
+from service.state import ServiceState
+
+_EWMA = 0.1  # weight of the newest batch in the per-query cost average
+_INITIAL_COST_S = 0.003  # before the first batch: a few ms, what one CPU query costs
+
+
+class Admission:
+    """Bounded queue of cache misses with a deadline-aware shed."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.max_queue = state.settings.max_queue
+        self.metrics = state.metrics
+        self.queued = 0
+        self.cost_s = _INITIAL_COST_S
+
+    def check(self, deadline_at: float) -> None:
+        """Refuse (OVERLOADED) when the queue is full or a new miss would finish past ``deadline_at``."""
+        if self.queued >= self.max_queue:
+            self.metrics.shed.labels(reason="queue_full").inc()
+            raise CropsError(ErrorKind.OVERLOADED, f"overloaded: {self.queued} queries queued; retry shortly")
+        if time.perf_counter() + (self.queued + 1) * self.cost_s > deadline_at:
+            self.metrics.shed.labels(reason="predicted").inc()
+            raise CropsError(
+                ErrorKind.OVERLOADED,
+                f"overloaded: {self.queued} queries ahead would not finish inside the deadline; retry shortly",
+            )
+
+    def enter(self, deadline_at: float) -> None:
+        self.check(deadline_at)
+        self.queued += 1
+        self.metrics.queued.inc()
+
+    def leave(self) -> None:
+        self.queued -= 1
+        self.metrics.queued.dec()
+
+    def observe(self, batch_ms: float, batch: int) -> None:
+        """One finished batch: update the per-query cost."""
+        self.cost_s += _EWMA * (batch_ms / 1e3 / max(1, batch) - self.cost_s)
+
+
+class RetrieveUseCase:
+    """Top-k candidates for queries, from the arm each unit is assigned to."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+        self.metrics = state.metrics
+        self.admission = Admission(state)
+        self.deadline_s = state.settings.deadline_ms / 1000.0
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._ok = {e: self.metrics.requests.labels(endpoint=e, status="200") for e in ("/retrieve", "/retrieve/batch")}
+
+    def deadline(self, t0: float, asked_ms: str | None) -> float:
+        """The request's deadline: the server's, or less when the caller asks for less."""
+        budget = self.deadline_s
+        if asked_ms:
+            try:
+                budget = min(budget, max(0.0, float(asked_ms)) / 1000.0)
+            except ValueError:
+                raise CropsError(ErrorKind.INVALID_INPUT, "x-crops-deadline-ms: not a number") from None
+        return t0 + budget
+
+    def admit_or_shed(self, deadline_at: float) -> None:
+        """The cheap check before any parsing: shed at once what could not be served in time."""
+        self.admission.check(deadline_at)
+
+    async def one(self, req: Any, force: str | None, t0: float, deadline_at: float) -> dict[str, Any]:
+        out = await self._serve(req, force, t0, deadline_at, bulk=False)
+        self._ok["/retrieve"].inc()
+        return out
+
+    async def many(self, items: list[Any], force: str | None, t0: float, deadline_at: float) -> list[dict[str, Any]]:
+        results = await asyncio.gather(*(self._serve(i, force, t0, deadline_at, bulk=True) for i in items))
+        self._ok["/retrieve/batch"].inc()
+        return list(results)
+
+    async def _serve(self, req: Any, force: str | None, t0: float, deadline_at: float, bulk: bool) -> dict[str, Any]:
+        state = self.state
+        view = state.view  # one consistent snapshot for the whole request
+        t_start = time.perf_counter()  # == t0 for /retrieve; later for the items of a batch
+        rid = req.request_id or os.urandom(12).hex()
+        unit = req.user_id or rid
+        norm = normalize_text(req.query)
+        if not norm:
+            raise CropsError(ErrorKind.INVALID_INPUT, "query: nothing left to search after normalisation")
+        t_norm = time.perf_counter()
+        a = view.assigner.assign(unit, force)
+        rt = view.runtimes[a.bundle]
+        key = result_key(rt.content_id, a.nprobe, norm)
+        cached = await state.cache.get_result(key)
+        t_cache = time.perf_counter()
+        queue_ms = encode_ms = search_ms = 0.0
+        if cached is not None:
+            ids, scores = cached
+        else:
+            jr = await self._encode_search(rt, key, norm, a.nprobe, deadline_at, bulk)
+            ids, scores = jr.ids, jr.scores
+            queue_ms, encode_ms, search_ms = jr.queue_ms, jr.encode_ms, jr.search_ms
+        ids, scores = ids[: req.top_k], scores[: req.top_k]
+        t_end = time.perf_counter()
+        timings = {
+            "normalize_ms": round((t_norm - t_start) * 1e3, 3),
+            "cache_ms": round((t_cache - t_norm) * 1e3, 3),
+            "queue_ms": round(queue_ms, 3),
+            "encode_ms": round(encode_ms, 3),
+            "search_ms": round(search_ms, 3),
+            "total_ms": round((t_end - t0) * 1e3, 3),
+            "cached": cached is not None,
+        }
+        st = self.metrics.stage(a.arm)
+        st["normalize"].observe(t_norm - t_start)
+        st["cache"].observe(t_cache - t_norm)
+        st["total"].observe(t_end - t0)
+        if cached is None:
+            st["queue"].observe(queue_ms / 1e3)
+            st["encode"].observe(encode_ms / 1e3)
+            st["search"].observe(search_ms / 1e3)
+        if state.exposure.enabled:
+            state.exposure.record(
+                {
+                    "request_id": rid,
+                    "unit": unit,
+                    "user_id": req.user_id,
+                    "ts": int(time.time() * 1000),
+                    "query": req.query,
+                    "normalized_query": norm,
+                    "arm": a.arm,
+                    "experiments": [list(p) for p in a.experiments],
+                    "bundle_id": rt.bundle_id,
+                    "content_id": rt.content_id,
+                    "video_ids": ids,
+                    "scores": scores,
+                }
+            )
+        return {
+            "request_id": rid,
+            "arm": a.arm,
+            "bundle_id": rt.bundle_id,
+            "candidates": [{"video_id": i, "score": s} for i, s in zip(ids, scores, strict=True)],
+            "timings": timings,
+        }
+
+    async def _encode_search(
+        self, rt: Any, key: str, norm: str, nprobe: int | None, deadline_at: float, bulk: bool
+    ) -> Any:
+        """Single flight: concurrent misses of one key share one queued encode+search."""
+        state = self.state
+        fut = self._pending.get(key)
+        owner = fut is None
+        ekey = embedding_key(rt.content_id, norm)
+        vec = None
+        if fut is None:
+            self.admission.enter(deadline_at)
+            vec = state.cache.get_embedding(ekey)
+            fut = rt.submit(norm, vec, nprobe, bulk=bulk)
+            self._pending[key] = fut
+            fut.add_done_callback(lambda f: self._done(key, f))
+        try:
+            # shield: one waiter's deadline must not cancel the others' shared future
+            jr = await asyncio.wait_for(asyncio.shield(fut), deadline_at - time.perf_counter())
+        except asyncio.TimeoutError:
+            self.metrics.shed.labels(reason="deadline").inc()
+            raise CropsError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded while queued; retry shortly") from None
+        if owner:
+            if vec is None:
+                state.cache.put_embedding(ekey, jr.vector)
+            await state.cache.put_result(key, (jr.ids, jr.scores))
+        return jr
+
+    def _done(self, key: str, fut: asyncio.Future[Any]) -> None:
+        self._pending.pop(key, None)
+        self.admission.leave()
+        if not fut.cancelled() and fut.exception() is None:
+            jr = fut.result()
+            self.admission.observe(jr.encode_ms + jr.search_ms, jr.batch)
