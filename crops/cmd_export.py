@@ -25,8 +25,15 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[
             Path | None, typer.Option("--checkpoint", help="trained checkpoint folder (default: pretrained MiniLM)")
         ] = None,
-        max_query_tokens: Annotated[int, typer.Option(min=2, max=512)] = 64,
-        max_doc_tokens: Annotated[int, typer.Option(min=2, max=512)] = 256,
+        max_query_tokens: Annotated[
+            int | None, typer.Option(min=2, max=512, help="default: the checkpoint's trained limit (pretrained: 64)")
+        ] = None,
+        max_doc_tokens: Annotated[
+            int | None, typer.Option(min=2, max=512, help="default: the checkpoint's trained limit (pretrained: 256)")
+        ] = None,
+        allow_token_mismatch: Annotated[
+            bool, typer.Option(help="export with other token limits than training (warned, recorded)")
+        ] = False,
         tolerance: Annotated[float, typer.Option(help="parity gate: max abs error vs torch")] = 1e-4,
         variants: Annotated[
             str, typer.Option(help="auto (int8, + fp16 with CUDA), none, or a list: int8,fp16")
@@ -44,12 +51,16 @@ def register(app: typer.Typer) -> None:
 
         m = export_bundle(
             out, checkpoint, max_query_tokens=max_query_tokens, max_doc_tokens=max_doc_tokens,
+            allow_token_mismatch=allow_token_mismatch,
             tolerance=tolerance, force=force, variants=_variant_list(variants),
             max_recall_loss=max_recall_loss, eval_corpus=eval_corpus,
         )
         assert m.model is not None
-        typer.echo(f"bundle {m.bundle_id} at {out}: model {m.model.model_id}, "
+        typer.echo(f"bundle {m.bundle_id} at {out}: model {m.model.model_id}, pooling {m.model.pooling}, "
+                   f"tokens {m.model.max_query_tokens}/{m.model.max_doc_tokens}, "
                    f"parity max abs err {m.model.parity_max_abs_err:.2e}")
+        for skew in m.model.token_limit_mismatch:
+            typer.echo(f"  warning: {skew}")
         for name, v in m.model.variants.items():
             typer.echo(f"  variant {name}: {v.file}, cosine to fp32 {v.mean_cosine_to_fp32}, "
                        f"recall@100 delta {v.recall_at_100_delta}")

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.checkpoint import META_MAX_DOC_TOKENS, META_MAX_QUERY_TOKENS
 from core.errors import CropsError, ErrorKind
 from core.manifest import (
     MANIFEST_NAME,
@@ -22,20 +23,59 @@ from core.manifest import (
 )
 from core.tokenizer import DEFAULT_MODEL_NAME, default_model_dir
 from model_export.onnx_export import DEFAULT_OPSET, PROBE_QUERIES, check_parity, export_tower, parity_error
-from model_export.towers import load_adapters, resolve_checkpoint
 from model_export.variants import DEFAULT_MAX_RECALL_LOSS, build_variants
+from towers.checkpoint import load_adapters, resolve_checkpoint
+from towers.st_config import read_st_config
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 1e-4
+# Token limits of the pretrained model's bundle, and of a checkpoint that does not record its own.
+DEFAULT_MAX_QUERY_TOKENS = 64
+DEFAULT_MAX_DOC_TOKENS = 256
+
+
+def token_limits(
+    meta: dict[str, Any], max_query_tokens: int | None, max_doc_tokens: int | None, *, allow_mismatch: bool
+) -> tuple[int, int, list[str]]:
+    """(query limit, doc limit, mismatches) for a bundle of a checkpoint that trained with ``meta``.
+
+    A limit not given is the trained one. A limit given that differs from the trained one is a
+    train/serve skew (queries truncated differently from what the model learnt): refused with
+    ``INCOMPATIBLE`` unless ``allow_mismatch``, then logged and recorded in the manifest.
+    """
+    trained: dict[str, int | None] = {
+        k: (int(v) if v is not None else None)
+        for k, v in (("query", meta.get(META_MAX_QUERY_TOKENS)), ("doc", meta.get(META_MAX_DOC_TOKENS)))
+    }
+    asked = {"query": max_query_tokens, "doc": max_doc_tokens}
+    default = {"query": DEFAULT_MAX_QUERY_TOKENS, "doc": DEFAULT_MAX_DOC_TOKENS}
+    chosen: dict[str, int] = {}
+    for k, value in asked.items():
+        chosen[k] = value if value is not None else (trained[k] or default[k])
+    mismatches = [
+        f"{k} tokens {chosen[k]} (trained with {trained[k]})"
+        for k in chosen
+        if trained[k] is not None and chosen[k] != trained[k]
+    ]
+    if mismatches and not allow_mismatch:
+        raise CropsError(
+            ErrorKind.INCOMPATIBLE,
+            f"export with {', '.join(mismatches)} would serve other token limits than training; "
+            "omit the limits to use the trained ones, or pass --allow-token-mismatch",
+        )
+    for m in mismatches:
+        log.warning("exporting with %s: a train/serve skew, recorded in the manifest", m)
+    return chosen["query"], chosen["doc"], mismatches
 
 
 def export_bundle(
     out: Path | str,
     checkpoint: Path | str | None = None,
     *,
-    max_query_tokens: int = 64,
-    max_doc_tokens: int = 256,
+    max_query_tokens: int | None = None,
+    max_doc_tokens: int | None = None,
+    allow_token_mismatch: bool = False,
     tolerance: float = DEFAULT_TOLERANCE,
     opset: int = DEFAULT_OPSET,
     force: bool = False,
@@ -48,17 +88,16 @@ def export_bundle(
     Fails with ``PARITY_FAILED`` when ONNX Runtime and torch disagree above ``tolerance`` on the
     probe queries; the measured error goes into the manifest either way it passes.
     ``variants`` ("int8", "fp16") are built and gated on Recall@100 loss (see ``variants.py``).
+    Token limits default to the ones the checkpoint trained with (``token_limits``).
     """
-    if max_query_tokens < 2 or max_doc_tokens < 2:
+    if any(t is not None and t < 2 for t in (max_query_tokens, max_doc_tokens)):
         raise CropsError(ErrorKind.INVALID_INPUT, "max token counts must be >= 2")
     if tolerance <= 0:
         raise CropsError(ErrorKind.INVALID_INPUT, f"tolerance must be > 0, got {tolerance}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise CropsError(
-                ErrorKind.INVALID_INPUT, f"{out} exists and is not empty; pass --force to replace it"
-            )
+            raise CropsError(ErrorKind.INVALID_INPUT, f"{out} exists and is not empty; pass --force to replace it")
         if not (out / MANIFEST_NAME).is_file():
             raise CropsError(ErrorKind.INVALID_INPUT, f"{out} is not a bundle; refusing to delete it")
         shutil.rmtree(out)
@@ -73,6 +112,10 @@ def export_bundle(
         base = str(meta.get("base_model", DEFAULT_MODEL_NAME))
     q_adapter = adapters[0] if adapters else None
     d_adapter = adapters[1] if adapters else None
+    max_query_tokens, max_doc_tokens, mismatches = token_limits(
+        meta, max_query_tokens, max_doc_tokens, allow_mismatch=allow_token_mismatch
+    )
+    st = read_st_config(query_dir)
 
     # Build in a sibling temp folder, then rename: a crash never leaves a half-written bundle.
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -83,9 +126,7 @@ def export_bundle(
         log.info("exporting query tower from %s", query_dir)
         export_tower(query_dir, tmp / "query_encoder.onnx", opset=opset, adapter=q_adapter)
         max_len = max(max_query_tokens, max_doc_tokens)
-        err = parity_error(
-            query_dir, tmp / "query_encoder.onnx", tmp / "tokenizer.json", max_len, adapter=q_adapter
-        )
+        err = parity_error(query_dir, tmp / "query_encoder.onnx", tmp / "tokenizer.json", max_len, adapter=q_adapter)
         check_parity(err, tolerance, "query tower")
         for name in ("tokenizer.json", "query_encoder.onnx"):
             register_file(tmp, manifest, name)
@@ -112,6 +153,11 @@ def export_bundle(
             embedding_dim=dim,
             max_query_tokens=max_query_tokens,
             max_doc_tokens=max_doc_tokens,
+            trained_max_query_tokens=meta.get(META_MAX_QUERY_TOKENS),
+            trained_max_doc_tokens=meta.get(META_MAX_DOC_TOKENS),
+            token_limit_mismatch=mismatches,
+            pooling=st.pooling_name,
+            dense_layers=len(st.dense),
             onnx_opset=opset,
             doc_onnx=doc_onnx,
             shared_towers=doc_onnx is None,
@@ -123,8 +169,7 @@ def export_bundle(
         manifest.training = meta or None
         write_manifest(tmp, manifest)
         if variants:
-            build_variants(tmp, variants, max_recall_loss=max_recall_loss, eval_corpus=eval_corpus,
-                           manifest=manifest)
+            build_variants(tmp, variants, max_recall_loss=max_recall_loss, eval_corpus=eval_corpus, manifest=manifest)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,7 @@ from core.errors import CropsError, ErrorKind
 from core.normalize import normalize_text
 from core.onnx_encoder import OnnxEncoder
 from core.tokenizer import encode_batch, load_tokenizer
-from model_export.towers import Adapter, PooledEncoder
+from towers.encoder import Adapter, SentenceEncoder
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ PROBE_QUERIES: tuple[str, ...] = (
 def export_tower(
     model_dir: Path, out_path: Path, *, opset: int = DEFAULT_OPSET, adapter: Adapter | None = None
 ) -> None:
-    """Export ``PooledEncoder(model_dir, adapter)`` with dynamic batch and sequence axes."""
-    model = PooledEncoder(model_dir, adapter).eval()
+    """Export ``SentenceEncoder(model_dir, adapter)`` with dynamic batch and sequence axes."""
+    model = SentenceEncoder(model_dir, adapter).eval()
     ids = torch.ones((2, 8), dtype=torch.int64)
     mask = torch.ones((2, 8), dtype=torch.int64)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ def parity_error(
     probes: tuple[str, ...] = PROBE_QUERIES, adapter: Adapter | None = None,
 ) -> float:
     """Max abs difference between torch and ONNX Runtime embeddings on the probe set (batched and single)."""
-    model = PooledEncoder(model_dir, adapter).eval()
+    model = SentenceEncoder(model_dir, adapter).eval()
     tok = load_tokenizer(tokenizer_path, max_length)
     enc = OnnxEncoder(onnx_path, tokenizer_path, max_length, use_gpu=False)
     texts = [normalize_text(p) for p in probes]

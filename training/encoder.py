@@ -1,6 +1,7 @@
-"""Torch text encoder for the training stage: HF model + attention-mask mean pooling + L2 norm.
+"""The training stage's text encoder: the shared ``towers.SentenceEncoder`` plus a tokenizer.
 
-Same maths as the exported ONNX tower (model_export), so offline evaluation here and serving agree.
+The maths (pooling, Dense, normalisation from the checkpoint's own config) lives in ``towers`` and
+is the same object export traces to ONNX, so offline evaluation here and serving agree.
 """
 
 from __future__ import annotations
@@ -10,38 +11,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from core.normalize import normalize_text
 from core.tokenizer import default_model_dir, encode_batch, load_tokenizer
+from towers import SentenceEncoder
 
 
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
-
-
-class TextEncoder(nn.Module):
-    """One tower. ``forward(ids, mask)`` → unit-length embeddings."""
+class TextEncoder(SentenceEncoder):
+    """One tower with its tokenizer at ``max_length`` tokens. ``forward(ids, mask)`` → unit vectors."""
 
     def __init__(self, model_dir: Path | str | None = None, max_length: int = 64) -> None:
-        super().__init__()
-        from transformers import AutoModel
-
-        self.model_dir = Path(model_dir) if model_dir else default_model_dir()
-        self.model = AutoModel.from_pretrained(str(self.model_dir))
+        super().__init__(Path(model_dir) if model_dir else default_model_dir())
         self.tokenizer = load_tokenizer(self.model_dir, max_length)
         self.max_length = max_length
 
     @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
-        ).last_hidden_state
-        return nn.functional.normalize(mean_pool(out, attention_mask), p=2.0, dim=-1)
+    def model(self) -> torch.nn.Module:
+        """The Hugging Face transformer inside the tower."""
+        return self.transformer  # type: ignore[no-any-return]
 
     def tokenize(self, texts: Sequence[str], *, normalized: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         batch = list(texts) if normalized else [normalize_text(t) for t in texts]
@@ -50,30 +37,17 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 128, *, normalized: bool = False) -> np.ndarray:
-        """Embeddings (n, dim) float32 in input order (batches sorted by length to cut padding)."""
+        """Embeddings (n, dim) float32 in input order, with this encoder's tokenizer."""
         was_training = self.training
         self.eval()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        dim = int(self.model.config.hidden_size)
-        out = np.zeros((len(texts), dim), dtype=np.float32)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             ids, mask = self.tokenize([texts[i] for i in idx], normalized=normalized)
             out[idx] = self(ids, mask).float().cpu().numpy()
         self.train(was_training)
         return out
-
-    def save(self, out_dir: Path | str) -> None:
-        """Write an HF model folder + tokenizer.json: what ``crops export --checkpoint`` reads."""
-        import shutil
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(out_dir))
-        shutil.copyfile(self.model_dir / "tokenizer.json", out_dir / "tokenizer.json")
-        for extra in ("tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-            if (self.model_dir / extra).is_file():
-                shutil.copyfile(self.model_dir / extra, out_dir / extra)
 
 
 def pretrained_encode_fn(batch_size: int = 128) -> Callable[[list[str]], np.ndarray]:

@@ -30,8 +30,8 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
+    from core.checkpoint import TOKENIZER_FILES
     from core.tokenizer import default_model_dir
-    from training.trainer.model import TOKENIZER_FILES
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_bert")

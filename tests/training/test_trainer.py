@@ -155,7 +155,7 @@ def test_cached_top_layer_matches_full_forward(tiny_bert: Path) -> None:
 
 @pytest.mark.parametrize("recipe", ["full", "top1", "adapter"])
 def test_training_lowers_loss_and_writes_checkpoint(tiny_bert: Path, tmp_path: Path, recipe: str) -> None:
-    from model_export.towers import resolve_checkpoint
+    from towers.checkpoint import resolve_checkpoint
 
     ts = build_training_set(ROWS, VIDEOS)
     cfg = TrainConfig(

@@ -4,15 +4,16 @@ Two recipes share this code:
 - full fine-tuning (``n_train_layers=0``): every weight trains, inputs are token ids (the GPU recipe);
 - top-layer training (``n_train_layers=k``): the embeddings and the lower layers stay frozen, so
   their output per text is computed once (``HiddenCache``) and a step only runs the top k layers +
-  pooling. On 2 CPU cores this is what makes nine methods × three seeds fit in an hour (DESIGN §8),
+  pooling. On 2 CPU cores this is what makes nine methods × three seeds fit in an hour,
   and every method gets the same recipe, so the comparison stays fair.
-Both give the same embeddings as ``training.encoder.TextEncoder`` for the same weights (tested).
+Both run the shared ``towers.SentenceEncoder`` (pooling, Dense and normalisation from the checkpoint's
+own sentence-transformers config), so they give the embeddings export reproduces (tested).
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import io
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,16 +23,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.atomic import atomic_write_bytes, atomic_write_json
+from core.checkpoint import (
+    ADAPTER_META,
+    ADAPTER_WEIGHTS,
+    CHECKPOINT_META,
+    CHECKPOINT_SCHEMA_VERSION,
+    DOC_TOWER,
+    META_MAX_DOC_TOKENS,
+    META_MAX_QUERY_TOKENS,
+    META_SCHEMA_VERSION,
+    QUERY_TOWER,
+)
 from core.normalize import normalize_text
 from core.tokenizer import default_model_dir, encode_batch, load_tokenizer
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-
-
-def mean_pool_l2(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
-    return nn.functional.normalize(pooled, p=2.0, dim=-1)
+from towers import SentenceEncoder
 
 
 def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -41,15 +47,17 @@ def _additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class Tower(nn.Module):
     """One encoder tower. ``split`` = index of the first trainable layer (0: everything trains)."""
 
-    def __init__(self, hf_model: nn.Module, n_train_layers: int = 0) -> None:
+    def __init__(self, encoder: SentenceEncoder, n_train_layers: int = 0) -> None:
         super().__init__()
-        self.model: Any = hf_model
+        self.encoder = encoder
+        self.model: Any = encoder.transformer
+        hf_model = self.model
         n_layers = len(self.layers)
         if not 0 <= n_train_layers <= n_layers:
             raise ValueError(f"n_train_layers must be in 0..{n_layers}, got {n_train_layers}")
         self.split = 0 if n_train_layers == 0 else n_layers - n_train_layers
         if self.split > 0:
-            for p in hf_model.embeddings.parameters():  # type: ignore[union-attr]
+            for p in hf_model.embeddings.parameters():
                 p.requires_grad_(False)
             for layer in self.layers[: self.split]:
                 for p in layer.parameters():
@@ -61,34 +69,28 @@ class Tower(nn.Module):
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        return self.encoder.dim
 
     @property
     def cached(self) -> bool:
         return self.split > 0
 
     def forward_tokens(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
-        return mean_pool_l2(out.last_hidden_state, mask)
+        out: torch.Tensor = self.encoder(ids, mask)
+        return out
 
     @torch.no_grad()
     def bottom(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Hidden states entering the first trainable layer (frozen part, no gradient)."""
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            token_type_ids=torch.zeros_like(ids),
-            output_hidden_states=True,
-        )
-        return out.hidden_states[self.split]  # type: ignore[no-any-return]
+        return self.encoder.hidden(ids, mask, output_hidden_states=True).hidden_states[self.split]  # type: ignore[no-any-return]
 
     def top(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Trainable layers + pooling over cached bottom states."""
+        """Trainable layers + the tower's head (pooling, Dense, L2) over cached bottom states."""
         ext = _additive_mask(mask, hidden.dtype)
         for layer in self.layers[self.split :]:
             out = layer(hidden, attention_mask=ext)
             hidden = out[0] if isinstance(out, tuple) else out
-        return mean_pool_l2(hidden, mask)
+        return self.encoder.head(hidden, mask)
 
 
 class HiddenCache:
@@ -166,9 +168,7 @@ class PooledCache:
             chunk = todo[s : s + self.batch_size]
             ids, mask = encode_batch(self.tokenizer, chunk)
             with torch.no_grad():
-                e = self.tower.forward_tokens(
-                    torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
-                )
+                e = self.tower.forward_tokens(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
             for text in chunk:
                 self.rows[text] = len(self.rows)
             self.chunks.append(e.float().cpu())
@@ -179,9 +179,9 @@ class PooledCache:
         return self.matrix.index_select(0, idx).to(device)
 
     def save(self, path: Path | str) -> None:
-        tmp = Path(str(path) + ".tmp")
-        torch.save({"texts": list(self.rows), "emb": self.matrix}, tmp)
-        tmp.replace(path)
+        buf = io.BytesIO()
+        torch.save({"texts": list(self.rows), "emb": self.matrix}, buf)
+        atomic_write_bytes(path, buf.getvalue())
 
     def load(self, path: Path | str) -> None:
         state = torch.load(path, weights_only=False)
@@ -214,12 +214,8 @@ class DualEncoder(nn.Module):
         start) trains over cached pooled embeddings — the cheapest recipe, for the CPU experiment;
         its checkpoint is not an HF folder (see ``save``)."""
         super().__init__()
-        from transformers import AutoModel
-        from transformers import logging as hf_logging
-
-        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
         self.model_dir = Path(model_dir) if model_dir else default_model_dir()
-        base = AutoModel.from_pretrained(str(self.model_dir))
+        base = SentenceEncoder(self.model_dir)
         self.query_tower = Tower(base, n_train_layers)
         self.doc_tower = self.query_tower if shared else Tower(copy.deepcopy(base), n_train_layers)
         self.shared = shared
@@ -275,9 +271,7 @@ class DualEncoder(nn.Module):
             hidden, mask = cache.batch(texts, self.device)
             return tower.top(hidden, mask)
         ids_np, mask_np = encode_batch(self.q_tok if side == "q" else self.d_tok, list(texts))
-        return tower.forward_tokens(
-            torch.from_numpy(ids_np).to(self.device), torch.from_numpy(mask_np).to(self.device)
-        )
+        return tower.forward_tokens(torch.from_numpy(ids_np).to(self.device), torch.from_numpy(mask_np).to(self.device))
 
     def embed_queries(self, texts: Sequence[str]) -> torch.Tensor:
         """Embeddings with gradient; texts must already be normalised."""
@@ -309,47 +303,40 @@ class DualEncoder(nn.Module):
         self.train(was)
         return out
 
+    def _meta(self) -> dict[str, Any]:
+        """What every checkpoint records about the run (``core.checkpoint``); export enforces the limits."""
+        return {
+            META_SCHEMA_VERSION: CHECKPOINT_SCHEMA_VERSION,
+            "base_model": str(self.model_dir),
+            "shared_towers": self.shared,
+            "pooling": self.query_tower.encoder.config.pooling_name,
+            META_MAX_QUERY_TOKENS: self.max_query_tokens,
+            META_MAX_DOC_TOKENS: self.max_doc_tokens,
+        }
+
     def save(self, out_dir: Path | str, meta: dict[str, Any] | None = None) -> Path:
-        """Write the checkpoint folder ``crops export --checkpoint`` reads (model_export/towers.py).
+        """Write the checkpoint folder ``crops export --checkpoint`` reads (layout: ``core.checkpoint``).
 
         The adapter recipe is not an HF folder (a linear map after pooling): it writes ``adapter.pt``
         + ``crops_adapter.json`` (the base model folder), which export folds into the ONNX towers.
         """
         out_dir = Path(out_dir)
         if self.adapter:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(
-                {"q": self.q_adapter.state_dict(), "d": self.d_adapter.state_dict()}, out_dir / "adapter.pt"
-            )
-            (out_dir / "crops_adapter.json").write_text(
-                json.dumps(
-                    {"base_model": str(self.model_dir), "shared_towers": self.shared, **(meta or {})},
-                    indent=2,
-                    default=str,
-                )
-            )
+            buf = io.BytesIO()
+            torch.save({"q": self.q_adapter.state_dict(), "d": self.d_adapter.state_dict()}, buf)
+            atomic_write_bytes(out_dir / ADAPTER_WEIGHTS, buf.getvalue())
+            atomic_write_json(out_dir / ADAPTER_META, {**self._meta(), **(meta or {})})
             return out_dir
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         towers = (
             [(tmp, self.query_tower)]
             if self.shared
-            else [(tmp / "query", self.query_tower), (tmp / "doc", self.doc_tower)]
+            else [(tmp / QUERY_TOWER, self.query_tower), (tmp / DOC_TOWER, self.doc_tower)]
         )
         for path, tower in towers:
-            path.mkdir(parents=True, exist_ok=True)
-            tower.model.save_pretrained(str(path))
-            for name in TOKENIZER_FILES:
-                if (self.model_dir / name).is_file():
-                    shutil.copyfile(self.model_dir / name, path / name)
-        info = {
-            "base_model": str(self.model_dir),
-            "shared_towers": self.shared,
-            "max_query_tokens": self.max_query_tokens,
-            "max_doc_tokens": self.max_doc_tokens,
-            **(meta or {}),
-        }
-        (tmp / "crops_checkpoint.json").write_text(json.dumps(info, indent=2, default=str))
+            tower.encoder.save(path, tokenizer_from=self.model_dir)
+        atomic_write_json(tmp / CHECKPOINT_META, {**self._meta(), **(meta or {})})
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
         return out_dir
