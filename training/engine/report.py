@@ -15,9 +15,10 @@ import pyarrow as pa
 from core.atomic import atomic_write_json, atomic_write_text
 from core.samples import LEVELS
 from training.engine.discriminator import expected_calibration_error, reliability_table
+from training.engine.tables import read_table
 
 if TYPE_CHECKING:
-    from training.engine.pipeline import Miner
+    from training.engine.context import MineContext
 
 
 def _annotated(con: Any, name: str, has_truth: bool) -> dict[str, np.ndarray]:
@@ -62,9 +63,7 @@ def alpha_sweep(
     return rows
 
 
-def build_report(m: Miner, total_seconds: float) -> dict[str, Any]:
-    from training.engine.pipeline import read_table
-
+def build_report(m: MineContext, total_seconds: float) -> dict[str, Any]:
     cfg = m.cfg
     samples = read_table(m.out / "samples.parquet")
     rep: dict[str, Any] = {
