@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.atomic import atomic_path
 from core.checkpoint import META_MAX_DOC_TOKENS, META_MAX_QUERY_TOKENS
 from core.errors import CropsError, ErrorKind
 from core.manifest import (
@@ -100,7 +101,6 @@ def export_bundle(
             raise CropsError(ErrorKind.INVALID_INPUT, f"{out} exists and is not empty; pass --force to replace it")
         if not (out / MANIFEST_NAME).is_file():
             raise CropsError(ErrorKind.INVALID_INPUT, f"{out} is not a bundle; refusing to delete it")
-        shutil.rmtree(out)
     adapters = None
     if checkpoint is None:
         meta: dict[str, Any] = {}
@@ -118,9 +118,8 @@ def export_bundle(
     st = read_st_config(query_dir)
 
     # Build in a sibling temp folder, then rename: a crash never leaves a half-written bundle.
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
         manifest = BundleManifest(bundle_id=f"{out.name}-{uuid.uuid4().hex[:8]}", git_sha=git_sha())
         shutil.copyfile(query_dir / "tokenizer.json", tmp / "tokenizer.json")
         log.info("exporting query tower from %s", query_dir)
@@ -170,10 +169,7 @@ def export_bundle(
         write_manifest(tmp, manifest)
         if variants:
             build_variants(tmp, variants, max_recall_loss=max_recall_loss, eval_corpus=eval_corpus, manifest=manifest)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
     log.info("bundle %s written to %s (parity %.2e)", manifest.bundle_id, out, err)
     return manifest
 

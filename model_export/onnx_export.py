@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.atomic import atomic_path
 from core.errors import CropsError, ErrorKind
 from core.normalize import normalize_text
 from core.onnx_encoder import OnnxEncoder
@@ -44,8 +45,7 @@ def export_tower(
     ids = torch.ones((2, 8), dtype=torch.int64)
     mask = torch.ones((2, 8), dtype=torch.int64)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".onnx.tmp")
-    with warnings.catch_warnings(), torch.no_grad():
+    with atomic_path(out_path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
@@ -61,7 +61,6 @@ def export_tower(
             opset_version=opset,
             dynamo=False,
         )
-    tmp.replace(out_path)
 
 
 def parity_error(

@@ -1,31 +1,8 @@
-"""Atomic file output for the world's tables: a reader never sees half a file."""
+"""The world's file output goes through core's atomic writes (one implementation, ``core.atomic``)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from core.atomic import atomic_path
+from core.atomic import atomic_write_parquet as write_parquet
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; rename it over ``path`` when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_parquet(table: pa.Table, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+__all__ = ["atomic_path", "write_parquet"]

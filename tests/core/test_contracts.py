@@ -74,3 +74,25 @@ def test_levels_priority_and_the_positive_rule_agree() -> None:
     assert positives == {"p0_click", "p1_reformulation", "p2_rec", "p3_llm"}
     assert not is_positive(POSITIVE_LEVEL - 1) and is_positive(POSITIVE_LEVEL)
     assert SAMPLES_SCHEMA.field("level").type == pa.int8()
+
+
+def test_atomic_path_replaces_files_and_folders_and_cleans_up(tmp_path: Path) -> None:
+    from core.atomic import atomic_path, atomic_write_parquet
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with atomic_path(target) as tmp:
+        assert not tmp.exists() and tmp.parent == tmp_path
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.mkdir()
+        raise RuntimeError("crash mid-write")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]  # the old result is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp left behind
+
+    atomic_write_parquet(pa.table({"a": [1, 2]}), tmp_path / "t.parquet")
+    assert pq.read_table(tmp_path / "t.parquet").column("a").to_pylist() == [1, 2]

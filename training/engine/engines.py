@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import pyarrow.parquet as pq
 
+from core.atomic import atomic_path
 from core.errors import CropsError, ErrorKind
 
 
@@ -25,24 +26,6 @@ class SqlEngine(Protocol):
     def write(self, sql: str, out: Path) -> int: ...
 
     def close(self) -> None: ...
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.is_dir():
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
-    os.replace(tmp, out)
-
-
-def _tmp_for(out: Path) -> Path:
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    elif tmp.exists():
-        tmp.unlink()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return tmp
 
 
 def parquet_rows(path: Path) -> int:
@@ -70,10 +53,9 @@ class DuckDBEngine:
         self._con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{src}')")
 
     def write(self, sql: str, out: Path) -> int:
-        tmp = _tmp_for(out)
-        dest = str(tmp).replace("'", "''")
-        self._con.execute(f"COPY ({sql}) TO '{dest}' (FORMAT PARQUET)")
-        _replace(tmp, out)
+        with atomic_path(out) as tmp:
+            dest = str(tmp).replace("'", "''")
+            self._con.execute(f"COPY ({sql}) TO '{dest}' (FORMAT PARQUET)")
         return parquet_rows(out)
 
     def close(self) -> None:
@@ -95,11 +77,10 @@ class SparkEngine:
         self._spark.read.parquet(str(path)).createOrReplaceTempView(table)
 
     def write(self, sql: str, out: Path) -> int:
-        tmp = _tmp_for(out)
-        self._spark.sql(sql).write.mode("overwrite").parquet(str(tmp))
-        for junk in list(tmp.glob("_SUCCESS")) + list(tmp.glob(".*.crc")):
-            junk.unlink()
-        _replace(tmp, out)
+        with atomic_path(out) as tmp:
+            self._spark.sql(sql).write.mode("overwrite").parquet(str(tmp))
+            for junk in list(tmp.glob("_SUCCESS")) + list(tmp.glob(".*.crc")):
+                junk.unlink()
         return parquet_rows(out)
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from core.atomic import atomic_write_json, atomic_write_text
+from core.atomic import atomic_path, atomic_write_json, atomic_write_text
 
 MAIN = ("ct_recall@100", "qr_recall@100", "ndcg@4")
 SLICES = (
@@ -164,7 +164,6 @@ def _plot(
         ax.set_title(metric)
         ax.set_ylabel("%")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)

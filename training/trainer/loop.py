@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.atomic import atomic_write_text
+from core.atomic import atomic_path, atomic_write_text
 from training.losses import hinfonce_loss, infonce_loss
 from training.trainer import distributed as ddp
 from training.trainer.config import TrainConfig
@@ -163,20 +163,17 @@ def train(
         if rank != 0:
             return
         named = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        tmp = state_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "params": named,
-                "opt": opt.state_dict(),
-                "sched": sched.state_dict(),
-                "step": step,
-                "losses": losses,
-                "grad_norms": grad_norms,
-                "config": cfg.to_dict(),
-            },
-            tmp,
-        )
-        os.replace(tmp, state_path)
+        state = {
+            "params": named,
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "step": step,
+            "losses": losses,
+            "grad_norms": grad_norms,
+            "config": cfg.to_dict(),
+        }
+        with atomic_path(state_path) as tmp:
+            torch.save(state, tmp)
 
     t0, c0 = time.perf_counter(), time.process_time()
     step_times: list[float] = []

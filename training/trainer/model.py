@@ -13,8 +13,6 @@ own sentence-transformers config), so they give the embeddings export reproduces
 from __future__ import annotations
 
 import copy
-import io
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.atomic import atomic_write_bytes, atomic_write_json
+from core.atomic import atomic_path, atomic_write_json
 from core.checkpoint import (
     ADAPTER_META,
     ADAPTER_WEIGHTS,
@@ -179,9 +177,8 @@ class PooledCache:
         return self.matrix.index_select(0, idx).to(device)
 
     def save(self, path: Path | str) -> None:
-        buf = io.BytesIO()
-        torch.save({"texts": list(self.rows), "emb": self.matrix}, buf)
-        atomic_write_bytes(path, buf.getvalue())
+        with atomic_path(path) as tmp:
+            torch.save({"texts": list(self.rows), "emb": self.matrix}, tmp)
 
     def load(self, path: Path | str) -> None:
         state = torch.load(path, weights_only=False)
@@ -322,21 +319,17 @@ class DualEncoder(nn.Module):
         """
         out_dir = Path(out_dir)
         if self.adapter:
-            buf = io.BytesIO()
-            torch.save({"q": self.q_adapter.state_dict(), "d": self.d_adapter.state_dict()}, buf)
-            atomic_write_bytes(out_dir / ADAPTER_WEIGHTS, buf.getvalue())
+            with atomic_path(out_dir / ADAPTER_WEIGHTS) as tmp:
+                torch.save({"q": self.q_adapter.state_dict(), "d": self.d_adapter.state_dict()}, tmp)
             atomic_write_json(out_dir / ADAPTER_META, {**self._meta(), **(meta or {})})
             return out_dir
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        towers = (
-            [(tmp, self.query_tower)]
-            if self.shared
-            else [(tmp / QUERY_TOWER, self.query_tower), (tmp / DOC_TOWER, self.doc_tower)]
-        )
-        for path, tower in towers:
-            tower.encoder.save(path, tokenizer_from=self.model_dir)
-        atomic_write_json(tmp / CHECKPOINT_META, {**self._meta(), **(meta or {})})
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
+        with atomic_path(out_dir) as tmp:  # a reader never sees half a checkpoint
+            towers = (
+                [(tmp, self.query_tower)]
+                if self.shared
+                else [(tmp / QUERY_TOWER, self.query_tower), (tmp / DOC_TOWER, self.doc_tower)]
+            )
+            for path, tower in towers:
+                tower.encoder.save(path, tokenizer_from=self.model_dir)
+            atomic_write_json(tmp / CHECKPOINT_META, {**self._meta(), **(meta or {})})
         return out_dir
