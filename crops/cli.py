@@ -31,7 +31,7 @@ def _register_optional() -> None:
     """Command groups that live in later modules register themselves here (one line each)."""
     import importlib
 
-    for name in ("cmd_world", "cmd_mine", "cmd_train", "cmd_experiment", "cmd_bench"):
+    for name in ("cmd_world", "cmd_mine", "cmd_train", "cmd_experiment", "cmd_bench", "cmd_online"):
         try:
             mod = importlib.import_module(f"crops.{name}")
         except ModuleNotFoundError as exc:

@@ -5,6 +5,7 @@ backoff; a 4xx is the caller's bug and stops the run with the service's message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ class Retrieved:
 class ServiceClient:
     """One pooled async HTTP client; at most ``concurrency`` requests in flight."""
 
-    def __init__(self, url: str, *, concurrency: int = 8, timeout_s: float = 30.0, retries: int = 5) -> None:
+    def __init__(self, url: str, *, concurrency: int = 8, timeout_s: float = 30.0, retries: int = 12) -> None:
         self.url = url.rstrip("/")
         self.retries = retries
         self._sem = asyncio.Semaphore(concurrency)
@@ -49,6 +50,7 @@ class ServiceClient:
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         delay = 0.05
         for attempt in range(self.retries + 1):
+            wait = delay
             try:
                 async with self._sem:
                     r = await self._http.post(path, json=body)
@@ -64,9 +66,12 @@ class ServiceClient:
                     return r
                 if attempt == self.retries:
                     raise CropsError(ErrorKind.BACKEND, f"{self.url}{path} answered {r.status_code} {r.text[:200]}")
+                # a shedding service says when to come back; a busy shared box needs the patience
+                with contextlib.suppress(ValueError):
+                    wait = max(delay, float(r.headers.get("retry-after", 0)))
             self.retried += 1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, 4.0)
         raise AssertionError("unreachable")
 
     async def retrieve(self, query: str, user_id: str, request_id: str, top_k: int = 100) -> Retrieved:

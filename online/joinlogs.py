@@ -30,6 +30,7 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from core.feedback import FeedbackEvent
+from core.logs import REC_LOG, SEARCH_LOG
 
 SEARCH_LOG_SCHEMA = pa.schema(
     [
@@ -228,8 +229,9 @@ def join_logs(
             if vid not in evs:
                 row(rid, rec, ts, vid, unexposed_stage, nxt, None)
                 nxt += 1
-    search = pa.table(cols, schema=SEARCH_LOG_SCHEMA)
-    rec_log = pa.table(rec_cols, schema=REC_LOG_SCHEMA)
+    # the core contracts' columns (and version stamp), plus per-arm analysis columns
+    search = SEARCH_LOG.stamp(pa.table(cols, schema=SEARCH_LOG_SCHEMA))
+    rec_log = REC_LOG.stamp(pa.table(rec_cols, schema=REC_LOG_SCHEMA))
     stats.search_rows = search.num_rows
     stats.exposed_rows = sum(1 for s in cols["stage"] if s == "exposed")
     stats.clicked_rows = sum(cols["clicked"])
