@@ -133,26 +133,43 @@ class OnlineWorld:
 
 
 def _replay(world_dir: Path, cfg: WorldConfig, legacy: LegacyStack, index_of: dict[str, int], n: int) -> np.ndarray:
-    """Teach the legacy stack what it learned while the world was logged (its own ``end_day``, day by
-    day, from the logged clicks and feed views); returns which videos search ever exposed."""
+    """Teach the legacy stack what it learned while the world was logged; returns which videos
+    search ever exposed."""
     ever = np.zeros(n, bool)
+    tables = [(pq.read_table(world_dir / p / "search_log.parquet", columns=["ts", "query", "video_id", "stage",
+                                                                             "clicked"]),
+               pq.read_table(world_dir / p / "rec_log.parquet", columns=["ts", "video_id", "action"]))
+              for p in ("train", "test")]
+    replay_logs(cfg, legacy, index_of, ever, tables)
+    return ever
+
+
+def replay_logs(cfg: WorldConfig, legacy: LegacyStack, index_of: dict[str, int], ever: np.ndarray,
+                tables: list[tuple[pa.Table, pa.Table]], before_ts: int | None = None) -> None:
+    """Replay logged days through the legacy stack's own ``end_day`` (clicks per query and video,
+    feed views), oldest day first, and mark exposed videos in ``ever``. Rows at or after
+    ``before_ts`` are ignored (a resumed loop replays only the days it finished)."""
     per_day: dict[int, dict[str, list[np.ndarray]]] = {}
-    for part in ("train", "test"):
-        s = pq.read_table(world_dir / part / "search_log.parquet",
-                          columns=["ts", "query", "video_id", "stage", "clicked"]).to_pydict()
+    for search, rec in tables:
+        s = search.to_pydict()
+        ts = np.array(s["ts"], np.int64)
+        keep = ts < before_ts if before_ts is not None else np.ones(len(ts), bool)
         vids = np.array([index_of.get(v, -1) for v in s["video_id"]], np.int64)
-        exposed = np.array([x == "exposed" for x in s["stage"]])
-        ever[vids[exposed & (vids >= 0)]] = True
-        clicked = np.array(s["clicked"], bool) & (vids >= 0)
-        days = (np.array(s["ts"], np.int64) - cfg.start_ts_ms) // DAY_MS
+        exposed = np.array([x == "exposed" for x in s["stage"]], bool) & keep & (vids >= 0)
+        ever[vids[exposed]] = True
+        clicked = np.array(s["clicked"], bool) & (vids >= 0) & keep
+        days = (ts - cfg.start_ts_ms) // DAY_MS
         for i in np.flatnonzero(clicked):
             d = per_day.setdefault(int(days[i]), {"q": [], "v": [], "f": []})
             d["q"].append(np.array([legacy.qkey(s["query"][i])]))
             d["v"].append(np.array([vids[i]]))
-        r = pq.read_table(world_dir / part / "rec_log.parquet", columns=["ts", "video_id", "action"]).to_pydict()
+        r = rec.to_pydict()
+        rts = np.array(r["ts"], np.int64)
         rv = np.array([index_of.get(v, -1) for v in r["video_id"]], np.int64)
         views = (np.array(r["action"]) != "skip") & (rv >= 0)
-        rdays = (np.array(r["ts"], np.int64) - cfg.start_ts_ms) // DAY_MS
+        if before_ts is not None:
+            views &= rts < before_ts
+        rdays = (rts - cfg.start_ts_ms) // DAY_MS
         for day in np.unique(rdays[views]):
             per_day.setdefault(int(day), {"q": [], "v": [], "f": []})["f"].append(rv[views & (rdays == day)])
     for day in sorted(per_day):
@@ -162,7 +179,6 @@ def _replay(world_dir: Path, cfg: WorldConfig, legacy: LegacyStack, index_of: di
         v = np.concatenate(d["v"]) if d["v"] else np.empty(0, np.int64)
         f = np.concatenate(d["f"]) if d["f"] else np.empty(0, np.int64)
         legacy.end_day(qk, v, np.ones(len(v), bool), f)
-    return ever
 
 
 REQUEST_FIELDS = ("request_id", "session_id", "user_id", "arm", "bundle_id", "day", "step", "query", "ts_ms",

@@ -35,7 +35,7 @@ from core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from core.errors import CropsError, ErrorKind
 from core.logs import REC_LOG, SEARCH_LOG
 from online.client import ServiceClient
-from online.driver import OnlineWorld, bubble_share, run_day, write_tables
+from online.driver import OnlineWorld, bubble_share, replay_logs, run_day, write_tables
 from online.report import build_report, markdown, plot
 
 log = logging.getLogger("online.loop")
@@ -67,7 +67,8 @@ def _parquet(table: pa.Table, path: Path) -> None:
 class Service:
     """``crops serve`` with the two arms, JSONL exposure and feedback logs, and an admin token."""
 
-    def __init__(self, out: Path, bundles: dict[str, Path], port: int, workers: int = 1) -> None:
+    def __init__(self, out: Path, bundles: dict[str, Path], port: int, workers: int = 1,
+                 redis_url: str | None = None, cache: str = "memory") -> None:
         self.out = out
         self.exposures = out / "service" / "exposures.jsonl"
         self.feedback = out / "service" / "feedback.jsonl"
@@ -80,14 +81,17 @@ class Service:
         self.config = out / "service" / "ab.json"
         self.config.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config, json.dumps(cfg, indent=2))
-        self.port, self.workers = port, workers
+        self.port, self.workers, self.redis_url, self.cache = port, workers, redis_url, cache
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ, "CROPS_EXPOSURE_JSONL": str(self.exposures), "CROPS_FEEDBACK_JSONL": str(self.feedback),
-               "CROPS_ADMIN_TOKEN": self.token, "CROPS_CACHE": "memory"}
+               "CROPS_ADMIN_TOKEN": self.token, "CROPS_CACHE": self.cache}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        if self.redis_url:
+            env["CROPS_REDIS_URL"] = self.redis_url
+            env["CROPS_REDIS_PREFIX"] = f"crops-online-{self.port}:"
         log_fh = (self.out / "service" / "serve.log").open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "crops", "serve", "--experiments", str(self.config), "--port", str(self.port),
@@ -256,16 +260,27 @@ def run_loop(
     svc = Service(out, current, port)
     exposed: dict[str, set[Any]] = {arm: set() for arm in ARMS}
     needs: dict[str, set[Any]] = {arm: set() for arm in ARMS}
+    done_rounds = {r["round"] for r in state["rounds"]}
+    if done_rounds:
+        # resume: the ranking stage relives the finished days from the service's own logs
+        resume = out / "resume_join"
+        _crops(["exposures", "--jsonl", str(svc.exposures), "--feedback-jsonl", str(svc.feedback), "--out",
+                str(resume)], logs_dir / "resume.log")
+        replay_logs(w.cfg, w.legacy, w.index_of, w.ever_exposed,
+                    [(pq.read_table(resume / "search_log.parquet"), pq.read_table(resume / "rec_log.parquet"))],
+                    before_ts=w.day_start(max(done_rounds) + 1))
+        for k in sorted(done_rounds):
+            b = json.loads((out / f"round{k}" / "bubble.json").read_text())
+            for arm in ARMS:
+                exposed[arm] |= {((n[0], n[1], n[2]), v) for n, v in b["exposed"].get(arm, [])}
+                needs[arm] |= {(n[0], n[1], n[2]) for n in b["needs"].get(arm, [])}
     svc.start()
     try:
-        done_rounds = {r["round"] for r in state["rounds"]}
         for k in range(rounds):
             rd = out / f"round{k}"
             t0 = time.perf_counter()
             if k in done_rounds:
-                # the world's ranking stage must still live through the day it served: replay by rerunning
-                raise CropsError(ErrorKind.INVALID_INPUT, f"{out} already holds round {k}: use a new --out "
-                                 "(a finished loop is not extended)")
+                continue
             bar = tqdm(total=sessions, desc=f"round {k} sessions", unit="sess", disable=not progress, mininterval=2)
 
             async def day(k: int = k, bar: Any = bar) -> Any:
@@ -280,6 +295,9 @@ def run_loop(
             for arm in ARMS:
                 exposed[arm] |= res.exposed_pairs.get(arm, set())
                 needs[arm] |= res.needs.get(arm, set())
+            atomic_write_json(rd / "bubble.json", {
+                "exposed": {a: sorted([list(n), v] for n, v in res.exposed_pairs.get(a, set())) for a in ARMS},
+                "needs": {a: sorted(list(n) for n in res.needs.get(a, set())) for a in ARMS}})
             bubble = {arm: bubble_share(w, exposed[arm], needs[arm]) for arm in ARMS}
             rep = build_report(pa.Table.from_pylist(res.requests), pa.Table.from_pylist(res.sessions), "control",
                                n_boot=1000, seed=seed)
@@ -358,4 +376,54 @@ def loop_markdown(state: dict[str, Any], out: Path) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["markdown", "plot", "run_loop"]
+def run_ab(
+    world: Path,
+    out: Path,
+    *,
+    treatment: Path | None,
+    control: Path | None,
+    sessions: int,
+    days: int = 1,
+    seed: int = 0,
+    port: int = 18_520,
+    workers: int = 2,
+    redis_url: str | None = None,
+    steps: int = 300,
+    recipe: str = "top1",
+    concurrency: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The pretrained bundle (control) vs a CroPS-trained bundle (treatment) through a real service
+    (``workers`` uvicorn workers, A/B config and cache in Redis when ``redis_url`` is given)."""
+    from online.driver import run_online
+    from online.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    logs_dir = out / "logs"
+    control = control or start_bundle(world, out, logs_dir)
+    if treatment is None:  # CroPS on the world's logged history (the same recipe the loop's treatment uses)
+        td = out / "treatment"
+        logs = td / "logs"
+        if not (logs / "search_log.parquet").is_file():
+            logs.mkdir(parents=True, exist_ok=True)
+            for name in ("search_log.parquet", "rec_log.parquet"):
+                (logs / name).symlink_to((world / "train" / name).resolve())
+            (logs / "truth").symlink_to((world / "truth").resolve(), target_is_directory=True)
+        treatment = retrain(world, logs, "treatment", td, steps=steps, recipe=recipe, seed=seed)
+    svc = Service(out, {"control": control, "treatment": treatment}, port, workers=workers, redis_url=redis_url,
+                  cache="redis" if redis_url else "memory")
+    svc.start()
+    try:
+        summary = run_online(world, svc.url, out, sessions=sessions, days=days, seed=seed, concurrency=concurrency,
+                             run_id=f"ab{seed}", progress=progress)
+    finally:
+        svc.stop()
+    rep = write_report(out, "control", title="Pretrained (control) vs CroPS-trained (treatment) through the service",
+                       seed=seed)
+    rep["run"] = {**summary, "control_bundle": str(control), "treatment_bundle": str(treatment),
+                  "workers": workers, "redis": bool(redis_url), "cache": svc.cache}
+    atomic_write_json(out / "report.json", rep)
+    return rep
+
+
+__all__ = ["markdown", "plot", "run_ab", "run_loop"]
