@@ -1,6 +1,6 @@
 """Benchmark: H-InfoNCE vs InfoNCE on the same batch (target: H-InfoNCE step ≤ 1.15× InfoNCE).
 
-Two measurements, medians over repeats, 1 torch thread (DESIGN §8: the box has 2 noisy cores):
+Two measurements, medians over repeats, 1 torch thread (the reference box has 2 noisy cores):
 - loss only: forward + backward of the loss on a Q×D score matrix made from Q×dim and D×dim
   embeddings (the part the two methods do differently);
 - training step: the experiment's CPU recipe (the trainable top transformer layer over cached

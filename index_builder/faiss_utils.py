@@ -45,7 +45,7 @@ def production_factory(
 ) -> str:
     """The IVF-PQ(+refine) recipe scaled to ``n``, whatever the corpus size.
 
-    IVF-PQ alone saturates near recall@100 0.72 on 384-d MiniLM vectors (DESIGN.md §8), so a refine
+    IVF-PQ alone saturates near recall@100 0.72 on 384-d MiniLM vectors (docs/explanation/index.md), so a refine
     stage re-ranks the PQ shortlist against stored vectors: full floats when the memory budget holds
     them, else fp16 or 8-bit scalar-quantised copies.
     """

@@ -2,7 +2,7 @@
 
 - ``int8``: ONNX Runtime dynamic quantisation, per-channel int8 weights on MatMul (activations
   quantised on the fly). Per-channel kept mean cosine 0.993 vs fp32 where per-tensor fell to 0.965
-  (DESIGN.md §8) at almost no extra cost. A CPU variant.
+  on the built-in held-out set, at almost no extra cost. A CPU variant.
 - ``fp16``: weights and activations in float16 (``onnxruntime.transformers.float16``; inputs and
   output stay int64/float32 so callers do not change). A GPU variant: measured, and accepted, only
   where the CUDA execution provider is present; on CPU it is reported as skipped with the reason.
@@ -11,7 +11,7 @@ Each variant is measured on a held-out set: mean/min cosine of its query embeddi
 Recall@100: by default the overlap of its top-100 with fp32's top-100 over the held-out docs
 (encoded once in fp32, as the index is), or true recall when qrels are given. A variant whose
 recall loss exceeds ``max_recall_loss`` (default 0.10 of fp32's top-100: per-tensor int8 loses
-~0.17 and is refused, per-channel ~0.05-0.08 passes, DESIGN.md §8) is refused: not written into
+~0.17 and is refused, per-channel ~0.05-0.08 passes) is refused: not written into
 the bundle, and the refusal (with the numbers) is recorded under ``model.variants_refused``.
 """
 

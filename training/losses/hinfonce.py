@@ -1,4 +1,4 @@
-"""H-InfoNCE (CroPS, DESIGN.md §5), computed in one pass over the batch.
+"""H-InfoNCE (CroPS; docs/explanation/architecture.md, "The loss"), computed in one pass over the batch.
 
 For query q with sample set S (its labelled docs, plus every other doc of the batch at level 0)::
 

@@ -27,7 +27,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     assert r.returncode == 2 and "alpha" in r.stderr
     r = _crops("--logs", str(logs), "--out", str(tmp_path / "o"), "--llm-url", "localhost:1")
     assert r.returncode == 2 and "http" in r.stderr
-    # a search log without the DESIGN §4 columns
+    # a search log without the core.logs.SEARCH_LOG columns
     pq.write_table(pa.table({"query": ["a"], "video_id": ["v"]}), logs / "search_log.parquet")
     r = _crops("--logs", str(logs), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "lacks columns" in r.stderr and "Traceback" not in r.stderr
