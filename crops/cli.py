@@ -12,7 +12,18 @@ import sys
 import typer
 
 from core.errors import CropsError
-from crops import cmd_eval, cmd_export, cmd_index, cmd_serve
+from crops import (
+    cmd_bench,
+    cmd_eval,
+    cmd_experiment,
+    cmd_export,
+    cmd_index,
+    cmd_mine,
+    cmd_online,
+    cmd_serve,
+    cmd_train,
+    cmd_world,
+)
 
 app = typer.Typer(
     name="crops",
@@ -21,27 +32,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-cmd_export.register(app)
-cmd_index.register(app)
-cmd_serve.register(app)
-cmd_eval.register(app)
-
-
-def _register_optional() -> None:
-    """Command groups that live in later modules register themselves here (one line each)."""
-    import importlib
-
-    for name in ("cmd_world", "cmd_mine", "cmd_train", "cmd_experiment", "cmd_bench", "cmd_online"):
-        try:
-            mod = importlib.import_module(f"crops.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"crops.{name}":
-                continue  # that command group is not part of this build
-            raise
-        mod.register(app)
-
-
-_register_optional()
+# Every command group, registered plainly so import-linter sees what the CLI depends on. Each
+# command imports its stage inside the command, so `crops serve` runs in an image without torch.
+for group in (
+    cmd_export,
+    cmd_index,
+    cmd_serve,
+    cmd_eval,
+    cmd_world,
+    cmd_mine,
+    cmd_train,
+    cmd_experiment,
+    cmd_bench,
+    cmd_online,
+):
+    group.register(app)
 
 
 def main() -> None:
