@@ -1,4 +1,4 @@
-"""Find a command-line tool the tests need; install it with apt-get when missing and possible.
+"""Find a command-line tool the tests need. Tests never install anything: CI does (``.ci/run``).
 
 A missing tool fails the test with the install command (never a skip): CI must run these checks.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,22 +20,10 @@ def which(name: str) -> str | None:
 
 
 def ensure_tool(name: str, apt_package: str | None = None, pip_package: str | None = None) -> str:
-    """Path of ``name``; tries ``apt-get install -y apt_package`` (as root) once when it is missing."""
+    """Path of ``name``; fails the test with how to install it when it is missing."""
     found = which(name)
     if found:
         return found
-    if apt_package and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300, check=False)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", apt_package],
-            capture_output=True,
-            timeout=600,
-            check=False,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-        found = which(name)
-        if found:
-            return found
     how = " or ".join(
         x
         for x in (
@@ -45,4 +32,4 @@ def ensure_tool(name: str, apt_package: str | None = None, pip_package: str | No
         )
         if x
     )
-    pytest.fail(f"{name} is not installed and could not be installed here: {how}", pytrace=False)
+    pytest.fail(f"{name} is not installed (.ci/run installs it): {how}", pytrace=False)

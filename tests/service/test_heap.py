@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from service.heap import freeze_heap, frozen_objects
 from tests.service.conftest import LiveServer, relabel_bundle
 
 TOKEN = "heap-test-token"
@@ -27,18 +26,6 @@ def thawed() -> Iterator[None]:
     gc.unfreeze()
     yield
     gc.unfreeze()
-
-
-def test_frozen_cycles_outlive_collections_until_a_collecting_freeze() -> None:
-    node = Node()
-    alive = weakref.ref(node)
-    freeze_heap(collect=False)
-    assert frozen_objects() > 0
-    del node
-    gc.collect()
-    assert alive() is not None  # the collector does not look at the frozen generation
-    freeze_heap(collect=True)
-    assert alive() is None and frozen_objects() > 0
 
 
 def test_server_freezes_its_heap_at_start_and_reclaims_cycles_after_a_reload(
