@@ -32,34 +32,17 @@ from pydantic import ValidationError
 from core.feedback import FeedbackEvent
 from core.logs import REC_LOG, SEARCH_LOG
 
+# The contract's columns (core.logs) plus what the online loop adds for per-arm analysis.
 SEARCH_LOG_SCHEMA = pa.schema(
     [
-        ("request_id", pa.string()),
-        ("user_id", pa.string()),
-        ("ts", pa.int64()),
-        ("query", pa.string()),
-        ("video_id", pa.string()),
-        ("stage", pa.string()),
-        ("position", pa.int32()),
-        ("clicked", pa.bool_()),
-        ("play_ms", pa.int64()),
+        *SEARCH_LOG.schema,
         ("long_play", pa.bool_()),
         ("arm", pa.string()),
         ("bundle_id", pa.string()),
         ("session_id", pa.string()),
     ]
 )
-REC_LOG_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("ts", pa.int64()),
-        ("video_id", pa.string()),
-        ("action", pa.string()),
-        ("play_ms", pa.int64()),
-        ("long_play", pa.bool_()),
-        ("arm", pa.string()),
-    ]
-)
+REC_LOG_SCHEMA = pa.schema([*REC_LOG.schema, ("long_play", pa.bool_()), ("arm", pa.string())])
 UNEXPOSED_STAGES = ("prerank_filtered", "rank_unexposed")
 DROP_REASONS = ("bad_exposure", "invalid", "unknown_request", "user_mismatch", "query_mismatch", "duplicate", "late")
 

@@ -193,23 +193,8 @@ def read_stream(
     return [orjson.loads(fields[b"r"]) for _, fields in rows]
 
 
-SEARCH_LOG_COLUMNS = (
-    "request_id",
-    "user_id",
-    "ts",
-    "query",
-    "video_id",
-    "stage",
-    "position",
-    "clicked",
-    "play_ms",
-    "arm",
-    "bundle_id",
-)
-
-
 def to_search_log(records: Iterable[dict[str, Any]], stage: str = DEFAULT_STAGE) -> Any:
-    """A pyarrow table with the ``search_log`` columns , one row per returned candidate.
+    """A ``search_log`` table (the ``core.logs.SEARCH_LOG`` contract), one row per returned candidate.
 
     The service does not know what the ranker showed or what was clicked: ``stage`` is the caller's
     statement (default ``rank_unexposed``), ``clicked`` False and ``play_ms`` 0 until joined with
@@ -217,7 +202,10 @@ def to_search_log(records: Iterable[dict[str, Any]], stage: str = DEFAULT_STAGE)
     """
     import pyarrow as pa
 
-    cols: dict[str, list[Any]] = {c: [] for c in SEARCH_LOG_COLUMNS}
+    from core.logs import SEARCH_LOG
+
+    schema = pa.schema([*SEARCH_LOG.schema, ("arm", pa.string()), ("bundle_id", pa.string())])
+    cols: dict[str, list[Any]] = {c: [] for c in schema.names}
     for rec in records:
         for pos, vid in enumerate(rec["video_ids"]):
             cols["request_id"].append(rec["request_id"])
@@ -231,19 +219,4 @@ def to_search_log(records: Iterable[dict[str, Any]], stage: str = DEFAULT_STAGE)
             cols["play_ms"].append(0)
             cols["arm"].append(rec["arm"])
             cols["bundle_id"].append(rec["bundle_id"])
-    schema = pa.schema(
-        [
-            ("request_id", pa.string()),
-            ("user_id", pa.string()),
-            ("ts", pa.int64()),
-            ("query", pa.string()),
-            ("video_id", pa.string()),
-            ("stage", pa.string()),
-            ("position", pa.int32()),
-            ("clicked", pa.bool_()),
-            ("play_ms", pa.int64()),
-            ("arm", pa.string()),
-            ("bundle_id", pa.string()),
-        ]
-    )
-    return pa.table(cols, schema=schema)
+    return SEARCH_LOG.stamp(pa.table(cols, schema=schema))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.samples import POSITIVE_LEVEL
+
 
 @dataclass
 class TrainConfig:
@@ -22,7 +24,7 @@ class TrainConfig:
     shared_towers: bool = True
     max_query_tokens: int = 16
     max_doc_tokens: int = 32
-    pos_level: int = 4
+    pos_level: int = POSITIVE_LEVEL
     term_min_level: int = 1  # H-InfoNCE: levels below this are only negatives (1 = the paper's loss)
     hard_negatives: str = "none"  # none | bm25 | ance
     n_hard: int = 20  # hard-negative candidates kept per query

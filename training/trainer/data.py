@@ -23,17 +23,7 @@ import torch
 
 from core.errors import CropsError, ErrorKind
 from core.normalize import normalize_text
-
-SOURCES = (
-    "p0_click",
-    "p1_reformulation",
-    "p2_rec",
-    "p3_llm",
-    "exposed_unclicked",
-    "rank_unexposed",
-    "prerank_filtered",
-)
-SAMPLE_COLUMNS = ("query", "video_id", "text", "level", "source")
+from core.samples import POSITIVE_LEVEL, SAMPLE_COLUMNS, SAMPLES_FILE
 
 
 def text_key(text: str) -> str:
@@ -46,8 +36,8 @@ def read_samples(path: Path | str) -> SampleColumns:
     import pyarrow.parquet as pq
 
     path = Path(path)
-    if path.is_dir() and (path / "samples.parquet").exists():
-        path = path / "samples.parquet"
+    if path.is_dir() and (path / SAMPLES_FILE).exists():
+        path = path / SAMPLES_FILE
     if not path.exists():
         raise CropsError(ErrorKind.NOT_FOUND, f"samples {path} do not exist (run `crops mine` first)")
     table = pq.read_table(path)
@@ -109,7 +99,7 @@ def build_training_set(
     *,
     sources: Iterable[str] | None = None,
     level_map: Callable[[int, str], int] | None = None,
-    pos_level: int = 4,
+    pos_level: int = POSITIVE_LEVEL,
 ) -> TrainingSet:
     """Group samples per query, keeping ``sources`` (default all) and mapping levels.
 
