@@ -12,9 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from core.checkpoint import TOKENIZER_FILES  # noqa: E402
 from core.errors import CropsError, ErrorKind  # noqa: E402
-from core.tokenizer import default_model_dir  # noqa: E402
+from tests.tiny_models import write_tiny_bert  # noqa: E402
 from towers import SentenceEncoder, read_st_config  # noqa: E402
 
 QUERIES = ["cat video", "how to fix a power transformer", "lofi beats to study"]
@@ -24,21 +23,8 @@ DOCS = ["a cat chases a laser dot", "repairing a humming transformer", "chill mu
 def make_tiny_checkpoint(root: Path, pooling: str = "cls", dense_out: int = 16) -> Path:
     """A random 2-layer BERT with the MiniLM tokenizer, CLS pooling, a Tanh Dense layer and Normalize."""
     from safetensors.torch import save_file
-    from transformers import BertConfig, BertModel
 
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(cfg).save_pretrained(str(root))
-    for name in TOKENIZER_FILES:
-        if (default_model_dir() / name).is_file():
-            shutil.copyfile(default_model_dir() / name, root / name)
+    write_tiny_bert(root)
     (root / "1_Pooling").mkdir()
     (root / "1_Pooling" / "config.json").write_text(
         json.dumps(

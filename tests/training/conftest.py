@@ -7,7 +7,6 @@ the trainer tests run in seconds; it is a real HF model, not a fake.
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,28 +26,9 @@ FILLER = ["video", "clip", "best", "new", "today", "watch", "short", "fun", "dai
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import BertConfig, BertModel
+    from tests.tiny_models import write_tiny_bert
 
-    from core.checkpoint import TOKENIZER_FILES
-    from core.tokenizer import default_model_dir
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_bert")
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(cfg).save_pretrained(str(out))
-    src = default_model_dir()
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, out / name)
-    return out
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
 
 
 def write_tiny_world(root: Path, n_per_topic: int = 40, seed: int = 0) -> dict[str, list[str]]:
