@@ -27,18 +27,20 @@ RUN groupadd --system --gid 10001 crops \
 FROM base AS src
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
+COPY deploy/constraints-serve.txt ./deploy/constraints-serve.txt
 COPY core ./core
 COPY service ./service
 COPY crops ./crops
 COPY model_export ./model_export
 COPY index_builder ./index_builder
 COPY training ./training
+COPY world ./world
 COPY loadtest ./loadtest
 
 # ---------------------------------------------------------------- CPU serving venv
 FROM src AS venv-cpu
 RUN python -m venv /opt/venv \
- && pip install -c constraints.txt ".[serve]" \
+ && pip install -c constraints.txt -c deploy/constraints-serve.txt ".[serve]" \
  && python -c "import onnxruntime, faiss, service.app" \
  && ! python -c "import torch" 2>/dev/null
 
@@ -47,7 +49,7 @@ RUN python -m venv /opt/venv \
 # CUDA runtime libraries come as pip wheels, the driver from the host (NVIDIA container toolkit).
 FROM src AS venv-gpu
 RUN python -m venv /opt/venv \
- && pip install -c constraints.txt ".[serve]" \
+ && pip install -c constraints.txt -c deploy/constraints-serve.txt ".[serve]" \
  && pip uninstall -y onnxruntime faiss-cpu \
  && pip install "onnxruntime-gpu[cuda,cudnn]>=1.17" "faiss-gpu-cu12>=1.8" \
  && python -c "import onnxruntime, faiss, service.app" \

@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
         ] = 1,
         redis_url: Annotated[str | None, typer.Option(envvar="CROPS_REDIS_URL")] = None,
         log_level: Annotated[str, typer.Option()] = "warning",
+        balance: Annotated[
+            str | None, typer.Option(hidden=True, help="removed: balancing is uvicorn's or the balancer's")
+        ] = None,
     ) -> None:
         """Serve /retrieve. Settings not given here come from CROPS_* environment variables."""
         from core.settings import limit_native_threads
@@ -47,6 +50,8 @@ def register(app: typer.Typer) -> None:
             and not os.environ.get("CROPS_EXPERIMENTS")
         ):
             raise CropsError(ErrorKind.INVALID_INPUT, "give --bundle or --experiments (or CROPS_BUNDLE)")
+        if balance is not None:  # scripts written for the removed dispatcher keep running
+            typer.echo(f"warning: --balance {balance} is ignored (workers share uvicorn's socket)", err=True)
         # Settings travel by environment so every worker process builds the same app.
         if bundle is not None:
             os.environ["CROPS_BUNDLE"] = str(bundle.resolve())
@@ -57,6 +62,8 @@ def register(app: typer.Typer) -> None:
         if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # Several workers: each writes its metrics here and /metrics sums them (any worker answers).
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="crops-metrics-")
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the image sets one under a fresh tmpfs
+            Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
         if workers > 1 and not os.environ.get("CROPS_REDIS_URL") and not os.environ.get("CROPS_STATE_DIR"):
             # Without Redis the workers share the desired state (and report convergence) through a folder.
             os.environ["CROPS_STATE_DIR"] = tempfile.mkdtemp(prefix="crops-state-")

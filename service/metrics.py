@@ -130,6 +130,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.online_recall = Gauge(
+            "crops_online_recall_at_100",
+            "Mean recall@100 against exact search over the last sampled live queries, by bundle",
+            ["bundle"],
+            registry=r,
+            multiprocess_mode="livemostrecent" if mp else "all",
+        )
         self._stage_children: dict[str, dict[str, Any]] = {}
 
     def stage(self, arm: str) -> dict[str, Any]:

@@ -118,6 +118,8 @@ class RetrieveUseCase:
             ids, scores = cached
         else:
             jr = await self._encode_search(rt, key, norm, a.nprobe, deadline_at, bulk)
+            if state.recall.enabled:
+                state.recall.offer(a.bundle, rt, jr.vector, jr.ids, a.nprobe)
             ids, scores = jr.ids, jr.scores
             queue_ms, encode_ms, search_ms = jr.queue_ms, jr.encode_ms, jr.search_ms
         ids, scores = ids[: req.top_k], scores[: req.top_k]

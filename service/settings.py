@@ -74,6 +74,10 @@ class ServiceSettings(CropsSettings):
         description="while Redis is down, exposures and feedback are spooled here and replayed later",
     )
 
+    # Online recall monitor: exact search for a share of live misses, off the request path.
+    recall_sample: float = Field(default=0.0, ge=0, le=1, description="share of cache misses checked (0: off)")
+    recall_window: int = Field(default=1000, ge=1, description="crops_online_recall_at_100 averages this many")
+
     # Declarative state: the desired config every worker converges to (Redis when set, else this folder).
     state_dir: Path | None = Field(
         default=None, description="folder shared by the workers of one box (crops serve --workers N sets one)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from service.experiments import (
 from service.exposure import FEEDBACK_STREAM, STREAM, DurableLog
 from service.heap import freeze_heap, frozen_objects
 from service.metrics import Metrics
+from service.recall import RecallMonitor
 from service.redis_link import RedisLink
 from service.runtime import BundleRuntime, manifest_sha
 from service.settings import ServiceSettings
@@ -107,6 +109,9 @@ class ServiceState:
         )
         self.desired = DesiredStore(
             redis=self.redis, state_dir=settings.state_dir, stale_s=max(3 * settings.config_poll_s, 3.0)
+        )
+        self.recall = RecallMonitor(
+            share=settings.recall_sample, window=settings.recall_window, gauge=self.metrics.online_recall
         )
         self.worker = worker_name()
         self.draining = False
@@ -365,6 +370,8 @@ class ServiceState:
             log.info("heap frozen: %d objects (%.0f ms)", frozen_objects(), ms)
         await self.poll_config_once()
         self._tasks.append(asyncio.create_task(self._poll_loop(), name="config-poll"))
+        if self.recall.enabled:
+            self._tasks.append(asyncio.create_task(self.recall.run(), name="recall-monitor"))
         for durable in (self.exposure, self.feedback):
             if durable.enabled:
                 self._tasks.append(asyncio.create_task(durable.run(), name=f"{durable.stream}-writer"))
@@ -390,6 +397,7 @@ class ServiceState:
                 name: {"bundle_id": rt.bundle_id, "content_id": rt.content_id} for name, rt in v.runtimes.items()
             },
             "draining": self.draining,
+            "worker_pid": os.getpid(),  # which worker answered (each keep-alive connection stays on one)
         }
         if not full:
             return public
@@ -407,6 +415,7 @@ class ServiceState:
             "redis": self.redis.info() if self.redis else {"configured": False},
             "desired_state": self.desired.where(),
             "cache": self.cache.info(),
+            "online_recall": self.recall.summary(),
             "worker": self.worker,  # which worker answered (each keep-alive connection stays on one)
             "gc_frozen_objects": frozen_objects(),
             "limits": {

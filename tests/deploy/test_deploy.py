@@ -223,8 +223,8 @@ def test_experiments_configmap_is_a_valid_service_config() -> None:
 def test_prometheus_config_and_rules() -> None:
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
-    targets = [t for sc in jobs["crops-service"]["static_configs"] for t in sc["targets"]]
-    assert targets == ["service:8000"]  # the compose service name and port
+    sd = jobs["crops-service"]["dns_sd_configs"]
+    assert sd == [{"names": ["service"], "type": "A", "port": 8000}]  # every replica of the compose service
     rules = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
     exported = _exported_metric_names()
     for group in rules["groups"]:

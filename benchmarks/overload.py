@@ -1,0 +1,489 @@
+"""Overload and process-model benchmarks of the service (real `crops serve` processes, real HTTP).
+
+``overload``: measure capacity (closed loop, 32 keep-alive connections, every query a cache miss, a
+deadline no request hits), then offer ``--factor`` × capacity open-loop (requests sent on schedule
+whatever happened before, over ``--connections`` keep-alive connections, as a ranking fleet does) to
+a server running with its deadline = the SLO. It reports goodput against capacity, the latency of the
+admitted requests, how fast the excess is refused and whether every refusal is a 503 with
+Retry-After; markdown + JSON + PNG under ``--out``.
+
+``process-models``: one run, same load (closed loop, 32 connections, cache misses), three ways to put
+two worker processes on this box: `crops serve --workers 2` (uvicorn's workers, one shared socket),
+nginx least_conn in front of two one-worker replicas (deploy/nginx/nginx.conf), and, when
+``--old-tree`` points at a checkout that still has it, the removed home-made least-conn dispatcher.
+
+    python benchmarks/overload.py overload --bundle runs/b --out docs/results/overload
+    python benchmarks/overload.py process-models --bundle runs/b --old-tree /tmp/old --out docs/results/process_models
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = ("cat", "video", "pasta", "guitar", "minecraft", "lofi", "piano", "dog", "recipe", "speedrun", "cover")
+
+
+@dataclass
+class Shot:
+    t: float  # scheduled send time, s since start
+    status: int  # 0: transport error
+    ms: float
+    retry_after: bool
+
+
+def _bodies(n: int, seed: int) -> list[bytes]:
+    """Distinct queries (cache misses), each a plausible short query."""
+    out = []
+    for i in range(n):
+        words = [WORDS[(i * 7 + seed + k * 3) % len(WORDS)] for k in range(3)]
+        out.append(json.dumps({"query": f"{' '.join(words)} {seed}-{i}", "top_k": 100}).encode())
+    return out
+
+
+async def _read(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length, retry = 0, False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip())
+        elif name == b"retry-after":
+            retry = True
+    await reader.readexactly(length)
+    return status, retry
+
+
+def _request(host: str, port: int, body: bytes) -> bytes:
+    return (
+        f"POST /retrieve HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def _send(conn: list[Any], host: str, port: int, body: bytes, timeout: float) -> tuple[int, bool]:
+    reader, writer = conn
+    try:
+        writer.write(_request(host, port, body))
+        return await asyncio.wait_for(_read(reader), timeout)
+    except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+        writer.close()
+        with contextlib.suppress(OSError):
+            conn[:] = await asyncio.open_connection(host, port)
+        return 0, False
+
+
+async def closed_loop(url: str, connections: int, duration: float, seed: int) -> list[Shot]:
+    """Each connection sends its next request when the previous answer arrives."""
+    host, port = url.split("//")[1].split(":")[0], int(url.rsplit(":", 1)[1])
+    bodies = _bodies(200_000, seed)
+    shots: list[Shot] = []
+    start = time.perf_counter()
+    counter = iter(range(len(bodies)))
+
+    async def worker() -> None:
+        conn = list(await asyncio.open_connection(host, int(port)))
+        while (t0 := time.perf_counter()) - start < duration:
+            status, retry = await _send(conn, host, int(port), bodies[next(counter)], 10.0)
+            shots.append(Shot(t0 - start, status, (time.perf_counter() - t0) * 1e3, retry))
+        conn[1].close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return shots
+
+
+async def open_loop(url: str, rate: float, duration: float, connections: int, seed: int) -> tuple[list[Shot], float]:
+    """Request i leaves at start + i/rate on a free connection (a wait for one counts in its latency)."""
+    host, port = url.split("//")[1].split(":")[0], int(url.rsplit(":", 1)[1])
+    bodies = _bodies(int(rate * duration) + 1, seed)
+    pool: asyncio.Queue[list[Any]] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(list(await asyncio.open_connection(host, port)))
+    shots: list[Shot] = []
+    lags: list[float] = []
+    tasks: set[asyncio.Task[None]] = set()
+    start = time.perf_counter()
+
+    async def fire(i: int, scheduled: float) -> None:
+        t0 = time.perf_counter()
+        conn = await pool.get()
+        status, retry = await _send(conn, host, port, bodies[i], 10.0)
+        pool.put_nowait(conn)
+        shots.append(Shot(scheduled - start, status, (time.perf_counter() - t0) * 1e3, retry))
+
+    for i in range(int(rate * duration)):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        lags.append(time.perf_counter() - scheduled)
+        task = asyncio.create_task(fire(i, scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(tasks, timeout=15)
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    lags.sort()
+    return shots, lags[int(0.99 * (len(lags) - 1))] * 1e3 if lags else 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, math.ceil(q / 100 * len(v)) - 1))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A `crops serve` subprocess (from this tree, or from ``tree`` when given)."""
+
+    def __init__(
+        self, bundle: Path, workers: int, env: dict[str, str], tree: Path | None = None, extra: list[str] | None = None
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full = {k: v for k, v in os.environ.items() if not k.startswith("CROPS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+        full.update(env)
+        if tree is not None:
+            full["PYTHONPATH"] = str(tree)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "crops",
+                "serve",
+                "--bundle",
+                str(bundle),
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+                *(extra or []),
+            ],
+            env=full,
+            cwd=str(tree or ROOT),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.time() + 180
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    break
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"crops serve exited: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            if time.time() > deadline:
+                raise RuntimeError("crops serve not ready")
+            time.sleep(0.3)
+        time.sleep(2.0 * workers)  # every worker loaded
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Nginx:
+    """nginx with deploy/nginx/nginx.conf, its upstream pointed at local replicas."""
+
+    def __init__(self, ports: list[int]) -> None:
+        exe = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.dir = Path(tempfile.mkdtemp(prefix="crops-nginx-"))
+        (self.dir / "logs").mkdir()
+        conf = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
+        servers = " ".join(f"server 127.0.0.1:{p};" for p in ports)
+        conf = re.sub(r"server crops:8000[^;]*;", servers, conf)
+        self.port = free_port()
+        conf = conf.replace("listen 8080", f"listen 127.0.0.1:{self.port}")
+        conf = conf.replace("worker_processes auto", "worker_processes 1")  # 2 cores: the replicas need them
+        conf = conf.replace("/var/run/nginx.pid", str(self.dir / "nginx.pid"))
+        (self.dir / "nginx.conf").write_text(conf)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [exe, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(1.0)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"nginx exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def summarize(shots: list[Shot], duration: float) -> dict[str, Any]:
+    ok = [s.ms for s in shots if s.status == 200]
+    shed = [s for s in shots if s.status == 503]
+    return {
+        "sent": len(shots),
+        "ok": len(ok),
+        "goodput_rps": round(len(ok) / duration, 1),
+        "ok_p50_ms": round(pct(ok, 50), 2),
+        "ok_p99_ms": round(pct(ok, 99), 2),
+        "shed": len(shed),
+        "shed_p50_ms": round(pct([s.ms for s in shed], 50), 2),
+        "shed_p99_ms": round(pct([s.ms for s in shed], 99), 2),
+        "shed_with_retry_after": sum(s.retry_after for s in shed),
+        "other": {str(k): v for k, v in _count(s.status for s in shots if s.status not in (200, 503)).items()},
+    }
+
+
+def _count(values: Any) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def overload(a: argparse.Namespace) -> dict[str, Any]:
+    base = {"CROPS_CACHE": "none", "CROPS_GC_FREEZE": "true", "CROPS_MAX_BATCH": str(a.max_batch)}
+    print(f"capacity: closed loop, {a.connections_capacity} connections, {a.capacity_s:g} s, cache misses", flush=True)
+    srv = Server(a.bundle, a.workers, {**base, "CROPS_DEADLINE_MS": "10000", "CROPS_MAX_QUEUE": "100000"})
+    try:
+        _run(closed_loop(srv.url, a.connections_capacity, 2.0, seed=1))  # warm-up
+        cap_shots = _run(closed_loop(srv.url, a.connections_capacity, a.capacity_s, seed=2))
+    finally:
+        srv.stop()
+    cap = summarize(cap_shots, a.capacity_s)
+    capacity = cap["goodput_rps"]
+    print(f"  capacity {capacity} req/s (p50 {cap['ok_p50_ms']} ms, p99 {cap['ok_p99_ms']} ms)", flush=True)
+    rate = a.factor * capacity
+    print(
+        f"overload: open loop at {a.factor:g} x capacity = {rate:.0f} req/s for {a.duration:g} s, "
+        f"{a.connections} connections, deadline = SLO = {a.slo_ms:g} ms",
+        flush=True,
+    )
+    srv = Server(a.bundle, a.workers, {**base, "CROPS_DEADLINE_MS": str(a.slo_ms)})
+    try:
+        _run(open_loop(srv.url, 0.5 * capacity, 2.0, a.connections, seed=3))  # warm-up at half load
+        shots, lag_p99 = _run(open_loop(srv.url, rate, a.duration, a.connections, seed=4))
+    finally:
+        srv.stop()
+    res = summarize(shots, a.duration)
+    res.update(
+        {
+            "capacity_rps": capacity,
+            "capacity_run": cap,
+            "offered_rps": round(rate, 1),
+            "factor": a.factor,
+            "slo_ms": a.slo_ms,
+            "workers": a.workers,
+            "connections": a.connections,
+            "duration_s": a.duration,
+            "generator_lag_p99_ms": round(lag_p99, 2),
+            "goodput_over_capacity": round(res["goodput_rps"] / capacity, 3),
+            "nproc": os.cpu_count(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        }
+    )
+    res["verdict"] = {
+        "goodput >= 0.9 x capacity": res["goodput_over_capacity"] >= 0.9,
+        "admitted p99 <= 2 x SLO": res["ok_p99_ms"] <= 2 * a.slo_ms,
+        "shed p99 < 5 ms": res["shed_p99_ms"] < 5.0,
+        "every 503 has Retry-After": res["shed_with_retry_after"] == res["shed"],
+        "no other status": not res["other"],
+    }
+    _plot_overload(shots, res, a.out.with_suffix(".png"))
+    return res
+
+
+def _plot_overload(shots: list[Shot], res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ok = [s for s in shots if s.status == 200]
+    shed = [s for s in shots if s.status == 503]
+    ax1.scatter([s.t for s in ok], [s.ms for s in ok], s=2, label="200 (admitted)")
+    ax1.scatter([s.t for s in shed], [s.ms for s in shed], s=2, label="503 (shed)", alpha=0.5)
+    ax1.axhline(2 * res["slo_ms"], color="k", ls="--", lw=0.8, label="2 x SLO")
+    ax1.set_xlabel("s since start")
+    ax1.set_ylabel("latency (ms)")
+    ax1.set_yscale("log")
+    ax1.legend(markerscale=4)
+    ax1.set_title(f"offered {res['offered_rps']:.0f} req/s = {res['factor']:g} x capacity")
+    secs = int(res["duration_s"])
+    per_s = [sum(1 for s in ok if int(s.t) == i) for i in range(secs)]
+    ax2.plot(range(secs), per_s, label="goodput (200/s)")
+    ax2.axhline(res["capacity_rps"], color="k", ls="--", lw=0.8, label="capacity")
+    ax2.axhline(0.9 * res["capacity_rps"], color="r", ls=":", lw=0.8, label="0.9 x capacity")
+    ax2.set_xlabel("s since start")
+    ax2.set_ylabel("requests/s")
+    ax2.set_ylim(bottom=0)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def process_models(a: argparse.Namespace) -> dict[str, Any]:
+    base = {
+        "CROPS_CACHE": "none",
+        "CROPS_DEADLINE_MS": "10000",
+        "CROPS_MAX_QUEUE": "100000",
+        "CROPS_MAX_IN_FLIGHT": "100000",
+    }
+    rows: dict[str, Any] = {}
+
+    def measure(name: str, url: str) -> None:
+        _run(closed_loop(url, a.connections_capacity, 2.0, seed=11))
+        for rnd in range(a.rounds):
+            shots = _run(closed_loop(url, a.connections_capacity, a.capacity_s, seed=20 + rnd))
+            s = summarize(shots, a.capacity_s)
+            rows.setdefault(name, []).append(s)
+            print(
+                f"  {name:40s} round {rnd}: {s['goodput_rps']:7.1f} req/s  p50 {s['ok_p50_ms']:6.2f} ms  "
+                f"p99 {s['ok_p99_ms']:7.2f} ms  errors {s['sent'] - s['ok']}",
+                flush=True,
+            )
+
+    srv = Server(a.bundle, 2, base)
+    try:
+        measure("crops serve --workers 2 (uvicorn)", srv.url)
+    finally:
+        srv.stop()
+    reps = [Server(a.bundle, 1, base), Server(a.bundle, 1, base)]
+    ngx = Nginx([r.port for r in reps])
+    try:
+        measure("nginx least_conn + 2 x crops serve", ngx.url)
+    finally:
+        ngx.stop()
+        for r in reps:
+            r.stop()
+    if a.old_tree is not None:
+        srv = Server(a.bundle, 2, base, tree=a.old_tree, extra=["--balance", "least-conn"])
+        try:
+            measure("old dispatcher (--balance least-conn)", srv.url)
+        finally:
+            srv.stop()
+    return {
+        "connections": a.connections_capacity,
+        "seconds": a.capacity_s,
+        "rounds": rows,
+        "nproc": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", choices=["overload", "process-models"])
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="path without suffix: .json, .md (and .png) are written")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--slo-ms", type=float, default=10.0, help="the SLO; the server's deadline in the overload run")
+    p.add_argument("--factor", type=float, default=3.0)
+    p.add_argument("--duration", type=float, default=20.0)
+    p.add_argument("--capacity-s", type=float, default=10.0)
+    p.add_argument("--connections", type=int, default=64, help="open-loop keep-alive connections")
+    p.add_argument("--connections-capacity", type=int, default=32)
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--old-tree", type=Path, default=None, help="a checkout with service/dispatch.py (72aca5f)")
+    a = p.parse_args()
+    if not (a.bundle / "manifest.json").is_file():
+        print(f"error: {a.bundle} is not a bundle", file=sys.stderr)
+        raise SystemExit(2)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    res = overload(a) if a.mode == "overload" else process_models(a)
+    res["command"] = "python benchmarks/overload.py " + " ".join(sys.argv[1:])
+    from core.atomic import atomic_write_json, atomic_write_text
+
+    atomic_write_json(a.out.with_suffix(".json"), res)
+    atomic_write_text(a.out.with_suffix(".md"), render_md(a.mode, res))
+    print(render_md(a.mode, res))
+
+
+def render_md(mode: str, r: dict[str, Any]) -> str:
+    if mode == "overload":
+        v = "\n".join(f"| {k} | {'yes' if ok else '**no**'} |" for k, ok in r["verdict"].items())
+        return f"""# Overload at {r["factor"]:g}x capacity
+
+Command: `{r["command"]}` ({r["nproc"]} cores shared with other work, load average {r["loadavg_1m"]}).
+
+Capacity (closed loop, 32 keep-alive connections, every query a cache miss, no deadline in the way):
+**{r["capacity_rps"]} req/s** (p50 {r["capacity_run"]["ok_p50_ms"]} ms, p99 {r["capacity_run"]["ok_p99_ms"]} ms).
+
+Overload: open loop at **{r["offered_rps"]} req/s** for {r["duration_s"]:g} s over {r["connections"]} keep-alive
+connections; the server's deadline is the SLO, {r["slo_ms"]:g} ms; {r["workers"]} worker(s).
+
+| what | number |
+|---|---|
+| goodput (200/s) | {r["goodput_rps"]} req/s = **{r["goodput_over_capacity"]} x capacity** |
+| admitted latency p50 / p99 | {r["ok_p50_ms"]} / **{r["ok_p99_ms"]} ms** |
+| shed (503) | {r["shed"]} of {r["sent"]}, latency p50 {r["shed_p50_ms"]} / p99 **{r["shed_p99_ms"]} ms** |
+| 503 with Retry-After | {r["shed_with_retry_after"]} of {r["shed"]} |
+| other statuses | {r["other"] or "none"} |
+| load generator's own schedule lag p99 | {r["generator_lag_p99_ms"]} ms |
+
+| goal | met |
+|---|---|
+{v}
+
+![latency and goodput over time](overload.png)
+
+Latency is measured by the client from the moment a request is released, including any wait for a
+free connection (no coordinated omission).
+"""
+    lines = [
+        f"| {name} | " + " | ".join(f"{s['goodput_rps']} req/s, p99 {s['ok_p99_ms']} ms" for s in runs) + " |"
+        for name, runs in r["rounds"].items()
+    ]
+    head = "| process model | " + " | ".join(f"round {i}" for i in range(len(next(iter(r["rounds"].values()))))) + " |"
+    sep = "|---|" + "---|" * len(next(iter(r["rounds"].values())))
+    return (
+        f"""# Two worker processes on one box: process models side by side
+
+Command: `{r["command"]}` ({r["nproc"]} cores shared with other work, load average {r["loadavg_1m"]}).
+Closed loop, {r["connections"]} keep-alive connections, every query a cache miss, {r["seconds"]:g} s per round.
+
+{head}
+{sep}
+"""
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
