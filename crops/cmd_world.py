@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from world.ontology import Ontology
+
 world_app = typer.Typer(help="Simulated short-video platform with known ground truth.", no_args_is_help=True)
+ONTOLOGY_HELP = "vocabulary file (categories, facets, topics) in the format of world/vocabulary.txt"
+
+
+def _ontology(path: Path | None) -> Ontology | None:
+    """The ontology of ``--ontology`` (None: the embedded one), or one error line."""
+    if path is None:
+        return None
+    from core.errors import CropsError, ErrorKind
+    from world.ontology import parse_vocabulary
+
+    if not path.is_file():
+        raise CropsError(ErrorKind.NOT_FOUND, f"--ontology {path} does not exist")
+    try:
+        return parse_vocabulary(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CropsError(ErrorKind.INVALID_INPUT, f"--ontology {path}: {exc}") from exc
 
 
 @world_app.command("catalog")
@@ -23,6 +42,7 @@ def catalog(
             help="real titles: microlens100k_titles, kuairec_captions, activitynet_captions or a .jsonl",
         ),
     ] = None,
+    ontology: Annotated[Path | None, typer.Option("--ontology", help=ONTOLOGY_HELP)] = None,
 ) -> None:
     """Write only the catalog, fast (the same videos `crops world build` makes for this seed)."""
     from core.errors import CropsError, ErrorKind
@@ -31,7 +51,7 @@ def catalog(
     if not out.name.endswith((".jsonl", ".parquet")):
         raise CropsError(ErrorKind.INVALID_INPUT, f"--out {out}: expected a .jsonl or .parquet file name")
     t0 = time.perf_counter()
-    cat = build_catalog_file(out, n_videos=videos, seed=seed, source=source)
+    cat = build_catalog_file(out, n_videos=videos, seed=seed, source=source, onto=_ontology(ontology))
     typer.echo(f"catalog: {len(cat)} videos → {out} in {time.perf_counter() - t0:.1f}s")
 
 
@@ -48,6 +68,7 @@ def build(
     ] = None,
     videos: Annotated[int | None, typer.Option("--videos", min=50, help="override catalog.n_videos")] = None,
     requests: Annotated[int | None, typer.Option("--requests", min=10, help="override n_requests")] = None,
+    ontology: Annotated[Path | None, typer.Option("--ontology", help=ONTOLOGY_HELP)] = None,
     report: Annotated[
         bool,
         typer.Option(
@@ -68,7 +89,7 @@ def build(
         over["n_requests"] = requests
     if over:
         cfg = cfg.with_overrides(**over)
-    info = build_world(out, cfg, seed=seed, source=source)
+    info = build_world(out, cfg, seed=seed, source=source, ontology=ontology)
     c = info["counts"]
     typer.echo(
         f"world → {out}: {c['videos']} videos, {c['requests']} requests "
@@ -99,6 +120,22 @@ def report_cmd(
         encode = pretrained_encode_fn()
     md = write_report(world, encode=encode, max_queries=max_queries, out_dir=out)
     typer.echo(f"report → {md}")
+
+
+@world_app.command("mechanisms")
+def mechanisms_cmd(
+    worlds: Annotated[list[Path], typer.Option("--world", help="world folder; repeat to compare worlds")],
+    out: Annotated[Path, typer.Option("--out", help="report folder (mechanisms.md + mechanisms.json)")],
+    heads: Annotated[
+        str, typer.Option("--heads", help="comma-separated ambiguous heads to show per sense (default: all)")
+    ] = "",
+) -> None:
+    """Why users reformulate (retrieval miss / ranking miss / not clicked), the bubble per class and
+    per sense, QR positives per sense, the feed's leaning items by grade, fresh and synonym-only videos."""
+    from world.mechanisms import write_mechanisms_report
+
+    md = write_mechanisms_report(worlds, out, heads=tuple(h for h in heads.split(",") if h))
+    typer.echo(f"mechanisms report → {md}")
 
 
 def register(app: typer.Typer) -> None:

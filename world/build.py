@@ -14,6 +14,7 @@ Layout of a world folder::
     eval/ct.parquet, eval/qr.parquet    query, video_id, query_class, ambiguous
     eval/graded.parquet                 query, video_id, grade (0..3), query_class, ambiguous
     state/legacy_stack.npz              the legacy ranking stage's learned state at the end of the logs
+    ontology.txt                        the vocabulary the world was built on (``--ontology``)
     world.json                          config, seed, split_ts, counts, build time
 """
 
@@ -31,12 +32,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.atomic import atomic_write_json
+from core.errors import CropsError, ErrorKind
 from core.logs import REC_LOG, SEARCH_LOG
 from world.catalog import Catalog, catalog_for, modifier_ids
 from world.config import WorldConfig
 from world.files import atomic_path, write_parquet
 from world.legacy import LegacyStack
-from world.ontology import Ontology, load_ontology
+from world.ontology import VOCABULARY_FILE, Ontology, parse_vocabulary
 from world.platform import STATE_FILE
 from world.population import DAY_MS, make_users
 from world.queries import LEVELS, QueryBook
@@ -45,6 +47,7 @@ from world.seeding import stream
 from world.simulate import ACTIONS, STAGES, Logs, simulate
 
 log = logging.getLogger(__name__)
+ONTOLOGY_FILE = "ontology.txt"
 WORLD_FORMAT_VERSION = 1
 
 
@@ -65,13 +68,25 @@ def build_world(
     seed: int = 0,
     source: str | None = None,
     progress: bool = True,
+    ontology: Path | None = None,
 ) -> dict[str, Any]:
-    """Build a world into ``out``; returns the ``world.json`` dict."""
+    """Build a world into ``out``; returns the ``world.json`` dict. ``ontology``: a vocabulary file
+    of the embedded one's format (``world/vocabulary.txt``), for a world on other topics; the world
+    keeps a copy (``ontology.txt``) so that everything reading it uses the same topics."""
     cfg = cfg or WorldConfig()
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    onto = load_ontology()
-    cat = catalog_for(cfg, seed, source=source, progress=progress)
+    onto_path = Path(ontology) if ontology is not None else VOCABULARY_FILE
+    if not onto_path.is_file():
+        raise CropsError(ErrorKind.NOT_FOUND, f"ontology {onto_path} does not exist")
+    onto_text = onto_path.read_text(encoding="utf-8")
+    try:
+        onto = parse_vocabulary(onto_text)
+    except ValueError as exc:
+        raise CropsError(ErrorKind.INVALID_INPUT, f"ontology {onto_path}: {exc}") from exc
+    with atomic_path(out / ONTOLOGY_FILE) as tmp:
+        tmp.write_text(onto_text, encoding="utf-8")
+    cat = catalog_for(cfg, seed, source=source, progress=progress, onto=onto)
     users = make_users(onto, cfg, seed)
     t_cat = time.perf_counter()
     stack = LegacyStack(cat, cfg.legacy)
@@ -87,6 +102,8 @@ def build_world(
         "format_version": WORLD_FORMAT_VERSION,
         "seed": seed,
         "catalog_source": source,
+        "ontology_file": ONTOLOGY_FILE,
+        "ontology_source": str(ontology) if ontology is not None else "embedded",
         "config": cfg.model_dump(mode="json"),
         "start_ts": cfg.start_ts_ms,
         "split_ts": split_ts,

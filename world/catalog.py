@@ -126,8 +126,9 @@ def generate_catalog(
     topic_concentration: float = 1.0,
     real: list[RealText] | None = None,
     progress: bool = True,
+    onto: Ontology | None = None,
 ) -> Catalog:
-    onto = load_ontology()
+    onto = onto or load_ontology()
     rng = stream(seed, "catalog")
     n = knobs.n_videos
     n_real = min(len(real), round(n * knobs.real_share)) if real else 0
@@ -451,12 +452,20 @@ def write_catalog_jsonl(cat: Catalog, path: Path) -> None:
             fh.write(json.dumps({"_id": vid, "title": title, "text": text}, ensure_ascii=False) + "\n")
 
 
-def catalog_for(cfg: WorldConfig, seed: int, *, source: str | None = None, progress: bool = True) -> Catalog:
+def catalog_for(
+    cfg: WorldConfig,
+    seed: int,
+    *,
+    source: str | None = None,
+    progress: bool = True,
+    onto: Ontology | None = None,
+) -> Catalog:
     """The catalog of a world config and seed (``crops world build`` and ``crops world catalog`` agree)."""
     real = load_real_texts(source) if source else None
     return generate_catalog(
         cfg.catalog,
         seed,
+        onto=onto,
         start_ts_ms=cfg.start_ts_ms,
         log_days=cfg.days,
         zipf=cfg.users.category_zipf,
@@ -467,13 +476,19 @@ def catalog_for(cfg: WorldConfig, seed: int, *, source: str | None = None, progr
 
 
 def build_catalog_file(
-    out: Path, *, n_videos: int = 20_000, seed: int = 0, source: str | None = None, progress: bool = True
+    out: Path,
+    *,
+    n_videos: int = 20_000,
+    seed: int = 0,
+    source: str | None = None,
+    progress: bool = True,
+    onto: Ontology | None = None,
 ) -> Catalog:
     """What ``crops world catalog`` does: the same videos ``crops world build`` makes for that seed."""
     from world.config import WorldConfig
 
     cfg = WorldConfig().with_overrides(**{"catalog.n_videos": n_videos})
-    cat = catalog_for(cfg, seed, source=source, progress=progress)
+    cat = catalog_for(cfg, seed, source=source, progress=progress, onto=onto)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         write_videos_parquet(cat, out)

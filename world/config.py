@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -86,6 +86,12 @@ class LegacyKnobs(_Section):
     relevance_noise: float = Field(
         default=0.3, ge=0, description="noise (std, in grade/3 units) of the heavier stages' relevance feature"
     )
+    relevance_view: Literal["query", "user"] = Field(
+        default="query",
+        description="what the heavier stages' relevance model estimates: the video's grade for the query text "
+        "(max over the query's senses: a model that reads the query cannot know which sense this user means) "
+        "or, as in the first version of the world, for the user's own need (an oracle no ranker has)",
+    )
     exploration: float = Field(default=0.0, ge=0, le=1, description="share of exposed slots given to random candidates")
 
 
@@ -106,6 +112,13 @@ class RecKnobs(_Section):
     lean_prob: float = Field(default=0.6, ge=0, le=1, description="a search session's user sees intent-leaning items")
     lean_count: float = Field(default=3.0, ge=0, description="mean leaning items per leaning session")
     lean_noise: float = Field(default=0.25, ge=0, le=1, description="a leaning item is off-intent instead")
+    lean_topic_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="share of the non-noise leaning items drawn from the session's whole topic instead of its "
+        "intent (0: the feed leans by the session's intent; the first version of the world used 0.3)",
+    )
     lean_window_s: float = Field(default=1800.0, gt=0, description="leaning items fall within ± this of the search")
 
 

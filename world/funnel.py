@@ -124,6 +124,7 @@ def rank_expose_click(
     need_i: np.ndarray,
     need_m: np.ndarray,
     draws: Draws,
+    book: QueryBook | None = None,
 ) -> Served:
     """The world's ranking stage and its users, for any retriever's candidates ``V`` (n, K).
 
@@ -154,13 +155,16 @@ def rank_expose_click(
     rr = np.nonzero(valid)
     grade[valid] = grade_pairs(cat, V[valid], need_t[rr[0]], need_i[rr[0]], need_m[rr[0]])
 
-    # Pre-ranker and ranker are heavier models than retrieval (content understanding, the user's
-    # history): each sees the true grade through its own noise, so the stage a candidate reached
-    # carries some relevance, as in a real funnel; the bias still comes from what was retrieved.
+    # Pre-ranker and ranker are heavier models than retrieval: besides the legacy features (text
+    # match, popularity, query → category prior, click history) each has a learned relevance model,
+    # seen through its own noise. Such a model reads the query text and the video, so it estimates
+    # the video's grade for the query (any of its senses), not for the sense this user means.
+    seen = grade if kn.relevance_view == "user" else query_grades(cat, book, texts, V)
+
     def rel(weight: float) -> np.ndarray | float:
         if weight <= 0:
             return 0.0
-        return weight * (grade / 3.0 + kn.relevance_noise * draws.normal(K))
+        return weight * (seen / 3.0 + kn.relevance_noise * draws.normal(K))
 
     pre = np.where(valid, S + rel(kn.prerank_relevance) + kn.prerank_noise * draws.normal(K), -np.inf)
     pre_order = np.argsort(-pre, axis=1, kind="stable")
@@ -194,6 +198,34 @@ def rank_expose_click(
     satisfied: np.ndarray = np.asarray((click & (grade >= ck.satisfied_grade)).any(axis=1))
     ri = np.nonzero(ok)[0]
     return Served(ri, vid[ok], stage[ok], pos[ok], click[ok], play[ok], grade[ok], satisfied)
+
+
+def query_grades(cat: Catalog, book: QueryBook | None, texts: Sequence[str], V: np.ndarray) -> np.ndarray:
+    """Grade of each candidate for the query text: the max over the senses the query's words can mean
+    (0 for a string the query book does not know)."""
+    if book is None:
+        raise ValueError("relevance_view 'query' needs the query book")
+    out = np.zeros(V.shape, np.int8)
+    groups: dict[str, list[int]] = {}
+    for r, t in enumerate(texts):
+        groups.setdefault(t, []).append(r)
+    for t, rows_l in groups.items():
+        sid = book.string_index.get(t)
+        if sid is None:
+            continue
+        rows = np.array(rows_l)
+        sub = V[rows]
+        m = sub >= 0
+        vids = sub[m]
+        best = np.zeros(len(vids), np.int8)
+        n = len(vids)
+        for topic, intent, mod in book.string_senses(sid):
+            g = grade_pairs(cat, vids, np.full(n, topic), np.full(n, intent), np.full(n, mod))
+            best = np.maximum(best, g)
+        blk = out[rows]
+        blk[m] = best
+        out[rows] = blk
+    return out
 
 
 @dataclass
@@ -375,7 +407,7 @@ def leaning_feed(
     ts = s.start_ts[idx] + (d.uniform(-0.3, 1.0) * k.lean_window_s * 1000).astype(np.int64)
     u = d.random(4)
     noise = u[:, 0] < k.lean_noise
-    by_intent = (~noise) & (u[:, 1] < 0.7)
+    by_intent = (~noise) & (u[:, 1] < 1.0 - k.lean_topic_share)
     by_topic = (~noise) & ~by_intent
     vid = np.full(n, -1, np.int64)
     vid[by_intent] = feed.sample(feed.by_intent, s.intent[idx[by_intent]], ts[by_intent], u[by_intent, 3])

@@ -18,11 +18,13 @@ or, when the caller does the retrieval itself (e.g. concurrent HTTP requests)::
         ids = [my_http_retrieve(s.pending.query, s.pending.user_id) for s in pending]
         outcomes += platform.respond(pending, ids)
 
-Determinism: every session draws from its own random stream (``seed``, day, session number), so
-its outcome does not depend on which other sessions ran beside it, in what batches or order; the
-ranking stage's learned state changes only in ``end_day``. Each ``RequestOutcome`` carries what a
-ranking service would report as feedback: the request, every candidate's stage and position, the
-exposed items with clicks and play time, and the follow-up query if the user reformulated.
+One thread at a time: the ranking stage keeps scratch buffers (call ``respond`` from one thread
+and do the HTTP requests concurrently around it). Determinism: every session draws from its own
+random stream (``seed``, day, session number), so its outcome does not depend on which other
+sessions ran beside it, in what batches or order; the ranking stage's learned state changes only
+in ``end_day``. Each ``RequestOutcome`` carries what a ranking service would report as feedback:
+the request, every candidate's stage and position, the exposed items with clicks and play
+time, and the follow-up query if the user reformulated.
 """
 
 from __future__ import annotations
@@ -297,6 +299,8 @@ class Platform:
         """Serve each session's pending request with the given candidates (video ids, best first, e.g.
         a retriever's top-100): the ranking stage orders them, the top ``expose_k`` are shown, the user
         examines, clicks, plays, and may reformulate (``session.pending`` becomes the follow-up)."""
+        if self.day is None:
+            raise ValueError("call start_day before serving requests")
         if len(sessions) != len(candidates):
             raise ValueError("one candidate list per session")
         if any(s.pending is None for s in sessions):
@@ -310,7 +314,9 @@ class Platform:
         arr = _sessions_array(sessions)
         draws = Draws([s.rng for s in sessions])
         texts = [r.query for r in reqs]
-        out = rank_expose_click(self.legacy, self.cat, self.cfg, texts, V, arr.topic, arr.intent, arr.modifier, draws)
+        out = rank_expose_click(
+            self.legacy, self.cat, self.cfg, texts, V, arr.topic, arr.intent, arr.modifier, draws, self.book
+        )
         # follow-ups: only for sessions that may still reformulate
         can = np.array([r.round < self.cfg.clicks.max_reformulations for r in reqs])
         idx = np.flatnonzero(can)

@@ -20,6 +20,7 @@ import numpy as np
 
 from world.build import read_world_info
 from world.evaluation import bm25_run, dense_run, eval_queries, evaluate_run
+from world.mechanisms import mechanism_stats, mechanisms_markdown
 
 GROUPS = ("all", "head", "torso", "tail", "ambiguous")
 
@@ -173,6 +174,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     stats = world_stats(world)
+    mech = mechanism_stats(world)
     queries = eval_queries(world, max_per_set=max_queries, seed=seed)
     baselines: dict[str, Any] = {}
     t1 = time.perf_counter()
@@ -186,6 +188,7 @@ def write_report(
     metrics = {
         "world": info["counts"],
         "stats": stats,
+        "mechanisms": mech,
         "baselines": baselines,
         "timing": timing,
         "eval_queries": len(queries),
@@ -193,7 +196,11 @@ def write_report(
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     _plots(out_dir, stats, baselines)
     md = out_dir / "report.md"
-    md.write_text(_markdown(world, info, stats, baselines, timing, len(queries)), encoding="utf-8")
+    text = _markdown(world, info, stats, baselines, timing, len(queries))
+    text += (
+        "\n## Mechanisms (`crops world mechanisms` compares worlds)\n\n" + "\n".join(mechanisms_markdown(mech)) + "\n"
+    )
+    md.write_text(text, encoding="utf-8")
     return md
 
 

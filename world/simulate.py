@@ -123,7 +123,9 @@ def simulate(
                 K,
             )
             draws = Draws(rng, len(sess))
-            out = rank_expose_click(legacy, cat, cfg, texts, V, s.topic[sess], s.intent[sess], s.modifier[sess], draws)
+            out = rank_expose_click(
+                legacy, cat, cfg, texts, V, s.topic[sess], s.intent[sess], s.modifier[sess], draws, book
+            )
             logs.row_req.append(rid[out.row])
             logs.row_vid.append(out.vid)
             logs.row_stage.append(out.stage)

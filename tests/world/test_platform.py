@@ -121,12 +121,13 @@ def test_only_retrieval_differs_between_arms(world: Path) -> None:
             r = LexicalRetriever(p.legacy, p.video_ids)
         p.run(sessions, r)  # type: ignore[arg-type]
         first = [s.outcomes[0] for s in sessions]
-        return float(np.mean([s.satisfied for s in sessions])), float(np.mean([o.follow_up is not None for o in first]))
+        held = [any(i.grade >= 2 for i in o.exposed) for o in first]  # the user's need was shown
+        return float(np.mean([s.satisfied for s in sessions])), float(np.mean(held))
 
     empty, lexical, oracle = play("empty"), play("lexical"), play("oracle")
-    assert empty[0] == 0.0 and empty[1] > 0.5  # nothing shown: nobody satisfied, most reformulate
+    assert empty == (0.0, 0.0)  # nothing shown: nobody satisfied
     assert oracle[0] > lexical[0] > empty[0]
-    assert oracle[1] < lexical[1]
+    assert oracle[1] > lexical[1]
 
 
 def test_respond_checks_its_input(platform: Platform) -> None:
