@@ -32,10 +32,12 @@ COPY core ./core
 COPY service ./service
 COPY crops ./crops
 COPY model_export ./model_export
+COPY towers ./towers
 COPY index_builder ./index_builder
 COPY training ./training
 COPY world ./world
 COPY loadtest ./loadtest
+COPY online ./online
 
 # ---------------------------------------------------------------- CPU serving venv
 FROM src AS venv-cpu
