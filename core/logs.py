@@ -1,4 +1,5 @@
-"""Log-table contracts: ``search_log``, ``rec_log``, the service's exposure record, the feedback event.
+"""Table contracts: ``search_log``, ``rec_log``, the service's exposure record, the feedback event,
+the ``videos`` catalog.
 
 Writers (the world simulator, the service) and readers (the data engine, the online loop) name the
 same ``TableContract``: its columns, their Arrow types and a schema version stamped into the Parquet
@@ -25,6 +26,7 @@ __all__ = [
     "SEARCH_LOG",
     "SEARCH_STAGES",
     "TABLES",
+    "VIDEOS",
     "FeedbackBatch",
     "FeedbackEvent",
     "TableContract",
@@ -181,5 +183,14 @@ FEEDBACK: Final = TableContract(
     schema=FEEDBACK_SCHEMA,
 )
 
-#: Every log-table contract by name.
-TABLES: Final[dict[str, TableContract]] = {t.name: t for t in (SEARCH_LOG, REC_LOG, EXPOSURE, FEEDBACK)}
+VIDEOS: Final = TableContract(
+    name="videos",
+    version=1,
+    file="videos.parquet",
+    description="The catalog: one row per video. A video's text is its title plus, when present, its "
+    "caption and tags (core.corpus); other columns (category, upload_ts, duration_ms) are kept.",
+    schema=pa.schema([("video_id", pa.string()), ("title", pa.string())]),
+)
+
+#: Every table contract by name.
+TABLES: Final[dict[str, TableContract]] = {t.name: t for t in (SEARCH_LOG, REC_LOG, EXPOSURE, FEEDBACK, VIDEOS)}
