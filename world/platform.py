@@ -234,9 +234,13 @@ class Platform:
         cat = load_catalog(world_dir)
         legacy = LegacyStack(cat, cfg.legacy)
         state = world_dir / STATE_FILE
-        if state.is_file():
-            with np.load(state) as z:
-                legacy.load_state_arrays({k: z[k] for k in z.files})
+        if not state.is_file():
+            raise CropsError(
+                ErrorKind.INCOMPATIBLE,
+                f"{world_dir} has no {STATE_FILE} (built before the ranking stage's state was saved): rebuild it",
+            )
+        with np.load(state) as z:
+            legacy.load_state_arrays({k: z[k] for k in z.files})
         return cls(cat, onto, make_users(onto, cfg, seed), cfg, seed, legacy=legacy)
 
     # ------------------------------------------------------------------ days

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from core.errors import CropsError
 from world import LexicalRetriever, Platform, RequestOutcome, Retriever, SearchSession, build_world, tiny_config
 from world.relevance import grade_pairs
 
@@ -158,3 +160,11 @@ def test_feed_and_end_day_feed_the_ranking_stage(platform: Platform) -> None:
 def test_the_world_keeps_the_ranking_stage_it_learned(world: Path) -> None:
     p = Platform.from_world(world)
     assert p.legacy.views.sum() > 0 and len(p.legacy.fb_keys) > 0 and len(p.legacy.qkey_index) > 0
+
+
+def test_a_world_without_the_ranking_state_is_refused(world: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(world, old)
+    (old / "state" / "legacy_stack.npz").unlink()
+    with pytest.raises(CropsError, match="rebuild"):
+        Platform.from_world(old)
