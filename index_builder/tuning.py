@@ -2,8 +2,9 @@
 
 Every grid point gets recall@k vs exact search on held-out queries and its latency at batch 1
 (per query, median and p99) and batch 32 (per batch), single-threaded: one search thread per
-worker process is how the service runs on small boxes (docs/explanation/architecture.md, "Process model"). The chosen point is the
-fastest at batch 1 whose recall reaches the target; if none does, the most accurate one.
+worker process is how the service runs on small boxes (docs/explanation/architecture.md, "Process
+model"). The chosen point is the fastest at batch 1 whose recall reaches the target; if none does,
+the most accurate one.
 """
 
 from __future__ import annotations

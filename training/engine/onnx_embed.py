@@ -3,8 +3,9 @@ ONNX and quantised to int8 (per-channel, MatMul weights), run by ONNX Runtime.
 
 Why: θ must embed every distinct query and candidate video (~40k texts on the default world);
 fp32 torch on 2 shared cores is the mining job's bottleneck. Per-channel int8 keeps cosine ≈ 0.99
-with fp32 (the variant gate, ``model_export/variants.py``) and θ's head and calibration are fitted on the same int8 features, so the
-probability stays calibrated. The export is cached next to the embeddings (one-time cost).
+with fp32 (the variant gate, ``model_export/variants.py``) and θ's head and calibration are fitted
+on the same int8 features, so the probability stays calibrated. The export is cached next to the
+embeddings (one-time cost).
 """
 
 from __future__ import annotations
