@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from core.atomic import atomic_path
+
 
 def quantize_int8(src: Path, dst: Path, *, per_channel: bool = True) -> None:
     """Per-channel (default) int8 weights on MatMul, activations quantised on the fly; atomic.
@@ -15,18 +17,17 @@ def quantize_int8(src: Path, dst: Path, *, per_channel: bool = True) -> None:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tmp = dst.with_suffix(".tmp.onnx")
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantiser logs one INFO line per tensor on the root logger
     try:
-        quantize_dynamic(
-            model_input=str(src),
-            model_output=str(tmp),
-            per_channel=per_channel,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-        )
+        with atomic_path(dst) as tmp:
+            quantize_dynamic(
+                model_input=str(src),
+                model_output=str(tmp),
+                per_channel=per_channel,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul"],
+            )
     finally:
         root.setLevel(level)
-    tmp.replace(dst)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from core.atomic import atomic_write_bytes, atomic_write_json
+from core.atomic import atomic_path, atomic_write_bytes, atomic_write_json
 from core.corpus import Doc, load_corpus
 from core.errors import CropsError, ErrorKind
 from core.manifest import (
@@ -332,9 +332,8 @@ def _open_for_update(bundle_dir: Path, out: Path | str | None) -> tuple[Path, Bu
         out = Path(out)
         if out.exists():
             raise CropsError(ErrorKind.INVALID_INPUT, f"{out} exists; give a new folder for the updated bundle")
-        tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-        shutil.copytree(bundle_dir, tmp)
-        tmp.rename(out)
+        with atomic_path(out) as tmp:
+            shutil.copytree(bundle_dir, tmp)
         bundle_dir = out
     manifest = verify_bundle(bundle_dir, require_index=True)
     assert manifest.index is not None

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from core.atomic import atomic_write_json, atomic_write_text
+from core.atomic import atomic_path, atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -175,10 +175,9 @@ def plot(
             ax.axvspan(hold[0], hold[1], color="grey", alpha=0.08)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _table(rows: dict[str, dict[str, float]], key: str) -> list[str]:

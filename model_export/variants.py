@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from core.atomic import atomic_path
 from core.corpus import load_corpus
 from core.errors import CropsError, ErrorKind
 from core.manifest import BundleManifest, EncoderVariant, register_file, verify_bundle, write_manifest
@@ -101,9 +102,8 @@ def convert_fp16(src: Path, dst: Path) -> None:
     model = onnx.load(str(src))
     # keep_io_types: callers feed int64 ids and read float32 embeddings, whatever the precision.
     half = convert_float_to_float16(model, keep_io_types=True)
-    tmp = dst.with_suffix(".tmp.onnx")
-    onnx.save(half, str(tmp))
-    tmp.replace(dst)
+    with atomic_path(dst) as tmp:
+        onnx.save(half, str(tmp))
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.atomic import atomic_write_json, atomic_write_text
+from core.atomic import atomic_path, atomic_write_json, atomic_write_text
 from online.stats import METRICS, PAPER_DELTAS, ArmSums, compare, sessions_to_detect
 
 LABELS = {
@@ -162,10 +162,9 @@ def plot(rep: dict[str, Any], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel(f"relative delta vs {rep['control']} (%), 95% bootstrap CI; x = paper")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_report(run_dir: Path, control: str, *, title: str = "Online A/B", command: str | None = None,
