@@ -35,7 +35,7 @@ from core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from core.errors import CropsError, ErrorKind
 from core.logs import REC_LOG, SEARCH_LOG
 from online.client import ServiceClient
-from online.driver import OnlineWorld, bubble_share, replay_logs, run_day, write_tables
+from online.driver import OnlineWorld, bubble_share, run_day, write_tables
 from online.report import build_report, markdown, plot
 
 log = logging.getLogger("online.loop")
@@ -262,13 +262,8 @@ def run_loop(
     needs: dict[str, set[Any]] = {arm: set() for arm in ARMS}
     done_rounds = {r["round"] for r in state["rounds"]}
     if done_rounds:
-        # resume: the ranking stage relives the finished days from the service's own logs
-        resume = out / "resume_join"
-        _crops(["exposures", "--jsonl", str(svc.exposures), "--feedback-jsonl", str(svc.feedback), "--out",
-                str(resume)], logs_dir / "resume.log")
-        replay_logs(w.cfg, w.legacy, w.index_of, w.ever_exposed,
-                    [(pq.read_table(resume / "search_log.parquet"), pq.read_table(resume / "rec_log.parquet"))],
-                    before_ts=w.day_start(max(done_rounds) + 1))
+        # resume: the ranking stage as it was after the last finished day, and the arms' exposures so far
+        w.load_state(out / f"round{max(done_rounds)}" / "platform_state.npz")
         for k in sorted(done_rounds):
             b = json.loads((out / f"round{k}" / "bubble.json").read_text())
             for arm in ARMS:
@@ -292,6 +287,7 @@ def run_loop(
             bar.close()
             rd.mkdir(parents=True, exist_ok=True)
             write_tables(rd, res.requests, res.sessions)
+            w.save_state(rd / "platform_state.npz")
             for arm in ARMS:
                 exposed[arm] |= res.exposed_pairs.get(arm, set())
                 needs[arm] |= res.needs.get(arm, set())
