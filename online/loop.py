@@ -126,20 +126,21 @@ class Service:
 
         asyncio.run(go())
 
-    def wait_logged(self, n_requests: int, timeout_s: float = 60.0) -> None:
-        """Until the exposure log holds ``n_requests`` records (the writer is asynchronous)."""
+    def wait_logged(self, n_requests: int, n_events: int, timeout_s: float = 120.0) -> None:
+        """Until the exposure and feedback logs hold what was served and posted (their writers are
+        asynchronous)."""
         deadline = time.time() + timeout_s
-        while True:
-            n = 0
-            if self.exposures.is_file():
-                with self.exposures.open("rb") as fh:
-                    n = sum(1 for line in fh if line.strip())
-            if n >= n_requests:
-                return
-            if time.time() > deadline:
-                raise CropsError(ErrorKind.BACKEND, f"exposure log holds {n} of {n_requests} records after "
-                                 f"{timeout_s:.0f} s")
-            time.sleep(0.5)
+        for path, want in ((self.exposures, n_requests), (self.feedback, n_events)):
+            while True:
+                n = 0
+                if path.is_file():
+                    with path.open("rb") as fh:
+                        n = sum(1 for line in fh if line.strip())
+                if n >= want:
+                    break
+                if time.time() > deadline:
+                    raise CropsError(ErrorKind.BACKEND, f"{path} holds {n} of {want} records after {timeout_s:.0f} s")
+                time.sleep(0.5)
 
 
 def start_bundle(world: Path, out: Path, logs: Path) -> Path:
@@ -299,11 +300,14 @@ def run_loop(
                                n_boot=1000, seed=seed)
             atomic_write_json(rd / "report.json", rep)
             t_served = time.perf_counter()
-            entry: dict[str, Any] = {"round": k, "arms": round_metrics(rep, bubble), "deltas": rep["deltas"],
-                                     "serve_s": round(t_served - t0, 1), "bundles": {a: str(b) for a, b in
-                                                                                      current.items()}}
+            entry: dict[str, Any] = {
+                "round": k, "arms": round_metrics(rep, bubble), "deltas": rep["deltas"],
+                "serve_s": round(t_served - t0, 1), "feedback_events": res.feedback_events,
+                "bundles": {a: str(b) for a, b in current.items()},
+            }
             if k < rounds - 1:  # the last round is measured, not retrained
-                svc.wait_logged(_n_requests(out, k))
+                svc.wait_logged(_n_requests(out, k), sum(r["feedback_events"] for r in state["rounds"])
+                                + res.feedback_events)
                 joined = rd / "joined"
                 _crops(["exposures", "--jsonl", str(svc.exposures), "--feedback-jsonl", str(svc.feedback),
                         "--out", str(joined)], rd / "exposures.log")
