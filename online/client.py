@@ -35,7 +35,8 @@ class ServiceClient:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout_s, limits=limits)
         self._pending: list[dict[str, Any]] = []
-        self.feedback_posted = 0
+        self.feedback_posted = 0  # accepted by the service
+        self.feedback_dropped = 0  # refused by the service (its log queue was full)
         self.retried = 0
 
     async def __aenter__(self) -> ServiceClient:
@@ -96,7 +97,9 @@ class ServiceClient:
 
     async def _post_feedback(self, batch: list[dict[str, Any]]) -> None:
         r = await self._post("/feedback", {"events": batch})
-        self.feedback_posted += int(r.json().get("accepted", len(batch)))
+        body = r.json()
+        self.feedback_posted += int(body.get("accepted", len(batch)))
+        self.feedback_dropped += int(body.get("dropped", 0))
 
     async def info(self) -> dict[str, Any]:
         r = await self._http.get("/info")

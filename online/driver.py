@@ -105,7 +105,8 @@ class DayResult:
     sessions: list[dict[str, Any]]
     exposed_pairs: dict[str, set[tuple[Need3, int]]]  # per arm: (need, relevant video) exposed to that need
     needs: dict[str, set[Need3]]  # per arm: needs searched
-    feedback_events: int
+    feedback_events: int  # accepted by the service
+    feedback_dropped: int  # refused by the service (counted there too)
     seconds: float
 
 
@@ -144,12 +145,12 @@ async def run_day(
     arm_of: dict[str, str] = {}
     exposed_pairs: dict[str, set[tuple[Need3, int]]] = {}
     needs: dict[str, set[Need3]] = {}
-    n_events = 0
     done = 0
     sem = asyncio.Semaphore(concurrency)
+    accepted0, dropped0 = client.feedback_posted, client.feedback_dropped
 
     async def one(s: SearchSession) -> None:
-        nonlocal n_events, done
+        nonlocal done
         need = (s.need.topic, s.need.intent, s.need.modifier)
         rel = w.relevant(need)
         rel = rel[p.cat.upload_ts[rel] < start]
@@ -163,7 +164,6 @@ async def run_day(
                 outcomes.append(o)
                 events = _events(o, arm)
                 await client.feedback(events)
-                n_events += len(events)
                 top = np.fromiter((p.index_of.get(v, -1) for v in got.video_ids), np.int64)
                 hits = int(np.isin(top[top >= 0], rel).sum()) if len(rel) else 0
                 vids = np.array([p.index_of[i.video_id] for i in o.exposed], np.int64)
@@ -198,14 +198,14 @@ async def run_day(
     ]
     await client.feedback(feed_events)
     await client.flush()
-    n_events += len(feed_events)
     p.end_day(sorted(outcomes, key=lambda o: o.request.request_id), feed)  # the ranking stage learns
     for o in outcomes:
         for i in o.exposed:
             w.ever_exposed[p.index_of[i.video_id]] = True
     requests.sort(key=lambda r: (r["ts_ms"], r["request_id"]))
     sess_rows.sort(key=lambda r: r["session_id"])
-    return DayResult(requests, sess_rows, exposed_pairs, needs, n_events, time.perf_counter() - t0)
+    return DayResult(requests, sess_rows, exposed_pairs, needs, client.feedback_posted - accepted0,
+                     client.feedback_dropped - dropped0, time.perf_counter() - t0)
 
 
 def write_tables(out: Path, requests: list[dict[str, Any]], sessions: list[dict[str, Any]]) -> None:
@@ -250,10 +250,10 @@ def run_online(
     out.mkdir(parents=True, exist_ok=True)
     all_req: list[dict[str, Any]] = []
     all_sess: list[dict[str, Any]] = []
-    n_events = 0
+    n_events = dropped = 0
 
     async def main() -> None:
-        nonlocal n_events
+        nonlocal n_events, dropped
         async with ServiceClient(url, concurrency=concurrency) as client:
             for d in range(days):
                 bar = tqdm(total=sessions, desc=f"day {d} sessions", unit="sess", disable=not progress,
@@ -268,11 +268,13 @@ def run_online(
                 all_req.extend(res.requests)
                 all_sess.extend(res.sessions)
                 n_events += res.feedback_events
+                dropped += res.feedback_dropped
 
     asyncio.run(main())
     write_tables(out, all_req, all_sess)
     summary = {"world": str(world_dir), "service": url, "sessions_per_day": sessions, "days": days, "seed": seed,
-               "run_id": run_id, "requests": len(all_req), "feedback_events": n_events}
+               "run_id": run_id, "requests": len(all_req), "feedback_events": n_events,
+               "feedback_dropped_by_service": dropped}
     atomic_write_json(out / "run.json", summary)
     return summary
 
