@@ -82,6 +82,8 @@ def register(app: typer.Typer) -> None:
         from service.app import app_from_env  # fail fast in this process on a bad bundle/config
 
         checked = app_from_env()
+        # one worker serves the app already loaded here; several load their own (uvicorn's factory)
+        target: object = checked if workers == 1 else "service.app:app_from_env"
         if workers > 1:  # the workers load their own copy: free this one (a 1M index is GBs) before spawning
             import asyncio
             import gc
@@ -95,8 +97,8 @@ def register(app: typer.Typer) -> None:
         from service.protocol import TimedHttpToolsProtocol
 
         config = uvicorn.Config(
-            "service.app:app_from_env",
-            factory=True,
+            target,  # type: ignore[arg-type]
+            factory=workers > 1,
             workers=workers,
             http=TimedHttpToolsProtocol,
             log_level=log_level,
