@@ -11,11 +11,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.normalize import normalize_text
 from training.engine.config import MineConfig
 from training.engine.discriminator import Discriminator
 from training.engine.engines import SqlEngine, make_engine
 from training.engine.llm_client import DescriptionSource
-from training.engine.tables import MineInputs, is_eval_query, load_video_texts, read_table, sql_str
+from training.engine.tables import (
+    MineInputs,
+    is_eval_query,
+    load_video_texts,
+    read_table,
+    sql_str,
+    test_query_strings,
+)
 
 Scorer = Callable[[list[str], list[str]], np.ndarray]
 
@@ -55,6 +63,7 @@ class MineContext:
         self.threads = threads
         self._disc: Discriminator | None = None
         self._videos: dict[str, str] | None = None
+        self._test_queries: set[str] | None = None
 
     @property
     def engine_name(self) -> str:
@@ -124,7 +133,15 @@ class MineContext:
                 src = str(path / "*.parquet") if path.is_dir() else str(path)
                 con.execute(f"CREATE VIEW {n} AS SELECT * FROM read_parquet('{sql_str(src)}')")
         qs = pc.unique(read_table(self.work / "log_samples.parquet", ["query"]).column("query")).to_pylist()
-        con.register("qflags", pa.table({"query": qs, "is_eval": [is_eval_query(q) for q in qs]}))
+        if self._test_queries is None:
+            self._test_queries = test_query_strings(self.inp.logs)
+        # held out from θ's fit: a deterministic half of the queries, and every test-set string
+        in_test = [normalize_text(str(q)) in self._test_queries for q in qs]
+        con.register(
+            "qflags",
+            pa.table({"query": qs, "is_eval": [is_eval_query(q) or t for q, t in zip(qs, in_test, strict=True)],
+                      "in_test": in_test}),
+        )
         con.register("vids", pa.table({"video_id": sorted(self.videos)}))
         if self.inp.labels is not None:
             src = sql_str(str(self.inp.labels))
@@ -134,6 +151,11 @@ class MineContext:
                 f"CREATE VIEW truth AS SELECT CAST(query AS VARCHAR) AS query, CAST(video_id AS VARCHAR) "
                 f"AS video_id, MAX({y}) AS y FROM read_parquet('{src}') GROUP BY 1, 2"
             )
+            if "grade" in cols:
+                con.execute(
+                    f"CREATE VIEW truth_grade AS SELECT CAST(query AS VARCHAR) AS query, CAST(video_id AS VARCHAR) "
+                    f"AS video_id, MAX(grade) AS grade FROM read_parquet('{src}') GROUP BY 1, 2"
+                )
         return con
 
     def ensure_theta_loaded(self) -> None:

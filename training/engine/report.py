@@ -21,14 +21,17 @@ if TYPE_CHECKING:
     from training.engine.context import MineContext
 
 
-def _annotated(con: Any, name: str, has_truth: bool) -> dict[str, np.ndarray]:
-    """θ, exposed-ever, already-clicked, truth label and held-out flag of every candidate pair."""
+def _annotated(con: Any, name: str, has_truth: bool, has_grade: bool = False) -> dict[str, np.ndarray]:
+    """θ, exposed-ever, already-clicked, truth label (and grade) and held-out flag of every candidate pair."""
     rel = "COALESCE(tr.y, 0)" if has_truth else "0"
     join = "LEFT JOIN truth tr ON tr.query = c.query AND tr.video_id = c.video_id" if has_truth else ""
+    grade = "COALESCE(tg.grade, 0)" if has_grade else "-1"
+    if has_grade:
+        join += "\nLEFT JOIN truth_grade tg ON tg.query = c.query AND tg.video_id = c.video_id"
     rel_ = con.sql(f"""
 SELECT COALESCE(t.theta, 0.0) AS theta, COALESCE(l.exposed_ever, FALSE) AS exposed,
        COALESCE(l.level, 0) = {LEVELS["p0_click"]} AS clicked, {rel} = 1 AS relevant,
-       COALESCE(q.is_eval, FALSE) AS is_eval
+       COALESCE(q.is_eval, FALSE) AS is_eval, CAST({grade} AS INT) AS grade
 FROM {name} c
 LEFT JOIN theta t ON t.query = c.query AND t.video_id = c.video_id
 LEFT JOIN log_samples l ON l.query = c.query AND l.video_id = c.video_id
@@ -41,11 +44,17 @@ LEFT JOIN qflags q ON q.query = c.query
 
 
 def alpha_sweep(
-    theta: np.ndarray, relevant: np.ndarray, never_exposed: np.ndarray, alphas: tuple[float, ...], strict: bool = True
-) -> list[dict[str, float]]:
+    theta: np.ndarray,
+    relevant: np.ndarray,
+    never_exposed: np.ndarray,
+    alphas: tuple[float, ...],
+    strict: bool = True,
+    grade: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
     """Precision / recall of the kept candidates (θ > α, or ≥ for P3) against the truth labels.
-    Recall is relative to the relevant candidates the perspective offered (θ's own recall)."""
-    rows = []
+    Recall is relative to the relevant candidates the perspective offered (θ's own recall). With
+    ``grade`` (the true grade of each pair), the kept candidates' share per grade too."""
+    rows: list[dict[str, Any]] = []
     n_rel = int(relevant.sum())
     for a in alphas:
         kept = theta > a if strict else theta >= a
@@ -60,6 +69,8 @@ def alpha_sweep(
                 "recall": tp / n_rel if n_rel else float("nan"),
             }
         )
+        if grade is not None and k:
+            rows[-1]["by_grade"] = {str(g): float((grade[kept] == g).mean()) for g in range(4)}
     return rows
 
 
@@ -90,12 +101,14 @@ def build_report(m: MineContext, total_seconds: float) -> dict[str, Any]:
 
     has_truth = m.inp.labels is not None
     con = m.duck()
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    has_grade = has_truth and "truth_grade" in views
     persp: dict[str, Any] = {}
     sweeps: dict[str, list[dict[str, float]]] = {}
     calib_p: list[np.ndarray] = []
     calib_y: list[np.ndarray] = []
     for name, label in (("p1_candidates", "P1"), ("p2_candidates", "P2")):
-        a = _annotated(con, name, has_truth)
+        a = _annotated(con, name, has_truth, has_grade)
         th, never = a["theta"].astype(np.float64), ~a["exposed"].astype(bool)
         kept = th > cfg.alpha
         info: dict[str, Any] = {
@@ -110,7 +123,9 @@ def build_report(m: MineContext, total_seconds: float) -> dict[str, Any]:
             rel = a["relevant"].astype(bool)
             info["eval_candidates"] = int(ev.sum())
             info["eval_relevant_rate"] = float(rel[ev].mean()) if ev.any() else float("nan")
-            sweeps[label] = alpha_sweep(th[ev], rel[ev], never[ev], cfg.alpha_sweep)
+            sweeps[label] = alpha_sweep(
+                th[ev], rel[ev], never[ev], cfg.alpha_sweep, grade=a["grade"][ev] if has_grade else None
+            )
             calib_p.append(th[ev])
             calib_y.append(rel[ev].astype(np.float64))
         persp[label] = info
@@ -262,6 +277,22 @@ def render_markdown(rep: dict[str, Any]) -> str:
                 r = rep["alpha_sweep"][n][i]
                 cells += [_fmt(r["kept"]), _fmt(r["precision"]), _fmt(r["recall"])]
             lines.append(f"| {r0['alpha']:.1f} | " + " | ".join(cells) + " |")
+        graded = {n: rows for n, rows in rep["alpha_sweep"].items() if any("by_grade" in r for r in rows)}
+        if graded:
+            lines += [
+                "",
+                "Kept candidates by true grade (share of grade 0 / 1 / 2 / 3; grade 1 = the query's topic, "
+                "another facet):",
+                "",
+                "| α | " + " | ".join(f"{n} g0/g1/g2/g3" for n in graded) + " |",
+                "|---|" + "---|" * len(graded),
+            ]
+            for i, r0 in enumerate(next(iter(graded.values()))):
+                cells = []
+                for rows in graded.values():
+                    bg = rows[i].get("by_grade")
+                    cells.append("/".join(f"{100 * bg[str(g)]:.0f}" for g in range(4)) if bg else "—")
+                lines.append(f"| {r0['alpha']:.1f} | " + " | ".join(cells) + " |")
         lines += ["", "![alpha sweep](alpha_sweep.png)"]
     th = rep["theta"]
     if th and not th.get("fake_scorer"):

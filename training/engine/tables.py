@@ -118,6 +118,19 @@ def is_eval_query(query: str) -> bool:
     return hashlib.sha1(query.encode("utf-8")).digest()[0] % 2 == 1
 
 
+def test_query_strings(logs: Path) -> set[str]:
+    """Normalised query strings of a simulated world's test sets (``eval/*.parquet`` next to the
+    logs): θ is never fitted on them."""
+    from core.normalize import normalize_text
+
+    out: set[str] = set()
+    for root in (logs, logs.parent):
+        for path in sorted((root / "eval").glob("*.parquet")) if (root / "eval").is_dir() else []:
+            if "query" in pq.read_schema(path).names:
+                out.update(normalize_text(str(q)) for q in pq.read_table(path, columns=["query"]).column(0).to_pylist())
+    return out
+
+
 def load_video_texts(videos: Path) -> dict[str, str]:
     from core.corpus import iter_corpus
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -26,3 +28,27 @@ def test_p3_settings_are_checked() -> None:
         MineConfig(p3_sampling="hash").validate()
     with pytest.raises(CropsError):
         MineConfig(p3_volume=-1).validate()
+
+
+def test_theta_never_fits_on_test_strings(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.engine.tables import test_query_strings
+
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "train").mkdir()
+    table = pa.table({"query": ["Python Tutorial", "cats"], "video_id": ["a", "b"]})
+    pq.write_table(table, tmp_path / "eval" / "ct.parquet")
+    assert test_query_strings(tmp_path / "train") == {"python tutorial", "cats"}
+    assert test_query_strings(tmp_path / "elsewhere" / "logs") == set()
+
+
+def test_alpha_sweep_reports_kept_grades() -> None:
+    from training.engine.report import alpha_sweep
+
+    theta = np.array([0.9, 0.8, 0.7, 0.2])
+    grade = np.array([3, 1, 0, 2])
+    rows = alpha_sweep(theta, grade >= 2, np.ones(4, bool), (0.5, 0.85), grade=grade)
+    assert rows[0]["kept"] == 3 and rows[0]["by_grade"] == pytest.approx({"0": 1 / 3, "1": 1 / 3, "2": 0.0, "3": 1 / 3})
+    assert rows[1]["by_grade"]["3"] == 1.0 and rows[0]["precision"] == pytest.approx(1 / 3)
