@@ -82,11 +82,14 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--model", type=Path, default=WORK / "model")
+    ap.add_argument("--model", type=Path, default=WORK / "model8", help="exported bundle with its int8 variant")
     ap.add_argument("--factories", default=",".join(FACTORIES))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "index_memory_1M.md")
     a = ap.parse_args(argv)
+    import faiss
+
+    faiss.omp_set_num_threads(2)  # build + exact truth; tuning and the workers time one thread
     spec = importlib.util.spec_from_file_location("gib", ROOT / "benchmarks" / "gpu_index_build.py")
     assert spec is not None and spec.loader is not None
     gib = importlib.util.module_from_spec(spec)

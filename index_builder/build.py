@@ -201,16 +201,20 @@ def build_from_vectors(
     timings["tune_s"] = round(time.perf_counter() - t0, 2)
     section = IndexSection(
         model_id=manifest.model.model_id, factory=factory, ntotal=int(index.ntotal), dim=dim,
-        nprobe=chosen.nprobe, k_factor=chosen.k_factor, recall_at_100=round(chosen.recall, 4),
+        nprobe=chosen.nprobe, k_factor=chosen.k_factor,
+        # Pseudo-queries are tuned to target + margin and the margin is taken off the recorded
+        # figure: on real query sets their recall ran up to ~0.02 above the real queries'.
+        recall_at_100=round(chosen.recall - tune_margin, 4),
         recall_queries=len(queries), corpus=corpus,
         build_seconds=round(sum(timings.values()), 2),
     )
     section.target_recall = target_recall
-    section.target_met = chosen.recall >= target_recall
+    section.target_met = chosen.recall - tune_margin >= target_recall
     # What the recall figure is about (extra fields of the index section, schema unchanged).
     section.recall_queries_kind = queries_kind or "given vectors"  # type: ignore[attr-defined]
     section.recall_queries_source = queries_source  # type: ignore[attr-defined]
     section.tune_margin = tune_margin  # type: ignore[attr-defined]
+    section.recall_at_100_measured = round(chosen.recall, 4)  # type: ignore[attr-defined]
     section.built_on = built_on
     section.chosen = {"b1_ms_p50": chosen.b1_ms_p50, "b1_ms_p99": chosen.b1_ms_p99, "b32_ms": chosen.b32_ms}
     section.timings = timings
@@ -383,7 +387,11 @@ def _remeasure(bundle_dir: Path, section: IndexSection, index: Any) -> None:
         return
     queries = np.load(bundle_dir / qfile)
     _, found = index.search(queries, 100)
-    section.recall_at_100 = round(recall_vs_exact(found, exact_topk(base, queries, 100)), 4)
+    measured = recall_vs_exact(found, exact_topk(base, queries, 100))
+    margin = float((section.model_extra or {}).get("tune_margin") or 0.0)
+    section.recall_at_100 = round(measured - margin, 4)
+    if margin:
+        section.recall_at_100_measured = round(measured, 4)  # type: ignore[attr-defined]
     section.recall_stale = False
     if section.target_recall is not None:
         section.target_met = section.recall_at_100 >= section.target_recall
