@@ -17,7 +17,8 @@ exp_app = typer.Typer(
 def experiment(
     ctx: typer.Context,
     world: Annotated[
-        Path | None, typer.Option("--world", help="a built world (videos, train/, eval/)")
+        list[Path] | None,
+        typer.Option("--world", help="a built world (videos, train/, eval/); repeat for several (OUT/<name>/ each)"),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output folder (resumable)")] = None,
     methods: Annotated[str | None, typer.Option(help="comma-separated subset of the methods")] = None,
@@ -45,10 +46,16 @@ def experiment(
     from core.errors import CropsError, ErrorKind
     from training.experiment.runner import run_experiment
 
-    if world is None or out is None:
+    if not world or out is None:
         raise CropsError(ErrorKind.INVALID_INPUT, "crops experiment needs --world and --out")
-    if not world.is_dir():
-        raise CropsError(ErrorKind.NOT_FOUND, f"--world {world} is not a folder")
+    for w in world:
+        if not w.is_dir():
+            raise CropsError(ErrorKind.NOT_FOUND, f"--world {w} is not a folder")
+    names = [w.resolve().name for w in world]
+    if len(set(names)) < len(names):
+        raise CropsError(ErrorKind.INVALID_INPUT, f"--world folders need distinct names, got {names}")
+    if samples is not None and len(world) > 1:
+        raise CropsError(ErrorKind.INVALID_INPUT, "--samples goes with one --world (each world mines its own)")
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     extra: dict[str, Any] = {"steps": steps} if steps else {}
     if sampling:
@@ -57,7 +64,17 @@ def experiment(
         extra["level_quota"] = level_quota
     if device is not None:
         extra["device"] = device
-    run_experiment(world, out, chosen, seeds, budget, samples=samples, model_dir=model, **extra)
+    if len(world) == 1:
+        run_experiment(world[0], out, chosen, seeds, budget, samples=samples, model_dir=model, **extra)
+        typer.echo((out / "table1.md").read_text())
+        return
+    from core.atomic import atomic_write_text
+
+    parts = []
+    for w, name in zip(world, names, strict=True):
+        run_experiment(w, out / name, chosen, seeds, budget, model_dir=model, **extra)
+        parts.append(f"# World `{name}`\n\n" + (out / name / "table1.md").read_text())
+    atomic_write_text(out / "table1.md", "\n".join(parts))
     typer.echo((out / "table1.md").read_text())
 
 
