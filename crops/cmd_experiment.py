@@ -127,5 +127,16 @@ def batch_audit(
     typer.echo((out / "batch_audit.md").read_text())
 
 
+@exp_app.command("slice-stats")
+def slice_stats_cmd(world: Annotated[Path, typer.Option("--world", help="a built world")]) -> None:
+    """What the test sets are made of (typo strings per set and class, CT pairs seen in training)."""
+    from core.errors import CropsError, ErrorKind
+    from training.experiment.evaluate import slice_stats
+
+    if not (world / "truth" / "queries.parquet").is_file():
+        raise CropsError(ErrorKind.NOT_FOUND, f"{world}/truth/queries.parquet not found: is {world} a built world?")
+    typer.echo(json.dumps(slice_stats(world), indent=2))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(exp_app, name="experiment")

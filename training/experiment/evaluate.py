@@ -199,3 +199,32 @@ def exact_search(
 
 def all_queries(sets: Mapping[str, EvalSet]) -> list[str]:
     return sorted({q for es in sets.values() for q in es.qrels})
+
+
+def slice_stats(world: Path | str) -> dict[str, Any]:
+    """What the test sets are made of: typo share of the distinct strings per set and class, typo
+    share of the test requests, and CT positives already clicked for that string in training."""
+    world = Path(world)
+    sets = load_eval_sets(world)
+    info = load_slice_info(world, all_queries(sets))
+    out: dict[str, Any] = {"typo_share_of_strings": {}, "ct_positives_seen_in_training": {}}
+    for name, es in sets.items():
+        for cls in ("all", "head", "torso", "tail"):
+            qs = [q for q in es.qrels if cls == "all" or es.query_class.get(q) == cls]
+            if qs:
+                share = float(np.mean([bool(info.queries.get(q, {}).get("typo")) for q in qs]))
+                out["typo_share_of_strings"][f"{name}/{cls}"] = {"strings": len(qs), "typo_share": share}
+    n_test = [(m["n_test"], m["typo"]) for m in info.queries.values()]
+    total = sum(n for n, _ in n_test)
+    out["typo_share_of_test_requests"] = sum(n for n, t in n_test if t) / total if total else float("nan")
+    ct = sets["ct"]
+    for cls in ("all", "head", "torso", "tail"):
+        seen = n = 0
+        for q, rel in ct.qrels.items():
+            if cls == "all" or ct.query_class.get(q) == cls:
+                clicked = info.clicked.get(q, set())
+                seen += sum(v in clicked for v in rel)
+                n += len(rel)
+        if n:
+            out["ct_positives_seen_in_training"][cls] = seen / n
+    return out
