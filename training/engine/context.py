@@ -132,7 +132,8 @@ class MineContext:
             if path.exists():
                 src = str(path / "*.parquet") if path.is_dir() else str(path)
                 con.execute(f"CREATE VIEW {n} AS SELECT * FROM read_parquet('{sql_str(src)}')")
-        qs = pc.unique(read_table(self.work / "log_samples.parquet", ["query"]).column("query")).to_pylist()
+        # sorted: a parallel engine writes rows in any order, and the random fit pairs are drawn per query
+        qs = sorted(pc.unique(read_table(self.work / "log_samples.parquet", ["query"]).column("query")).to_pylist())
         if self._test_queries is None:
             self._test_queries = test_query_strings(self.inp.logs)
         # held out from θ's fit: a deterministic half of the queries, and every test-set string

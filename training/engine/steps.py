@@ -55,7 +55,7 @@ def fit_pairs(ctx: MineContext) -> tuple[list[str], list[str], list[int], np.nda
     ``max_fit_pairs``. Returns (queries, video_ids, labels, is_candidate, origin)."""
     con = ctx.duck()
     rng = np.random.default_rng(ctx.seed)
-    fitq = [q for q, e in con.execute("SELECT query, is_eval FROM qflags").fetchall() if not e]
+    fitq = [q for q, e in con.execute("SELECT query, is_eval FROM qflags ORDER BY query").fetchall() if not e]
     vid_list = sorted(ctx.videos)
     rnd = rng.integers(0, len(vid_list), size=(len(fitq), 2))
     con.register(
