@@ -83,14 +83,25 @@ def mine_cmd(
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int, typer.Option(min=1, help="torch threads for θ")] = 2,
     theta_backend: Annotated[
-        str, typer.Option(help="θ embeddings: auto (torch on GPU, int8 ONNX Runtime on CPU), torch, onnx-int8")
+        str,
+        typer.Option(
+            help="θ: bi-encoder embeddings auto (torch on GPU, int8 ONNX Runtime on CPU), torch, onnx-int8; "
+            "or cross (a fine-tuned MiniLM cross-encoder, the paper's θ; meant for a GPU)"
+        ),
     ] = "auto",
+    theta_layers: Annotated[int, typer.Option(min=1, max=6, help="cross θ: MiniLM layers kept")] = 6,
+    theta_steps: Annotated[int, typer.Option(min=1, help="cross θ: fine-tuning steps")] = 300,
+    theta_max_length: Annotated[int, typer.Option(min=8, help="cross θ: tokens per (query, video) pair")] = 64,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
 ) -> None:
     """Mine P0–P3 positives, label every sample on the HLA levels, and write the report."""
     from training.engine.config import MineConfig
     from training.engine.pipeline import mine, resolve_inputs
 
+    if theta_backend not in ("auto", "torch", "onnx-int8", "cross"):
+        raise CropsError(
+            ErrorKind.INVALID_INPUT, f"--theta-backend must be auto, torch, onnx-int8 or cross, got {theta_backend!r}"
+        )
     if engine not in ("duckdb", "spark"):
         raise CropsError(ErrorKind.INVALID_INPUT, f"--engine must be duckdb or spark, got {engine!r}")
     cfg = MineConfig(
@@ -127,6 +138,9 @@ def mine_cmd(
         progress=progress,
         threads=threads,
         theta_backend=theta_backend,
+        theta_layers=theta_layers,
+        theta_steps=theta_steps,
+        theta_max_length=theta_max_length,
     )
     rep = res.report
     typer.echo(f"samples: {res.samples} ({rep.get('rows')} rows); report: {out / 'report.md'}")

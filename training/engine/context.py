@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from core.normalize import normalize_text
 from training.engine.config import MineConfig
+from training.engine.cross_theta import CrossEncoderTheta
 from training.engine.discriminator import Discriminator
 from training.engine.engines import SqlEngine, make_engine
 from training.engine.llm_client import DescriptionSource
@@ -46,8 +47,12 @@ class MineContext:
         progress: bool = True,
         threads: int = 2,
         theta_backend: str = "auto",
+        theta_layers: int = 6,
+        theta_steps: int = 300,
+        theta_max_length: int = 64,
     ) -> None:
         self.theta_backend = theta_backend
+        self.theta_cross = {"n_layers": theta_layers, "steps": theta_steps, "max_length": theta_max_length}
         self.inp = inputs
         self.out = out
         self.work = out / "work"
@@ -61,7 +66,7 @@ class MineContext:
         self.seed = seed
         self.progress = progress
         self.threads = threads
-        self._disc: Discriminator | None = None
+        self._disc: Discriminator | CrossEncoderTheta | None = None
         self._videos: dict[str, str] | None = None
         self._test_queries: set[str] | None = None
 
@@ -99,11 +104,20 @@ class MineContext:
             self.engine.register(n, paths[n])
 
     @property
-    def discriminator(self) -> Discriminator:
+    def discriminator(self) -> Discriminator | CrossEncoderTheta:
+        """θ: the bi-encoder (``auto``, ``torch``, ``onnx-int8`` embeddings) or the cross-encoder (``cross``)."""
         if self._disc is None:
-            self._disc = Discriminator(
-                cache_path=self.work / "embeddings.npz", threads=self.threads, backend=self.theta_backend
-            )
+            if self.theta_backend == "cross":
+                self._disc = CrossEncoderTheta(
+                    threads=self.threads,
+                    n_layers=self.theta_cross["n_layers"],
+                    steps=self.theta_cross["steps"],
+                    max_length=self.theta_cross["max_length"],
+                )
+            else:
+                self._disc = Discriminator(
+                    cache_path=self.work / "embeddings.npz", threads=self.threads, backend=self.theta_backend
+                )
         return self._disc
 
     def score(self, queries: list[str], docs: list[str]) -> np.ndarray:

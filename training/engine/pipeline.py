@@ -74,6 +74,7 @@ STEPS: tuple[Step, ...] = (
             c.seed,
             c.fake_scorer is not None,
             c.theta_backend,
+            c.theta_cross if c.theta_backend == "cross" else None,
         ),
         lambda c: [c.work / "theta_fit.json"],
         steps.fit_theta,

@@ -127,6 +127,9 @@ def fit_theta(ctx: MineContext) -> None:
     disc.cache.save()
     disc.save(ctx.work / "theta_model")
     d = Discriminator.report_dict(rep)
+    d["theta_kind"] = "cross-encoder" if ctx.theta_backend == "cross" else "bi-encoder"
+    if hasattr(disc, "fit_losses"):
+        d["fit_loss_first_last"] = list(disc.fit_losses)
     d.update({"label_origin": origin, "n_pairs": len(ys), "fit_total_seconds": time.perf_counter() - t0})
     atomic_write_json(ctx.work / "theta_fit.json", d)
     log.info(
