@@ -39,6 +39,9 @@ def experiment(
     device: Annotated[
         str | None, typer.Option(help="override the budget's device: auto, cpu or cuda (e.g. the gpu recipe on cpu)")
     ] = None,
+    mine_theta: Annotated[
+        str, typer.Option(help="θ when the world is mined here: auto (bi-encoder) or cross (the trained cross-encoder)")
+    ] = "auto",
 ) -> None:
     """Train and evaluate bm25, dpr, ance, fs-lr, crops and its ablations; write table1.{md,png,json}."""
     if ctx.invoked_subcommand is not None:
@@ -46,6 +49,10 @@ def experiment(
     from core.errors import CropsError, ErrorKind
     from training.experiment.runner import run_experiment
 
+    if mine_theta not in ("auto", "torch", "onnx-int8", "cross"):
+        raise CropsError(
+            ErrorKind.INVALID_INPUT, f"--mine-theta must be auto, torch, onnx-int8 or cross, got {mine_theta!r}"
+        )
     if not world or out is None:
         raise CropsError(ErrorKind.INVALID_INPUT, "crops experiment needs --world and --out")
     for w in world:
@@ -65,14 +72,16 @@ def experiment(
     if device is not None:
         extra["device"] = device
     if len(world) == 1:
-        run_experiment(world[0], out, chosen, seeds, budget, samples=samples, model_dir=model, **extra)
+        run_experiment(
+            world[0], out, chosen, seeds, budget, samples=samples, model_dir=model, theta_backend=mine_theta, **extra
+        )
         typer.echo((out / "table1.md").read_text())
         return
     from core.atomic import atomic_write_text
 
     parts = []
     for w, name in zip(world, names, strict=True):
-        run_experiment(w, out / name, chosen, seeds, budget, model_dir=model, **extra)
+        run_experiment(w, out / name, chosen, seeds, budget, model_dir=model, theta_backend=mine_theta, **extra)
         parts.append(f"# World `{name}`\n\n" + (out / name / "table1.md").read_text())
     atomic_write_text(out / "table1.md", "\n".join(parts))
     typer.echo((out / "table1.md").read_text())

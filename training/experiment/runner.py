@@ -59,19 +59,26 @@ def load_catalog(videos: Path) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
-def ensure_samples(world: Path, out: Path, samples: Path | None) -> Path:
-    """The samples to train on: given, already mined under OUT, or mined now (engine's Python API)."""
+def ensure_samples(world: Path, out: Path, samples: Path | None, theta_backend: str = "auto") -> Path:
+    """The samples to train on: given, already mined under OUT, or mined now (engine's Python API,
+    with the world's simulated LLM as the P3 source, as ``crops mine`` does on a simulated world)."""
     if samples is not None:
         return samples
     path = out / "samples" / "samples.parquet"
     if not path.exists():
+        from training.engine.llm_client import SimulatedSource
         from training.engine.pipeline import mine
+        from world.knowledge import SimulatedLLM
 
         logs = world / "train"
         if not logs.is_dir():
             raise CropsError(ErrorKind.NOT_FOUND, f"{logs} not found: is {world} a built world?")
         log.info("mining %s → %s", logs, path.parent)
-        mine(logs, path.parent)
+        llm = SimulatedLLM(world, seed=0)
+        source = SimulatedSource(
+            llm, model=f"{llm.model}-err{llm.error_rate}-seed0", cache_dir=path.parent / "work" / "llm_cache"
+        )
+        mine(logs, path.parent, source=source, theta_backend=theta_backend)
     return path
 
 
@@ -87,6 +94,7 @@ class Experiment:
         samples: Path | None = None,
         model_dir: Path | None = None,
         progress: bool = True,
+        theta_backend: str = "auto",
         **overrides: Any,
     ) -> None:
         self.world, self.out, self.budget, self.progress = world, out, budget, progress
@@ -105,7 +113,7 @@ class Experiment:
             if search_log.exists() and (world / "truth" / "queries.parquet").exists()
             else None
         )
-        self.samples_path = ensure_samples(world, out, samples)
+        self.samples_path = ensure_samples(world, out, samples, theta_backend)
         self.rows = read_samples(self.samples_path)
         self.bm25 = BM25Index(self.doc_ids, self.doc_texts)
         self._base: DualEncoder | None = None
@@ -288,6 +296,7 @@ def run_experiment(
     samples: Path | str | None = None,
     model_dir: Path | str | None = None,
     progress: bool = True,
+    theta_backend: str = "auto",
     **overrides: Any,
 ) -> dict[str, Any]:
     """Run (or resume) the experiment and write Table 1 (markdown, PNG, JSON) under ``out``."""
@@ -307,6 +316,7 @@ def run_experiment(
         samples=Path(samples) if samples else None,
         model_dir=Path(model_dir) if model_dir else None,
         progress=progress,
+        theta_backend=theta_backend,
         **overrides,
     )
     start = exp.pretrained()
