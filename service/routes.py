@@ -170,6 +170,7 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         return Response(body, media_type=ctype)
 
     admin_errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorBody, "description": "the body is not parseable JSON"},
         401: _ERRORS[401],
         404: {"model": ErrorBody},
         409: {"model": ErrorBody},

@@ -60,7 +60,7 @@ def test_redis_killed_and_restarted_mid_traffic_fails_no_request(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="service.redis")
     with LiveServer(bundle=tiny_bundle, redis_url=redis_process.url, redis_retry_s=0.2, config_poll_s=0.1,
-                    exposure_stream=True) as srv, Hammer(srv.url) as hammer:
+                    exposure_stream=True, admin_token=TOKEN) as srv, Hammer(srv.url) as hammer:
         hammer.wait_for(20)
         assert srv.metric("crops_redis_up") == 1
         redis_process.kill()
