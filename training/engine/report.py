@@ -141,6 +141,21 @@ def build_report(m: MineContext, total_seconds: float) -> dict[str, Any]:
         "kept_never_exposed": int(sum(p3_keep)),  # synthetic texts: never shown by the legacy stack
         "reasons": dict(Counter(p3.column("reason").to_pylist())),
     }
+    truth_q = m.inp.labels.parent / "queries.parquet" if m.inp.labels is not None else None
+    if truth_q is not None and truth_q.is_file() and p3.num_rows:
+        # evaluation only (the LLM never reads it): which kinds of queries P3 was asked about
+        import pyarrow.parquet as pq
+
+        tq = pq.read_table(truth_q, columns=["query", "query_class", "ambiguous"]).to_pydict()
+        kind = {q: (c, bool(a)) for q, c, a in zip(tq["query"], tq["query_class"], tq["ambiguous"], strict=True)}
+        asked = sorted(set(p3.column("query").to_pylist()))
+        per_q = Counter(p3.column("query").to_pylist())
+        persp["P3"]["queries_asked"] = len(asked)
+        persp["P3"]["queries_by_class"] = dict(Counter(kind.get(q, ("?", False))[0] for q in asked))
+        amb = [q for q in asked if kind.get(q, ("", False))[1]]
+        persp["P3"]["ambiguous_queries"] = len(amb)
+        persp["P3"]["ambiguous_head_queries"] = sum(1 for q in amb if kind[q][0] == "head")
+        persp["P3"]["descriptions_for_ambiguous"] = sum(per_q[q] for q in amb)
     p3_stats = m.work / "p3_stats.json"
     if p3_stats.is_file():
         persp["P3"]["llm"] = json.loads(p3_stats.read_text())
@@ -258,6 +273,13 @@ def render_markdown(rep: dict[str, Any]) -> str:
     )
     if p3.get("reasons"):
         lines += ["", "P3 filter: " + ", ".join(f"{k}: {v}" for k, v in sorted(p3["reasons"].items()))]
+    if "queries_asked" in p3:
+        lines += [
+            "",
+            f"P3 was asked about {p3['queries_asked']} queries ({p3['queries_by_class']}), "
+            f"{p3['ambiguous_queries']} of them ambiguous ({p3['ambiguous_head_queries']} head), "
+            f"with {p3['descriptions_for_ambiguous']} descriptions for the ambiguous ones.",
+        ]
     if rep["alpha_sweep"]:
         lines += [
             "",
