@@ -11,12 +11,13 @@ BUNDLE ?= $(DEFAULT_DIR)/bundle
 export OPENBLAS_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: serve test lint bundle bench install-serve install-dev clean help
+.PHONY: serve test lint docs bundle bench install-serve install-dev clean help
 
 help:
 	@echo "make serve   set up, build the default bundle if missing, serve /retrieve on :$(PORT)"
 	@echo "make test    set up and run lint + the test suite"
 	@echo "make lint    ruff, mypy, import-linter"
+	@echo "make docs    regenerate docs/reference/ from the code (CLI, HTTP API, settings, metrics, schemas)"
 	@echo "make bench   performance benchmark (see docs/results/bench.md)"
 
 $(BIN)/python:
@@ -47,8 +48,11 @@ serve: install-serve bundle
 
 lint: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy core world service index_builder model_export loadtest online crops training
+	$(BIN)/mypy core world towers service index_builder model_export loadtest online crops training
 	$(BIN)/lint-imports
+
+docs: install-dev
+	$(BIN)/python -m crops.docgen
 
 test: install-dev
 	$(BIN)/pytest -q
