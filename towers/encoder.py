@@ -53,7 +53,7 @@ class Dense(nn.Module):
         self.activation: nn.Module = getattr(nn, spec.activation)()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.linear(x))  # type: ignore[no-any-return]
+        return self.activation(self.linear(x))
 
     def load_from(self, folder: Path) -> None:
         if (folder / "model.safetensors").is_file():
