@@ -168,6 +168,7 @@ EXPOSURE: Final = TableContract(
             ("query", pa.string()),
             ("normalized_query", pa.string()),
             ("arm", pa.string()),
+            ("experiments", pa.list_(pa.list_(pa.string()))),  # (experiment, arm) per layer the unit is in
             ("bundle_id", pa.string()),
             ("video_ids", pa.list_(pa.string())),
             ("scores", pa.list_(pa.float32())),
