@@ -170,7 +170,7 @@ EXPOSURE: Final = TableContract(
             ("arm", pa.string()),
             ("experiments", pa.list_(pa.list_(pa.string()))),  # (experiment, arm) per layer the unit is in
             ("bundle_id", pa.string()),
-            ("content_id", pa.string()),  # what the bundle's index holds (changes on add/remove)
+            ("content_id", pa.string()),  # checksums of the query tower, index and id map the answer came from
             ("video_ids", pa.list_(pa.string())),
             ("scores", pa.list_(pa.float32())),
         ]
