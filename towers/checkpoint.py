@@ -12,7 +12,9 @@ from core.checkpoint import (
     ADAPTER_META,
     ADAPTER_WEIGHTS,
     CHECKPOINT_META,
+    CHECKPOINT_SCHEMA_VERSION,
     DOC_TOWER,
+    META_SCHEMA_VERSION,
     MODEL_CONFIG,
     QUERY_TOWER,
     TOKENIZER_FILE,
@@ -35,6 +37,15 @@ def load_adapters(checkpoint: Path | str) -> tuple[Adapter, Adapter | None] | No
     return state["q"], None if info.get("shared_towers") else state["d"]
 
 
+def _check_version(root: Path, meta: dict[str, Any]) -> None:
+    version = int(meta.get(META_SCHEMA_VERSION, 1))
+    if version > CHECKPOINT_SCHEMA_VERSION:
+        raise CropsError(
+            ErrorKind.INCOMPATIBLE,
+            f"{root}: checkpoint layout version {version} is newer than this code's {CHECKPOINT_SCHEMA_VERSION}",
+        )
+
+
 def resolve_checkpoint(checkpoint: Path | str) -> tuple[Path, Path | None, dict[str, Any]]:
     """(query tower dir, doc tower dir or None when shared, training metadata)."""
     root = Path(checkpoint)
@@ -47,8 +58,10 @@ def resolve_checkpoint(checkpoint: Path | str) -> tuple[Path, Path | None, dict[
         base = Path(str(meta.get("base_model", "")))
         if not (base / MODEL_CONFIG).is_file():
             raise CropsError(ErrorKind.NOT_FOUND, f"{root}: the adapter's base model {base} is not a model folder here")
+        _check_version(root, meta)
         shared = bool(meta.get("shared_towers"))
         return base, (None if shared else base), meta
+    _check_version(root, meta)
     if (root / QUERY_TOWER).is_dir():
         query, doc = root / QUERY_TOWER, root / DOC_TOWER
         if not doc.is_dir():

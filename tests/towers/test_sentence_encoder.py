@@ -147,3 +147,15 @@ def test_cls_dense_checkpoint_trains_and_exports_with_parity(tiny: Path, tmp_pat
     assert not (tmp_path / "skew").exists()
     m2 = export_bundle(tmp_path / "skew", ckpt, max_query_tokens=64, allow_token_mismatch=True, variants=())
     assert m2.model is not None and m2.model.token_limit_mismatch == ["query tokens 64 (trained with 8)"]
+
+
+def test_a_newer_checkpoint_layout_is_refused(tiny: Path, tmp_path: Path) -> None:
+    from towers.checkpoint import resolve_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny, ckpt)
+    assert resolve_checkpoint(ckpt)[0] == ckpt
+    (ckpt / "crops_checkpoint.json").write_text(json.dumps({"checkpoint_schema_version": 99}))
+    with pytest.raises(CropsError) as err:
+        resolve_checkpoint(ckpt)
+    assert err.value.kind is ErrorKind.INCOMPATIBLE
