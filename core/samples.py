@@ -55,6 +55,18 @@ POSITIVE_LEVEL: Final = 4
 MAX_LEVEL: Final = max(LEVELS.values())
 
 
+def check_samples_version(metadata: dict[bytes, bytes] | None, where: str) -> None:
+    """Refuse samples written by a newer schema than this code knows (``INCOMPATIBLE``)."""
+    from core.errors import CropsError, ErrorKind
+
+    version = int((metadata or {}).get(b"crops.schema_version", b"1"))
+    if version > SAMPLES_SCHEMA_VERSION:
+        raise CropsError(
+            ErrorKind.INCOMPATIBLE,
+            f"{where}: samples schema version {version} is newer than this code's {SAMPLES_SCHEMA_VERSION}",
+        )
+
+
 def is_positive(level: int) -> bool:
     """Whether a sample at ``level`` is a positive (the "level ≥ 4" rule)."""
     return level >= POSITIVE_LEVEL

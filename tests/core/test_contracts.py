@@ -96,3 +96,13 @@ def test_atomic_path_replaces_files_and_folders_and_cleans_up(tmp_path: Path) ->
 
     atomic_write_parquet(pa.table({"a": [1, 2]}), tmp_path / "t.parquet")
     assert pq.read_table(tmp_path / "t.parquet").column("a").to_pylist() == [1, 2]
+
+
+def test_samples_of_a_newer_schema_are_refused() -> None:
+    from core.samples import check_samples_version
+
+    check_samples_version(SAMPLES_SCHEMA.metadata, "samples.parquet")  # this code's own version
+    check_samples_version(None, "old samples without metadata")
+    with pytest.raises(CropsError) as err:
+        check_samples_version({b"crops.schema_version": b"2"}, "samples.parquet")
+    assert err.value.kind is ErrorKind.INCOMPATIBLE

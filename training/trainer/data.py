@@ -23,7 +23,7 @@ import torch
 
 from core.errors import CropsError, ErrorKind
 from core.normalize import normalize_text
-from core.samples import POSITIVE_LEVEL, SAMPLE_COLUMNS, SAMPLES_FILE
+from core.samples import POSITIVE_LEVEL, SAMPLE_COLUMNS, SAMPLES_FILE, check_samples_version
 
 
 def text_key(text: str) -> str:
@@ -41,6 +41,7 @@ def read_samples(path: Path | str) -> SampleColumns:
     if not path.exists():
         raise CropsError(ErrorKind.NOT_FOUND, f"samples {path} do not exist (run `crops mine` first)")
     table = pq.read_table(path)
+    check_samples_version(table.schema.metadata, str(path))
     missing = [c for c in ("query", "level", "source") if c not in table.column_names]
     if missing or ("video_id" not in table.column_names and "text" not in table.column_names):
         raise CropsError(
