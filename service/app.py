@@ -92,6 +92,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         body_timeout_s=settings.body_timeout_s,
         draining=lambda: state.draining,
         on_error=on_error,
+        admit=use_case.admit_or_shed,
+        admit_paths=frozenset({"/retrieve", "/retrieve/batch"}),
+        retry_after_s=settings.retry_after_s,
     )
     return app
 

@@ -4,6 +4,8 @@ A pure-ASGI middleware (outermost), so it acts before anything reads a body:
 
 - ``/admin/*``: the token is checked from the headers first; a request without it is answered 401
   and its body is never read.
+- ``POST /retrieve*``: the retrieve use case's admission decides from the headers whether the request
+  can still be served in its deadline; if not it is answered 503 + Retry-After here, unread.
 - Every body is read here, chunk by chunk, each chunk within ``body_timeout_s`` (else 408), up to the
   path's limit (else 413, also at once from ``Content-Length``), then replayed to the app.
 - While the service drains (after SIGTERM) every response asks the client to close the connection,
@@ -19,7 +21,7 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
-from core.errors import ErrorKind
+from core.errors import CropsError, ErrorKind
 from service.errors import error_parts
 
 ADMIN_TOKEN_HEADER = "x-crops-admin-token"
@@ -64,6 +66,9 @@ class Guard:
         body_timeout_s: float,
         draining: Callable[[], bool],
         on_error: Callable[[ErrorKind, str, int], None],
+        admit: Callable[[Callable[[str], str | None]], None] | None = None,
+        admit_paths: frozenset[str] = frozenset(),
+        retry_after_s: int = 1,
     ) -> None:
         self.app = app
         self.token = token
@@ -72,6 +77,9 @@ class Guard:
         self.body_timeout_s = body_timeout_s
         self.draining = draining
         self.on_error = on_error
+        self.admit = admit
+        self.admit_paths = admit_paths
+        self.retry_after_s = retry_after_s
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -85,6 +93,13 @@ class Guard:
                 return
             if not token_matches(headers, self.token):
                 await self._error(send, path, ErrorKind.UNAUTHORIZED, "missing or wrong admin token")
+                return
+        if self.admit is not None and path in self.admit_paths and scope["method"] == "POST":
+            # the cheapest place to refuse: before the body is read and before any routing
+            try:
+                self.admit(headers)
+            except CropsError as exc:
+                await self._error(send, path, exc.kind, exc.message)
                 return
         limit = self.body_limits.get(path, self.max_body)
         declared = headers("content-length")
@@ -106,9 +121,7 @@ class Guard:
                 chunk = msg.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    await self._error(
-                        send, path, ErrorKind.INVALID_INPUT, f"body over {limit} bytes", status=413
-                    )
+                    await self._error(send, path, ErrorKind.INVALID_INPUT, f"body over {limit} bytes", status=413)
                     return
                 chunks.append(chunk)
                 if not msg.get("more_body", False):
@@ -135,7 +148,7 @@ class Guard:
         await self.app(scope, replay, closing)
 
     async def _error(self, send: Any, path: str, kind: ErrorKind, message: str, status: int | None = None) -> None:
-        code, payload, headers = error_parts(kind, message)
+        code, payload, headers = error_parts(kind, message, retry_after_s=self.retry_after_s)
         code = status or code
         self.on_error(kind, path, code)
         raw = [_JSON, (b"content-length", str(len(payload)).encode()), (b"connection", b"close")]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from core.errors import CropsError, ErrorKind
@@ -24,6 +25,7 @@ from core.normalize import normalize_text
 from service.cache import embedding_key, result_key
 from service.state import ServiceState
 
+DEADLINE_HEADER = "x-crops-deadline-ms"
 _EWMA = 0.1  # weight of the newest batch in the per-query cost average
 _INITIAL_COST_S = 0.003  # before the first batch: a few ms, what one CPU query costs
 
@@ -42,7 +44,9 @@ class Admission:
         if self.queued >= self.max_queue:
             self.metrics.shed.labels(reason="queue_full").inc()
             raise CropsError(ErrorKind.OVERLOADED, f"overloaded: {self.queued} queries queued; retry shortly")
-        if time.perf_counter() + (self.queued + 1) * self.cost_s > deadline_at:
+        # An empty queue always admits: nothing ahead to wait for, and a shed-only server would never
+        # measure a batch again to correct a cost estimate that once ran high.
+        if self.queued and time.perf_counter() + (self.queued + 1) * self.cost_s > deadline_at:
             self.metrics.shed.labels(reason="predicted").inc()
             raise CropsError(
                 ErrorKind.OVERLOADED,
@@ -84,9 +88,9 @@ class RetrieveUseCase:
                 raise CropsError(ErrorKind.INVALID_INPUT, "x-crops-deadline-ms: not a number") from None
         return t0 + budget
 
-    def admit_or_shed(self, deadline_at: float) -> None:
-        """The cheap check before any parsing: shed at once what could not be served in time."""
-        self.admission.check(deadline_at)
+    def admit_or_shed(self, headers: Callable[[str], str | None]) -> None:
+        """The cheap check before the body is read: shed at once what could not be served in time."""
+        self.admission.check(self.deadline(time.perf_counter(), headers(DEADLINE_HEADER)))
 
     async def one(self, req: Any, force: str | None, t0: float, deadline_at: float) -> dict[str, Any]:
         out = await self._serve(req, force, t0, deadline_at, bulk=False)

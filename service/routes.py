@@ -18,11 +18,11 @@ from core.feedback import FeedbackBatch
 from service.deps import AdminDep, StateDep, UseCaseDep, require_admin
 from service.errors import validation_details, validation_message
 from service.experiments import parse_config
+from service.retrieve import DEADLINE_HEADER
 from service.schemas import BatchResponse, ErrorBody, FeedbackAccepted, ReloadRequest, RetrieveResponse, request_models
 from service.settings import ServiceSettings
 
 FORCE_ARM_HEADER = "x-crops-force-arm"
-DEADLINE_HEADER = "x-crops-deadline-ms"
 JSON = "application/json"
 _HEADER_UNSAFE = re.compile(r"[^!-~]")
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -91,8 +91,7 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         """Top-k candidates for one query, from the arm the user is assigned to."""
         t0 = time.perf_counter()
         force = force_arm(request, admin)
-        deadline_at = use_case.deadline(t0, request.headers.get(DEADLINE_HEADER))
-        use_case.admit_or_shed(deadline_at)  # before parsing: under overload the excess costs ~nothing
+        deadline_at = use_case.deadline(t0, request.headers.get(DEADLINE_HEADER))  # admitted by the guard
         req = _parse(RetrieveRequest, await request.body())
         out = await use_case.one(req, force, t0, deadline_at)
         t = out["timings"]
@@ -119,8 +118,7 @@ def build_router(settings: ServiceSettings) -> APIRouter:
         """Several queries in one call (each assigned and cached on its own; encoded in micro-batches)."""
         t0 = time.perf_counter()
         force = force_arm(request, admin)
-        deadline_at = use_case.deadline(t0, request.headers.get(DEADLINE_HEADER))
-        use_case.admit_or_shed(deadline_at)
+        deadline_at = use_case.deadline(t0, request.headers.get(DEADLINE_HEADER))  # admitted by the guard
         body = _parse(BatchRequest, await request.body())
         results = await use_case.many(body.items, force, t0, deadline_at)
         total = round((time.perf_counter() - t0) * 1e3, 3)

@@ -123,14 +123,36 @@ def test_overload_is_shed_fast_with_retry_after(tiny_bundle: Path) -> None:
 
 
 def test_a_request_that_cannot_make_its_deadline_is_refused_at_once(tiny_bundle: Path) -> None:
-    with LiveServer(bundle=tiny_bundle, deadline_ms=0.01, cache="none") as srv:
-        r = srv.retrieve("any query at all")
-        assert r.status_code == 503
-        assert r.json()["error"] == "overloaded" and r.headers["retry-after"] == "1"
-        assert srv.metric("crops_shed_total", reason="predicted") == 1
+    import asyncio
+
+    with LiveServer(bundle=tiny_bundle, deadline_ms=2000, cache="none") as srv:
+        # the admission believes one query costs 1 s (as after slow batches): with one query queued, the
+        # next cannot finish inside 2 s... and neither can any request asking for 500 ms
+        admission = srv.app.state.retrieve.admission
+        admission.cost_s = 1.0
+        admission.observe = lambda *_: None  # keep it there for this test
+
+        async def burst() -> list[tuple[int, float, str]]:
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+                async def one(i: int) -> tuple[int, float, str]:
+                    t = time.perf_counter()
+                    r = await client.post("/retrieve", json={"query": f"predicted shed {i}"})
+                    return r.status_code, time.perf_counter() - t, r.json()["error"] if r.status_code != 200 else ""
+
+                return list(await asyncio.gather(*(one(i) for i in range(8))))
+
+        results = asyncio.run(burst())
+        shed = [(dt, err) for code, dt, err in results if code == 503]
+        assert any(code == 200 for code, _, _ in results), results  # an empty queue always admits
+        assert shed and all(err == "overloaded" for _, err in shed), results
+        assert srv.metric("crops_shed_total", reason="predicted") == len(shed)
         # a caller may ask for a shorter deadline than the server's, never a longer one
-        r = srv.retrieve("any query at all", headers={"x-crops-deadline-ms": "0.001"})
-        assert r.status_code == 503 and srv.metric("crops_shed_total", reason="predicted") == 2
+        admission.queued += 1  # as if one query were queued
+        try:
+            r = srv.retrieve("any query", headers={"x-crops-deadline-ms": "500"})
+        finally:
+            admission.queued -= 1
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
 
 
 def test_deadline_passed_while_queued_is_503(tiny_bundle: Path) -> None:
