@@ -376,6 +376,8 @@ def _plot_overload(shots: list[Shot], res: dict[str, Any], path: Path) -> None:
 
 
 def process_models(a: argparse.Namespace) -> dict[str, Any]:
+    """All three set up at once (idle ones cost nothing), then measured in turn, round by round, so that
+    the shared box's drifting load falls on all of them alike."""
     base = {
         "CROPS_CACHE": "none",
         "CROPS_DEADLINE_MS": "10000",
@@ -383,42 +385,42 @@ def process_models(a: argparse.Namespace) -> dict[str, Any]:
         "CROPS_MAX_IN_FLIGHT": "100000",
     }
     rows: dict[str, Any] = {}
-
-    def measure(name: str, url: str) -> None:
-        _run(closed_loop(url, a.connections_capacity, 2.0, seed=11))
+    started: list[Any] = []
+    try:
+        setups: list[tuple[str, str]] = []
+        srv = Server(a.bundle, 2, base)
+        started.append(srv)
+        setups.append(("crops serve --workers 2 (uvicorn)", srv.url))
+        reps = [Server(a.bundle, 1, base), Server(a.bundle, 1, base)]
+        started += reps
+        ngx = Nginx([r.port for r in reps])
+        started.append(ngx)
+        setups.append(("nginx least_conn + 2 x crops serve", ngx.url))
+        if a.old_tree is not None:
+            old = Server(a.bundle, 2, base, tree=a.old_tree, extra=["--balance", "least-conn"])
+            started.append(old)
+            setups.append(("old dispatcher (--balance least-conn)", old.url))
+        for _, url in setups:
+            _run(closed_loop(url, a.connections_capacity, 2.0, seed=11))
         for rnd in range(a.rounds):
-            shots = _run(closed_loop(url, a.connections_capacity, a.capacity_s, seed=20 + rnd))
-            s = summarize(shots, a.capacity_s)
-            rows.setdefault(name, []).append(s)
-            print(
-                f"  {name:40s} round {rnd}: {s['goodput_rps']:7.1f} req/s  p50 {s['ok_p50_ms']:6.2f} ms  "
-                f"p99 {s['ok_p99_ms']:7.2f} ms  errors {s['sent'] - s['ok']}",
-                flush=True,
-            )
-
-    srv = Server(a.bundle, 2, base)
-    try:
-        measure("crops serve --workers 2 (uvicorn)", srv.url)
+            for name, url in setups:
+                shots = _run(closed_loop(url, a.connections_capacity, a.capacity_s, seed=20 + rnd))
+                s = summarize(shots, a.capacity_s)
+                rows.setdefault(name, []).append(s)
+                print(
+                    f"  {name:40s} round {rnd}: {s['goodput_rps']:7.1f} req/s  p50 {s['ok_p50_ms']:6.2f} ms  "
+                    f"p99 {s['ok_p99_ms']:7.2f} ms  errors {s['sent'] - s['ok']}",
+                    flush=True,
+                )
     finally:
-        srv.stop()
-    reps = [Server(a.bundle, 1, base), Server(a.bundle, 1, base)]
-    ngx = Nginx([r.port for r in reps])
-    try:
-        measure("nginx least_conn + 2 x crops serve", ngx.url)
-    finally:
-        ngx.stop()
-        for r in reps:
-            r.stop()
-    if a.old_tree is not None:
-        srv = Server(a.bundle, 2, base, tree=a.old_tree, extra=["--balance", "least-conn"])
-        try:
-            measure("old dispatcher (--balance least-conn)", srv.url)
-        finally:
-            srv.stop()
+        for x in reversed(started):
+            x.stop()
+    means = {k: round(sum(s["goodput_rps"] for s in v) / len(v), 1) for k, v in rows.items()}
     return {
         "connections": a.connections_capacity,
         "seconds": a.capacity_s,
         "rounds": rows,
+        "mean_rps": means,
         "nproc": os.cpu_count(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
@@ -507,17 +509,23 @@ keep-alive connections:
 Latency is measured by the client from the moment a request is released, including any wait for a
 free connection (no coordinated omission).
 """
+    rounds = r["rounds"]
+    n = len(next(iter(rounds.values())))
     lines = [
-        f"| {name} | " + " | ".join(f"{s['goodput_rps']} req/s, p99 {s['ok_p99_ms']} ms" for s in runs) + " |"
-        for name, runs in r["rounds"].items()
+        f"| {name} | "
+        + " | ".join(f"{s['goodput_rps']} req/s, p99 {s['ok_p99_ms']} ms" for s in runs)
+        + f" | **{r['mean_rps'][name]} req/s** |"
+        for name, runs in rounds.items()
     ]
-    head = "| process model | " + " | ".join(f"round {i}" for i in range(len(next(iter(r["rounds"].values()))))) + " |"
-    sep = "|---|" + "---|" * len(next(iter(r["rounds"].values())))
+    head = "| process model | " + " | ".join(f"round {i}" for i in range(n)) + " | mean |"
+    sep = "|---|" + "---|" * (n + 1)
     return (
         f"""# Two worker processes on one box: process models side by side
 
 Command: `{r["command"]}` ({r["nproc"]} cores shared with other work, load average {r["loadavg_1m"]}).
-Closed loop, {r["connections"]} keep-alive connections, every query a cache miss, {r["seconds"]:g} s per round.
+Closed loop, {r["connections"]} keep-alive connections, every query a cache miss, {r["seconds"]:g} s per
+round; all set up at once and measured in turn in every round (interleaved), so the shared box's
+drifting load falls on each alike.
 
 {head}
 {sep}
