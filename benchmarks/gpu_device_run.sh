@@ -29,7 +29,12 @@ setup)
   cd /tmp/p || exit 1
   cat SHA256SUMS.* | sha256sum -c --quiet || { echo "error: a piece is missing or corrupt"; exit 1; }
   if ls cuda12.part.* >/dev/null 2>&1; then
-    mkdir -p /tmp/cuda12 && cat cuda12.part.* | xz -d -T0 | tar -C /tmp/cuda12 -xf - || exit 1
+    mkdir -p /tmp/cuda12
+    if command -v xz >/dev/null; then
+      cat cuda12.part.* | xz -d -T0 | tar -C /tmp/cuda12 -xf - || exit 1
+    else
+      cat cuda12.part.* | python3 -c "import lzma, sys, tarfile; tarfile.open(fileobj=lzma.open(sys.stdin.buffer), mode='r|').extractall('/tmp/cuda12')" || exit 1
+    fi
   fi
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ./*.whl \
     2>&1 | grep -v "^WARNING" | tail -3
