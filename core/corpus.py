@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core.errors import CropsError, ErrorKind
 
@@ -18,25 +19,37 @@ class Doc:
     text: str
 
 
-def _iter_jsonl(path: Path) -> Iterator[Doc]:
+def iter_jsonl(path: Path | str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a .jsonl or .jsonl.gz file.
+
+    A line that is not JSON is ``INVALID_INPUT`` naming the file and line.
+    """
+    path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                doc_id = row.get("_id", row.get("video_id", row.get("id")))
-            except (json.JSONDecodeError, AttributeError) as exc:
-                raise CropsError(ErrorKind.INVALID_INPUT, f"{path}:{lineno}: not a JSON object") from exc
-            if doc_id is None:
-                raise CropsError(ErrorKind.INVALID_INPUT, f"{path}:{lineno}: no _id/video_id field")
-            title = row.get("title") or ""
-            text = row.get("text") or row.get("caption") or ""
-            tags = row.get("tags")
-            if tags and isinstance(tags, list):
-                text = f"{text} {' '.join(map(str, tags))}".strip()
-            yield Doc(str(doc_id), str(title), str(text))
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CropsError(ErrorKind.INVALID_INPUT, f"{path}:{lineno}: not JSON") from exc
+            yield lineno, value
+
+
+def _iter_jsonl(path: Path) -> Iterator[Doc]:
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise CropsError(ErrorKind.INVALID_INPUT, f"{path}:{lineno}: not a JSON object")
+        doc_id = row.get("_id", row.get("video_id", row.get("id")))
+        if doc_id is None:
+            raise CropsError(ErrorKind.INVALID_INPUT, f"{path}:{lineno}: no _id/video_id field")
+        title = row.get("title") or ""
+        text = row.get("text") or row.get("caption") or ""
+        tags = row.get("tags")
+        if tags and isinstance(tags, list):
+            text = f"{text} {' '.join(map(str, tags))}".strip()
+        yield Doc(str(doc_id), str(title), str(text))
 
 
 def _iter_parquet(path: Path) -> Iterator[Doc]:

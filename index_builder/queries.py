@@ -12,13 +12,11 @@ plus ``PSEUDO_MARGIN``. The manifest's index section records which kind the reca
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.corpus import Doc
+from core.corpus import Doc, iter_jsonl
 from core.errors import CropsError, ErrorKind
 from core.normalize import normalize_text
 
@@ -59,19 +57,11 @@ def read_query_texts(path: Path | str) -> list[str]:
         except (OSError, pa.ArrowInvalid) as exc:
             raise CropsError(ErrorKind.INVALID_INPUT, f"{path}: not a readable Parquet file ({exc})") from exc
     elif name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise CropsError(ErrorKind.INVALID_INPUT, f"{path}:{lineno}: not JSON") from exc
-                q = row.get("query", row.get("text")) if isinstance(row, dict) else row
-                if not isinstance(q, str):
-                    raise CropsError(ErrorKind.INVALID_INPUT, f"{path}:{lineno}: no 'query' or 'text' string")
-                texts.append(q)
+        for lineno, row in iter_jsonl(path):
+            q = row.get("query", row.get("text")) if isinstance(row, dict) else row
+            if not isinstance(q, str):
+                raise CropsError(ErrorKind.INVALID_INPUT, f"{path}:{lineno}: no 'query' or 'text' string")
+            texts.append(q)
     else:
         try:
             texts = path.read_text(encoding="utf-8").splitlines()

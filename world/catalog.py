@@ -10,7 +10,6 @@ jsonl (``_id``, ``title``, ``text`` = caption + tags) for the service's default 
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import os
 import re
@@ -22,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from core.corpus import iter_jsonl
 from core.errors import CropsError, ErrorKind
 from world.config import CatalogKnobs, WorldConfig
 from world.files import atomic_path, write_parquet
@@ -297,22 +297,14 @@ def _iter_activitynet(folder: Path) -> Iterator[RealText]:
 
 
 def _iter_jsonl(path: Path) -> Iterator[RealText]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CropsError(ErrorKind.INVALID_INPUT, f"{path}:{lineno}: not JSON") from exc
-            if isinstance(row, str):
-                row = {"title": row}
-            title = str(row.get("title") or "").strip()
-            cap = str(row.get("caption") or row.get("text") or "").strip()
-            if title or cap:
-                tags = row.get("tags") if isinstance(row.get("tags"), list) else []
-                yield RealText(title or cap[:60], cap if title else "", tuple(map(str, tags)), row.get("category"))
+    for _, row in iter_jsonl(path):
+        if isinstance(row, str):
+            row = {"title": row}
+        title = str(row.get("title") or "").strip()
+        cap = str(row.get("caption") or row.get("text") or "").strip()
+        if title or cap:
+            tags = row.get("tags") if isinstance(row.get("tags"), list) else []
+            yield RealText(title or cap[:60], cap if title else "", tuple(map(str, tags)), row.get("category"))
 
 
 def load_real_texts(source: str | Path) -> list[RealText]:
