@@ -169,6 +169,11 @@ def _write_tables(
     user_rel = row_grade >= cfg.clicks.satisfied_grade
     r_ret_rel = np.bincount(row_req, weights=user_rel, minlength=n_req).astype(np.int32)
     r_exp_rel = np.bincount(row_req, weights=user_rel & (row_stage == 2), minlength=n_req).astype(np.int32)
+    # position of the first exposed video relevant to the user (-1: none): how far they had to look
+    r_first_rel = np.full(n_req, np.iinfo(np.int32).max, np.int64)
+    m_er = user_rel & (row_stage == 2)
+    np.minimum.at(r_first_rel, row_req[m_er], row_pos[m_er].astype(np.int64))
+    r_first_rel = np.where(r_first_rel == np.iinfo(np.int32).max, -1, r_first_rel).astype(np.int32)
     r_cands = np.bincount(row_req, minlength=n_req).astype(np.int32)
     row_test = r_test[row_req]
     for part, mask in (("train", ~row_test), ("test", row_test)):
@@ -247,6 +252,7 @@ def _write_tables(
                 "n_candidates": pa.array(r_cands, pa.int32()),
                 "retrieved_user_relevant": pa.array(r_ret_rel, pa.int32()),
                 "exposed_user_relevant": pa.array(r_exp_rel, pa.int32()),
+                "first_user_relevant_position": pa.array(r_first_rel, pa.int32()),
                 "split": pa.array(np.where(r_test, "test", "train"), pa.string()),
             }
         ),

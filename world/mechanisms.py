@@ -24,9 +24,12 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from world.build import read_world_info
 from world.ontology import load_ontology
+
+TOP = 3  # "shown low": the first video relevant to the user was below the top TOP positions
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
@@ -42,6 +45,8 @@ def mechanism_stats(world: Path) -> dict[str, Any]:
     w = str(world)
     con = duckdb.connect()
     con.execute("SET threads TO 2")
+    has_pos = "first_user_relevant_position" in pq.read_schema(world / "truth" / "requests.parquet").names
+    first_pos = "req.first_user_relevant_position" if has_pos else "NULL"  # worlds built before the column
     con.execute(f"""
         CREATE VIEW slog AS SELECT * FROM read_parquet(['{w}/train/search_log.parquet', '{w}/test/search_log.parquet']);
         CREATE VIEW rlog AS SELECT * FROM read_parquet(['{w}/train/rec_log.parquet', '{w}/test/rec_log.parquet']);
@@ -59,7 +64,8 @@ def mechanism_stats(world: Path) -> dict[str, Any]:
                EXISTS (SELECT 1 FROM req c WHERE c.parent_request_id = req.request_id) AS reformulated,
                CASE WHEN req.retrieved_user_relevant = 0 THEN 'retrieval_miss'
                     WHEN req.exposed_user_relevant = 0 THEN 'ranking_miss'
-                    ELSE 'not_clicked' END AS cause
+                    ELSE 'not_clicked' END AS cause,
+               {first_pos} AS first_rel_pos
         FROM req JOIN qs q USING (query);
     """)
     out: dict[str, Any] = {"world": world.name, "seed": info["seed"]}
@@ -75,8 +81,11 @@ def mechanism_stats(world: Path) -> dict[str, Any]:
             f"""SELECT g, count(*) AS reformulations,
                    avg(CAST(cause = 'retrieval_miss' AS DOUBLE)) AS retrieval_miss,
                    avg(CAST(cause = 'ranking_miss' AS DOUBLE)) AS ranking_miss,
-                   avg(CAST(cause = 'not_clicked' AS DOUBLE)) AS not_clicked
-               FROM (SELECT cause, {src} WHERE reformulated) GROUP BY g ORDER BY g""",
+                   avg(CAST(cause = 'not_clicked' AS DOUBLE)) AS not_clicked,
+                   avg(CASE WHEN first_rel_pos IS NOT NULL
+                            THEN CAST(cause = 'not_clicked' AND first_rel_pos >= {TOP} AS DOUBLE) END)
+                       AS not_clicked_shown_low
+               FROM (SELECT cause, first_rel_pos, {src} WHERE reformulated) GROUP BY g ORDER BY g""",
         )
         held += _rows(
             con,
@@ -212,7 +221,8 @@ def mechanisms_markdown(stats: dict[str, Any], *, heads: tuple[str, ...] = ()) -
 
     lines = ["#### Why users reformulated (share of reformulated requests)", ""]
     lines += _table(
-        stats["reformulation_causes"], ["g", "reformulations", "retrieval_miss", "ranking_miss", "not_clicked"]
+        stats["reformulation_causes"],
+        ["g", "reformulations", "retrieval_miss", "ranking_miss", "not_clicked", "not_clicked_shown_low"],
     )
     lines += ["", "#### What the funnel held for the user's need", ""]
     lines += _table(
@@ -245,6 +255,9 @@ def _headline(stats: dict[str, Any], heads: tuple[str, ...]) -> dict[str, Any]:
         "reformulations from a retrieval miss": causes.get("all", {}).get("retrieval_miss"),
         "reformulations from a ranking miss": causes.get("all", {}).get("ranking_miss"),
         "reformulations after an exposure that held a relevant video": causes.get("all", {}).get("not_clicked"),
+        f"… of which the first relevant video was below position {TOP}": causes.get("all", {}).get(
+            "not_clicked_shown_low"
+        ),
         "non-ambiguous head requests whose exposure held a user-relevant video": held.get("head", {}).get(
             "exposure_held_relevant"
         ),

@@ -61,3 +61,6 @@ def test_requests_say_whether_retrieval_or_ranking_missed(world: Path) -> None:
     assert (req.retrieved_user_relevant <= req.n_candidates).all()
     # satisfied needs a click on a user-relevant exposed video
     assert (req.loc[req.satisfied, "exposed_user_relevant"] > 0).all()
+    first = req.first_user_relevant_position
+    assert ((first >= 0) == (req.exposed_user_relevant > 0)).all()
+    assert first.max() < tiny_config().legacy.expose_k

@@ -54,6 +54,7 @@ def test_causes_and_feed_grades_are_shares(worlds: dict[str, Path]) -> None:
     s = mechanism_stats(worlds["query_view"])
     for r in s["reformulation_causes"]:
         assert abs(r["retrieval_miss"] + r["ranking_miss"] + r["not_clicked"] - 1) < 1e-9
+        assert 0 <= r["not_clicked_shown_low"] <= r["not_clicked"]
     for r in s["feed_lean_grades"]:
         assert abs(r["grade0"] + r["grade1"] + r["grade2"] + r["grade3"] - 1) < 1e-9
     senses = [r for r in s["bubble_by_sense"] if r["head"] == "apple"]
