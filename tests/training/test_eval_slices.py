@@ -39,7 +39,7 @@ def test_typo_words_fall_outside_the_platform_vocabulary(tmp_path: Path) -> None
 
 
 def test_summarise_ct_seen_unseen_and_sense_coverage() -> None:
-    ct = EvalSet("ct", "recall", 100, "ct_recall@100")
+    ct = EvalSet("ct")
     ct.qrels = {"python": {"a": 1.0, "c": 1.0}, "pasta": {"p": 1.0}}
     ct.query_class = {"python": "head", "pasta": "torso"}
     ct.ambiguous = {"python": True, "pasta": False}

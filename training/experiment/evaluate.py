@@ -31,12 +31,18 @@ METRIC_NAMES = {"ct": "ct_recall@100", "qr": "qr_recall@100", "graded": "ndcg@4"
 @dataclass
 class EvalSet:
     name: str
-    kind: str = "recall"
-    k: int = 100
-    metric: str = ""
     qrels: dict[str, dict[str, float]] = field(default_factory=dict)  # normalised query → doc → gain
     query_class: dict[str, str] = field(default_factory=dict)
     ambiguous: dict[str, bool] = field(default_factory=dict)
+    kind: str = ""  # recall | ndcg (default: from SETS, else ndcg)
+    k: int = 0
+    metric: str = ""
+
+    def __post_init__(self) -> None:
+        kind, k = SETS.get(self.name, ("ndcg", 4))
+        self.kind = self.kind or kind
+        self.k = self.k or k
+        self.metric = self.metric or METRIC_NAMES.get(self.name, f"{self.name}_{self.kind}@{self.k}")
 
 
 def load_eval_sets(world: Path | str) -> dict[str, EvalSet]:
@@ -55,8 +61,7 @@ def load_eval_sets(world: Path | str) -> dict[str, EvalSet]:
     for name in (*SETS, *extra):
         path = root / f"{name}.parquet"
         rows = pq.read_table(path).to_pylist()
-        kind, k = SETS.get(name, ("ndcg", 4))
-        es = EvalSet(name, kind, k, METRIC_NAMES.get(name, f"{name}_ndcg@{k}"))
+        es = EvalSet(name)
         for r in rows:
             q = normalize_text(str(r["query"]))
             gain = float(r.get("grade", 1.0) if r.get("grade") is not None else 1.0)
