@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -70,3 +71,26 @@ def test_ci95_over_seeds() -> None:
     assert ci95([0.4, 0.5, 0.6]) == pytest.approx(4.302653 * 0.1 / 3**0.5, rel=1e-5)
     tab = table({"m": [{"metrics": {"x": 0.4}}, {"metrics": {"x": 0.6}}]})
     assert tab["m"]["x"]["mean"] == 0.5 and tab["m"]["x"]["n"] == 2
+
+
+def test_sense_aware_set_is_judged_per_request(tmp_path: Path) -> None:
+    """Two users type "python", one wants the language, one the snake: each request is graded by its
+    own need, so one ranking cannot get both top marks (the max over senses would hide that)."""
+    (tmp_path / "eval").mkdir()
+    row = {"query": "python", "query_class": "head", "ambiguous": True}
+    for name in ("ct", "qr"):
+        pq.write_table(pa.Table.from_pylist([{**row, "video_id": "lang", "pair_seen_in_training": True}]),
+                       tmp_path / "eval" / f"{name}.parquet")
+    pq.write_table(pa.Table.from_pylist([{**row, "video_id": v, "grade": 3} for v in ("lang", "snake")]),
+                   tmp_path / "eval" / "graded.parquet")
+    sense = [{**row, "request_id": "r1", "video_id": "lang", "grade": 3},
+             {**row, "request_id": "r1", "video_id": "snake", "grade": 0},
+             {**row, "request_id": "r2", "video_id": "lang", "grade": 0},
+             {**row, "request_id": "r2", "video_id": "snake", "grade": 3}]
+    pq.write_table(pa.Table.from_pylist(sense), tmp_path / "eval" / "graded_sense.parquet")
+    sets = load_eval_sets(tmp_path)
+    assert sets["graded_sense"].query("request:r1") == "python"
+    assert sets["ct"].seen == {("python", "lang"): True}
+    out = summarise(sets, {"python": ["lang", "x", "y", "z"]})
+    assert out["ndcg@4"] == pytest.approx(3 / (3 + 3 / np.log2(3)))  # max over senses: half the ideal list
+    assert out["graded_sense_ndcg@4"] == pytest.approx(0.5)  # r1 perfect, r2 nothing in the top 4

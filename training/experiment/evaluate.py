@@ -37,6 +37,13 @@ class EvalSet:
     kind: str = ""  # recall | ndcg (default: from SETS, else ndcg)
     k: int = 0
     metric: str = ""
+    # a set judged per request (the sense-aware set: grades by that user's need): qrels are keyed by
+    # request id, and query_of maps each key to the query string whose ranking it judges
+    query_of: dict[str, str] = field(default_factory=dict)
+    seen: dict[tuple[str, str], bool] = field(default_factory=dict)  # CT: pair clicked in training
+
+    def query(self, key: str) -> str:
+        return self.query_of.get(key, key)
 
     def __post_init__(self) -> None:
         kind, k = SETS.get(self.name, ("ndcg", 4))
@@ -64,6 +71,11 @@ def load_eval_sets(world: Path | str) -> dict[str, EvalSet]:
         es = EvalSet(name)
         for r in rows:
             q = normalize_text(str(r["query"]))
+            if r.get("request_id") is not None:
+                es.query_of[f"request:{r['request_id']}"] = q
+                q = f"request:{r['request_id']}"
+            if r.get("pair_seen_in_training") is not None:
+                es.seen[(q, str(r["video_id"]))] = bool(r["pair_seen_in_training"])
             gain = float(r.get("grade", 1.0) if r.get("grade") is not None else 1.0)
             es.qrels.setdefault(q, {})[str(r["video_id"])] = max(
                 gain, es.qrels.get(q, {}).get(str(r["video_id"]), 0)
@@ -97,7 +109,9 @@ def per_query(es: EvalSet, run: Mapping[str, Sequence[str]]) -> dict[str, float]
     fn: Callable[[Sequence[str], Mapping[str, float], int], float] = (
         ndcg_at_k if kind == "ndcg" else recall_at_k
     )
-    return {q: fn(run.get(q, []), rel, k) for q, rel in es.qrels.items() if any(g > 0 for g in rel.values())}
+    return {
+        q: fn(run.get(es.query(q), []), rel, k) for q, rel in es.qrels.items() if any(g > 0 for g in rel.values())
+    }
 
 
 @dataclass
@@ -121,7 +135,7 @@ def _ct_split(es: EvalSet, run: Mapping[str, Sequence[str]], clicked: Mapping[st
     for part in ("seen", "unseen"):
         vals = []
         for q, rel in es.qrels.items():
-            seen = clicked.get(q, set())
+            seen = {v for v in rel if es.seen.get((q, v))} if es.seen else clicked.get(q, set())
             sub = {v: g for v, g in rel.items() if g > 0 and ((v in seen) == (part == "seen"))}
             if sub:
                 vals.append(recall_at_k(run.get(q, []), sub, es.k))
@@ -156,11 +170,14 @@ def summarise(
         if amb:
             out[f"{metric}/ambiguous"] = float(np.mean(amb))
         if info is not None:
-            out.update(sliced_means(metric, scores, info.queries))
+            meta = {q: m for q in scores if (m := info.queries.get(es.query(q)))}
+            if es.query_of:  # judged per request: each request already counts once, no frequency weight
+                meta = {q: {**m, "n_test": 1.0} for q, m in meta.items()}
+            out.update(sliced_means(metric, scores, meta))
             if name == "ct":
                 out.update(_ct_split(es, run, info.clicked))
     if info is not None:
-        amb_q = sorted({q for es in sets.values() for q in es.qrels if es.ambiguous.get(q)})
+        amb_q = sorted({es.query(q) for es in sets.values() for q in es.qrels if es.ambiguous.get(q)})
         for k_cov in (10, 100):
             cov: dict[str, float] = {}
             for q in amb_q:
@@ -203,7 +220,7 @@ def exact_search(
 
 
 def all_queries(sets: Mapping[str, EvalSet]) -> list[str]:
-    return sorted({q for es in sets.values() for q in es.qrels})
+    return sorted({es.query(q) for es in sets.values() for q in es.qrels})
 
 
 def slice_stats(world: Path | str) -> dict[str, Any]:
