@@ -791,7 +791,7 @@ def main() -> None:
         action="store_true",
         help="pin service worker i to core i, as the limit's processes are. Off by default: wrk and the "
         "open-loop client share the cores, and a pinned worker waits whenever the client runs on its core "
-        "(docs/explanation/service.md, session 4)",
+        "(docs/explanation/service.md)",
     )
     ap.add_argument(
         "--rounds",
