@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 from core.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 WORK = ROOT / "runs" / "realq"
-FACTORIES = ("IVF1024,PQ48,RFlat", "IVF1024,PQ48,Refine(SQ8)")  # Refine(SQfp16) on request
+FACTORIES = ("IVF1024,PQ48,Refine(SQ8)",)  # RFlat / Refine(SQfp16) on request (--factories)
 
 WORKER = r"""
 import json, sys, time
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         vectors = gib.expand(base, a.n)
         np.save(vec_path, vectors)
     texts = read_query_texts(WORK / "sets" / "microlens_mimics" / "queries.jsonl")
-    qs = split_given(texts, 500, 0, "MIMICS-Manual")
+    qs = split_given(texts, 300, 0, "MIMICS-Manual")
     m = verify_bundle(a.model).model
     assert m is not None
     from core.onnx_encoder import OnnxEncoder
