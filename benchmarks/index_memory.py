@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--model", type=Path, default=WORK / "model8", help="exported bundle with its int8 variant")
-    ap.add_argument("--factories", default=",".join(FACTORIES))
+    ap.add_argument("--factories", default=";".join(FACTORIES), help="faiss factories, ;-separated")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "index_memory_1M.md")
     a = ap.parse_args(argv)
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     qfile.write_text(json.dumps(qs.report))
     ids = [f"v{i:07d}" for i in range(a.n)]
     rows = []
-    for factory in [f.strip() for f in a.factories.split(",") if f.strip()]:
+    for factory in [f.strip() for f in a.factories.split(";") if f.strip()]:
         target = WORK / ("bundle_" + "".join(c if c.isalnum() else "_" for c in factory))
         if not (target / "index.faiss").is_file():
             shutil.rmtree(target, ignore_errors=True)
