@@ -99,7 +99,8 @@ class Guard:
             try:
                 self.admit(headers)
             except CropsError as exc:
-                await self._error(send, path, exc.kind, exc.message)
+                # keep the connection: callers hold few, and the unread body is skipped by the parser
+                await self._error(send, path, exc.kind, exc.message, close=False)
                 return
         limit = self.body_limits.get(path, self.max_body)
         declared = headers("content-length")
@@ -147,11 +148,15 @@ class Guard:
 
         await self.app(scope, replay, closing)
 
-    async def _error(self, send: Any, path: str, kind: ErrorKind, message: str, status: int | None = None) -> None:
+    async def _error(
+        self, send: Any, path: str, kind: ErrorKind, message: str, status: int | None = None, close: bool = True
+    ) -> None:
         code, payload, headers = error_parts(kind, message, retry_after_s=self.retry_after_s)
         code = status or code
         self.on_error(kind, path, code)
-        raw = [_JSON, (b"content-length", str(len(payload)).encode()), (b"connection", b"close")]
+        raw = [_JSON, (b"content-length", str(len(payload)).encode())]
+        if close:  # the body was not (fully) read: do not leave it to be parsed as the next request
+            raw.append((b"connection", b"close"))
         raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": code, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
