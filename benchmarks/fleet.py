@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench-json", type=Path, default=ROOT / "docs" / "results" / "bench.json",
                     help="add the flat keys to this bench.json (its other keys are kept)")
     a = ap.parse_args(argv)
+    # A SIGTERM (e.g. from `timeout`) must unwind through bench.server's cleanup, or the servers stay.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     man = verify_bundle(a.bundle, require_index=True)
     assert man.model is not None and man.index is not None
     onnx_file = man.model.variants["int8"].file if "int8" in man.model.variants else None
