@@ -262,9 +262,7 @@ def sense_coverage(ranked: Sequence[str], senses: Sequence[int], topic_of: Mappi
     return sum(1 for s in senses if s in seen) / len(senses)
 
 
-def sliced_means(
-    metric: str, scores: Mapping[str, float], info: Mapping[str, Mapping[str, Any]]
-) -> dict[str, float]:
+def sliced_means(metric: str, scores: Mapping[str, float], info: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     """``metric`` over the queries of ``scores``: per distinct string (macro) and weighted by test
     frequency (``/freq``), overall and on the clean / typo strings and the ambiguous ones."""
     out: dict[str, float] = {}
