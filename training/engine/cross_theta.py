@@ -27,10 +27,7 @@ from core.errors import CropsError, ErrorKind
 from core.normalize import normalize_text
 from training.engine.discriminator import (
     FitReport,
-    expected_calibration_error,
     fit_platt,
-    reliability_table,
-    roc_auc,
     sigmoid,
 )
 
@@ -190,20 +187,7 @@ class CrossEncoderTheta:
         margin_te = self.pair_margins([q[i] for i in te_i], [d[i] for i in te_i])
         raw, cal = sigmoid(margin_te), sigmoid(self.platt[0] * margin_te + self.platt[1])
         self.fit_losses = (float(np.mean(losses[:10])), float(np.mean(losses[-10:])))
-        return FitReport(
-            n_train=int(tr.sum()),
-            n_calib=int(ca.sum()),
-            n_test=int(te.sum()),
-            positive_rate=float(y.mean()),
-            auc_test=roc_auc(cal, y[te]),
-            ece_test_raw=expected_calibration_error(raw, y[te]),
-            ece_test=expected_calibration_error(cal, y[te]),
-            brier_test=float(np.mean((cal - y[te]) ** 2)),
-            platt_a=self.platt[0],
-            platt_b=self.platt[1],
-            fit_seconds=time.perf_counter() - t0,
-            reliability=reliability_table(cal, y[te]),
-        )
+        return FitReport.of(y, tr, ca, te, raw, cal, self.platt, t0)
 
     # -- persistence
     def save(self, folder: Path) -> None:

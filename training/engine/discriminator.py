@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,6 +136,35 @@ class FitReport:
     platt_b: float
     fit_seconds: float
     reliability: list[dict[str, float]]
+
+    @classmethod
+    def of(
+        cls,
+        y: np.ndarray,
+        tr: np.ndarray,
+        ca: np.ndarray,
+        te: np.ndarray,
+        raw: np.ndarray,
+        cal: np.ndarray,
+        platt: tuple[float, float],
+        t0: float,
+    ) -> FitReport:
+        """The report of a θ fit: split sizes (masks ``tr``/``ca``/``te`` over labels ``y``) and the test
+        split's quality from its raw and calibrated probabilities; ``t0`` is when the fit started."""
+        return cls(
+            n_train=int(tr.sum()),
+            n_calib=int(ca.sum()),
+            n_test=int(te.sum()),
+            positive_rate=float(y.mean()),
+            auc_test=roc_auc(cal, y[te]),
+            ece_test_raw=expected_calibration_error(raw, y[te]),
+            ece_test=expected_calibration_error(cal, y[te]),
+            brier_test=float(np.mean((cal - y[te]) ** 2)),
+            platt_a=platt[0],
+            platt_b=platt[1],
+            fit_seconds=time.perf_counter() - t0,
+            reliability=reliability_table(cal, y[te]),
+        )
 
 
 class EmbeddingCache:
@@ -316,7 +346,6 @@ class Discriminator:
         60/20/20 into head-train / calibration / test so no query leaks across the splits. With
         ``calib_mask``, calibration and test use only those pairs: the distribution θ is applied
         to (P1/P2 candidates), so the probability is calibrated where it is used."""
-        import time
 
         from sklearn.linear_model import LogisticRegression
 
@@ -346,20 +375,7 @@ class Discriminator:
         self.platt = fit_platt(self.margin(q[ca], d[ca]), y[ca])
         raw = sigmoid(self.margin(q[te], d[te]))
         cal = self.prob_from_vectors(q[te], d[te])
-        return FitReport(
-            n_train=int(tr.sum()),
-            n_calib=int(ca.sum()),
-            n_test=int(te.sum()),
-            positive_rate=float(y.mean()),
-            auc_test=roc_auc(cal, y[te]),
-            ece_test_raw=expected_calibration_error(raw, y[te]),
-            ece_test=expected_calibration_error(cal, y[te]),
-            brier_test=float(np.mean((cal - y[te]) ** 2)),
-            platt_a=self.platt[0],
-            platt_b=self.platt[1],
-            fit_seconds=time.perf_counter() - t0,
-            reliability=reliability_table(cal, y[te]),
-        )
+        return FitReport.of(y, tr, ca, te, raw, cal, self.platt, t0)
 
     def fit(
         self,
