@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from core.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from core.errors import CropsError, ErrorKind
 from core.logs import REC_LOG, SEARCH_LOG
 from online.client import ServiceClient
@@ -222,10 +222,9 @@ def plot_rounds(rounds: list[dict[str, Any]], path: Path) -> None:
         ax.set_xticks([r["round"] for r in rounds])
     axes[0].legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def run_loop(

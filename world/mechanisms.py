@@ -26,6 +26,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.atomic import atomic_write_text
 from world.build import read_world_info
 from world.ontology import load_ontology
 
@@ -315,7 +316,5 @@ def write_mechanisms_report(worlds: list[Path], out_dir: Path, *, heads: tuple[s
         ]
         lines += mechanisms_markdown(s, heads=heads)
     md = out_dir / "mechanisms.md"
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(md)
+    atomic_write_text(md, "\n".join(lines) + "\n")
     return md
