@@ -33,21 +33,12 @@ from world.ontology import load_ontology
 TOP = 3  # "shown low": the first video relevant to the user was below the top TOP positions
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    cur = con.execute(sql)
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
-
-def mechanism_stats(world: Path) -> dict[str, Any]:
-    """The statistics listed in the module docstring, as plain JSON-able dicts."""
-    world = Path(world)
-    info = read_world_info(world)
+def world_db(world: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with a view over each of the world's log, truth and eval tables."""
     w = str(world)
     con = duckdb.connect()
     con.execute("SET threads TO 2")
-    has_pos = "first_user_relevant_position" in pq.read_schema(world / "truth" / "requests.parquet").names
-    first_pos = "req.first_user_relevant_position" if has_pos else "NULL"  # worlds built before the column
     con.execute(f"""
         CREATE VIEW slog AS SELECT * FROM read_parquet(['{w}/train/search_log.parquet', '{w}/test/search_log.parquet']);
         CREATE VIEW rlog AS SELECT * FROM read_parquet(['{w}/train/rec_log.parquet', '{w}/test/rec_log.parquet']);
@@ -59,6 +50,23 @@ def mechanism_stats(world: Path) -> dict[str, Any]:
         CREATE VIEW topics AS SELECT * FROM read_parquet('{w}/truth/topics.parquet');
         CREATE VIEW lean AS SELECT * FROM read_parquet('{w}/truth/rec_lean.parquet');
         CREATE VIEW qr AS SELECT * FROM read_parquet('{w}/eval/qr.parquet');
+    """)
+    return con
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
+    cur = con.execute(sql)
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def mechanism_stats(world: Path) -> dict[str, Any]:
+    """The statistics listed in the module docstring, as plain JSON-able dicts."""
+    world = Path(world)
+    info = read_world_info(world)
+    con = world_db(world)
+    has_pos = "first_user_relevant_position" in pq.read_schema(world / "truth" / "requests.parquet").names
+    first_pos = "req.first_user_relevant_position" if has_pos else "NULL"  # worlds built before the column
+    con.execute(f"""
         CREATE TABLE ex AS SELECT DISTINCT query, video_id FROM slog WHERE stage = 'exposed';
         CREATE TABLE r AS
         SELECT req.*, q.query_class, q.ambiguous, q.surface,

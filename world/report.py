@@ -20,7 +20,7 @@ import numpy as np
 
 from world.build import read_world_info
 from world.evaluation import bm25_run, dense_run, eval_queries, evaluate_run
-from world.mechanisms import mechanism_stats, mechanisms_markdown
+from world.mechanisms import mechanism_stats, mechanisms_markdown, world_db
 
 GROUPS = ("all", "head", "torso", "tail", "ambiguous")
 
@@ -32,20 +32,9 @@ def _q(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
 def world_stats(world: Path) -> dict[str, Any]:
     """Log/truth statistics computed with DuckDB straight from the Parquet files."""
     info = read_world_info(world)
-    w = str(world)
     window_s = info["config"]["rec"]["lean_window_s"]
-    con = duckdb.connect()
-    con.execute("SET threads TO 2")
-    con.execute(f"""
-        CREATE VIEW slog AS SELECT * FROM read_parquet(['{w}/train/search_log.parquet', '{w}/test/search_log.parquet']);
-        CREATE VIEW rlog AS SELECT * FROM read_parquet(['{w}/train/rec_log.parquet', '{w}/test/rec_log.parquet']);
-        CREATE VIEW rel AS SELECT * FROM read_parquet('{w}/truth/relevance.parquet');
-        CREATE VIEW qs AS SELECT * FROM read_parquet('{w}/truth/queries.parquet');
-        CREATE VIEW req AS SELECT * FROM read_parquet('{w}/truth/requests.parquet');
-        CREATE VIEW vi AS SELECT * FROM read_parquet('{w}/truth/video_intents.parquet');
-        CREATE VIEW topics AS SELECT * FROM read_parquet('{w}/truth/topics.parquet');
-        CREATE TABLE ex AS SELECT DISTINCT query, video_id FROM slog WHERE stage = 'exposed';
-    """)
+    con = world_db(world)
+    con.execute("CREATE TABLE ex AS SELECT DISTINCT query, video_id FROM slog WHERE stage = 'exposed'")
     out: dict[str, Any] = {}
     # bubble: per query, share of its relevant videos ever exposed for it
     con.execute("""
