@@ -10,7 +10,7 @@ integer width) and refuses missing columns, wrong type families and newer schema
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypedDict
 
 import pyarrow as pa
 
@@ -27,6 +27,7 @@ __all__ = [
     "SEARCH_STAGES",
     "TABLES",
     "VIDEOS",
+    "ExposureRecord",
     "FeedbackBatch",
     "FeedbackEvent",
     "TableContract",
@@ -176,6 +177,26 @@ EXPOSURE: Final = TableContract(
         ]
     ),
 )
+
+
+
+class ExposureRecord(TypedDict):
+    """One exposure record as the service writes it (JSON); its keys and types are ``EXPOSURE``'s
+    columns, so the writer is checked by mypy and ``EXPOSURE.schema`` by a test that compares them."""
+
+    request_id: str
+    unit: str
+    user_id: str | None
+    ts: int
+    query: str
+    normalized_query: str
+    arm: str
+    experiments: list[list[str]]
+    bundle_id: str
+    content_id: str
+    video_ids: list[str]
+    scores: list[float]
+
 
 FEEDBACK: Final = TableContract(
     name="feedback",

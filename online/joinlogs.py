@@ -44,6 +44,8 @@ SEARCH_LOG_SCHEMA = pa.schema(
 )
 REC_LOG_SCHEMA = pa.schema([*REC_LOG.schema, ("long_play", pa.bool_()), ("arm", pa.string())])
 UNEXPOSED_STAGES = ("prerank_filtered", "rank_unexposed")
+#: ``unexposed_stage="exposed"``: the caller states every returned candidate was shown (no feedback join).
+DEFAULT_STAGES = (*UNEXPOSED_STAGES, "exposed")
 DROP_REASONS = ("bad_exposure", "invalid", "unknown_request", "user_mismatch", "query_mismatch", "duplicate", "late")
 
 
@@ -112,9 +114,10 @@ def join_logs(
 ) -> tuple[pa.Table, pa.Table, JoinStats]:
     """(search_log, rec_log, stats). ``clock='feedback'``: a request's ``ts`` is its first feedback
     event's time when it has one (the ranking side's clock, simulated or not), else the service's;
-    ``clock='service'``: always the service's."""
-    if unexposed_stage not in UNEXPOSED_STAGES:
-        raise ValueError(f"unexposed_stage must be one of {UNEXPOSED_STAGES}")
+    ``clock='service'``: always the service's. ``unexposed_stage`` is the stage of a returned
+    candidate without an event (``exposed``: the caller states all were shown, in retrieval order)."""
+    if unexposed_stage not in DEFAULT_STAGES:
+        raise ValueError(f"unexposed_stage must be one of {DEFAULT_STAGES}")
     if clock not in ("feedback", "service"):
         raise ValueError("clock must be 'feedback' or 'service'")
     stats = JoinStats()

@@ -6,8 +6,8 @@ local spool file (JSONL, one per process) instead, and are replayed into the str
 answers again: nothing is dropped silently. A record is dropped only when the in-memory queue is
 full or the spool is not writable, and then counted (``result="dropped"``) and logged.
 
-``read_jsonl`` / ``read_stream`` read the records back and ``to_search_log`` turns exposures into the
-data engine's ``search_log`` table (one row per returned candidate).
+``online.exposures`` reads the records back and joins them with feedback into the data engine's
+``search_log`` table (one row per returned candidate).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,6 @@ log = logging.getLogger("service.exposure")
 
 STREAM = "exposures"
 FEEDBACK_STREAM = "feedback"
-# What the service knows about a candidate: it was retrieved, not whether the ranker showed it.
-DEFAULT_STAGE = "rank_unexposed"
 _BATCH = 500
 
 
@@ -68,7 +66,7 @@ class DurableLog:
     def enabled(self) -> bool:
         return self.redis is not None or self.jsonl is not None
 
-    def record(self, rec: dict[str, Any]) -> bool:
+    def record(self, rec: Mapping[str, Any]) -> bool:
         """Queue one record; False (counted as dropped) when the queue is full."""
         if not self.enabled:
             return False
@@ -166,57 +164,3 @@ class DurableLog:
         except OSError as exc:
             log.warning("%s log %s not rotatable: %s", self.stream, self.jsonl, exc)
         self._append(self.jsonl, batch)
-
-
-def read_jsonl(path: Path | str) -> Iterator[dict[str, Any]]:
-    """Records of a JSONL exposure log (its rotated ``.1`` predecessor first, when present)."""
-    path = Path(path)
-    for p in (path.with_suffix(path.suffix + ".1"), path):
-        if p.is_file():
-            with p.open("rb") as fh:
-                for line in fh:
-                    if line.strip():
-                        yield orjson.loads(line)
-
-
-def read_stream(
-    redis_url: str, prefix: str = "crops:", count: int | None = None, stream: str = STREAM
-) -> list[dict[str, Any]]:
-    """Records of a Redis log stream (exposures by default), oldest first."""
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        rows: Any = client.xrange(prefix + stream, count=count)
-    finally:
-        client.close()
-    return [orjson.loads(fields[b"r"]) for _, fields in rows]
-
-
-def to_search_log(records: Iterable[dict[str, Any]], stage: str = DEFAULT_STAGE) -> Any:
-    """A ``search_log`` table (the ``core.logs.SEARCH_LOG`` contract), one row per returned candidate.
-
-    The service does not know what the ranker showed or what was clicked: ``stage`` is the caller's
-    statement (default ``rank_unexposed``), ``clicked`` False and ``play_ms`` 0 until joined with
-    feedback. ``arm`` and ``bundle_id`` are extra columns for per-arm analysis.
-    """
-    import pyarrow as pa
-
-    from core.logs import SEARCH_LOG
-
-    schema = pa.schema([*SEARCH_LOG.schema, ("arm", pa.string()), ("bundle_id", pa.string())])
-    cols: dict[str, list[Any]] = {c: [] for c in schema.names}
-    for rec in records:
-        for pos, vid in enumerate(rec["video_ids"]):
-            cols["request_id"].append(rec["request_id"])
-            cols["user_id"].append(rec.get("user_id") or rec["unit"])
-            cols["ts"].append(int(rec["ts"]))
-            cols["query"].append(rec["query"])
-            cols["video_id"].append(vid)
-            cols["stage"].append(stage)
-            cols["position"].append(pos)
-            cols["clicked"].append(False)
-            cols["play_ms"].append(0)
-            cols["arm"].append(rec["arm"])
-            cols["bundle_id"].append(rec["bundle_id"])
-    return SEARCH_LOG.stamp(pa.table(cols, schema=schema))

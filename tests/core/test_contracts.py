@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pyarrow as pa
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.errors import CropsError, ErrorKind
-from core.logs import REC_LOG, SEARCH_LOG, TABLES, TableContract
+from core.logs import EXPOSURE, REC_LOG, SEARCH_LOG, TABLES, ExposureRecord, TableContract
 from core.samples import LEVELS, POSITIVE_LEVEL, SAMPLE_SOURCES, SAMPLES_SCHEMA, SOURCE_PRIORITY, is_positive
 
 
@@ -59,6 +60,25 @@ def test_a_rec_log_is_not_a_search_log(tmp_path: Path) -> None:
     pq.write_table(REC_LOG.stamp(rec), tmp_path / "rec.parquet")
     with pytest.raises(CropsError, match="search_log needs columns"):
         SEARCH_LOG.check_file(tmp_path / "rec.parquet")
+
+
+def test_the_exposure_record_the_service_writes_is_the_exposure_contract() -> None:
+    hints = typing.get_type_hints(ExposureRecord)
+    assert list(hints) == list(EXPOSURE.columns)  # same names, same order
+    families = {str: "string", int: "int", float: "float"}
+    for field in EXPOSURE.schema:
+        hint = hints[field.name]
+        if pa.types.is_list(field.type):
+            assert typing.get_origin(hint) is list, field.name
+        else:
+            base = next(a for a in (typing.get_args(hint) or (hint,)) if a is not type(None))
+            assert families[base] == {"string": "string", "int64": "int"}.get(str(field.type)), field.name
+    record: ExposureRecord = {
+        "request_id": "r", "unit": "u", "user_id": None, "ts": 1, "query": "q", "normalized_query": "q",
+        "arm": "a", "experiments": [["e", "a"]], "bundle_id": "b", "content_id": "c", "video_ids": ["v"],
+        "scores": [0.5],
+    }
+    EXPOSURE.check(pa.Table.from_pylist([dict(record)], schema=EXPOSURE.schema).schema)
 
 
 def test_every_contract_has_a_version_and_a_file() -> None:

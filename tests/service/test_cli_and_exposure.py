@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from service.exposure import read_jsonl, read_stream, to_search_log
+from core.logs import EXPOSURE
+from online.joinlogs import join_logs, read_jsonl_records, read_stream_records
 from tests.service.conftest import REDIS_URL, LiveServer, free_port
 
 
@@ -50,8 +52,11 @@ def test_crops_serve_two_workers_end_to_end(tiny_bundle: Path, tmp_path: Path) -
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    records = list(read_jsonl(tmp_path / "exposures.jsonl"))
+    records = list(read_jsonl_records(tmp_path / "exposures.jsonl"))
     assert len(records) == 20  # written by both workers, flushed at shutdown
+    # what the service wrote is the exposure contract, column for column and type for type
+    assert set(records[0]) == set(EXPOSURE.columns)
+    EXPOSURE.check(pa.Table.from_pylist(records, schema=EXPOSURE.schema).schema)
     out = tmp_path / "search_log.parquet"
     subprocess.run([sys.executable, "-m", "crops", "exposures", "--jsonl", str(tmp_path / "exposures.jsonl"),
                     "--out", str(out)], check=True, capture_output=True)
@@ -67,13 +72,13 @@ def test_exposure_stream_reads_back_as_search_log(tiny_bundle: Path, redis_prefi
                     exposure_stream_maxlen=100) as srv:
         sent = [srv.retrieve(f"guitar cover {i}", user_id=f"user{i}", top_k=3).json() for i in range(5)]
         deadline = time.time() + 5
-        while len(read_stream(REDIS_URL, redis_prefix)) < 5:
+        while len(list(read_stream_records(REDIS_URL, redis_prefix + "exposures"))) < 5:
             assert time.time() < deadline, "exposures not in the stream"
             time.sleep(0.05)
-    records = read_stream(REDIS_URL, redis_prefix)
+    records = list(read_stream_records(REDIS_URL, redis_prefix + "exposures"))
     assert [r["request_id"] for r in records] == [s["request_id"] for s in sent]
     assert records[0]["video_ids"] == [c["video_id"] for c in sent[0]["candidates"]]
     assert records[0]["arm"] == "default" and records[0]["user_id"] == "user0"
-    rows = to_search_log(records).to_pylist()
+    rows = join_logs(records, [])[0].to_pylist()
     assert len(rows) == 15
     assert rows[0]["position"] == 0 and rows[2]["position"] == 2 and rows[0]["query"] == "guitar cover 0"
