@@ -66,7 +66,7 @@ class Guard:
         body_timeout_s: float,
         draining: Callable[[], bool],
         on_error: Callable[[ErrorKind, str, int], None],
-        admit: Callable[[Callable[[str], str | None]], None] | None = None,
+        admit: Callable[[Callable[[str], str | None], str], None] | None = None,
         admit_paths: frozenset[str] = frozenset(),
         retry_after_s: int = 1,
     ) -> None:
@@ -97,7 +97,7 @@ class Guard:
         if self.admit is not None and path in self.admit_paths and scope["method"] == "POST":
             # the cheapest place to refuse: before the body is read and before any routing
             try:
-                self.admit(headers)
+                self.admit(headers, path)
             except CropsError as exc:
                 # keep the connection: callers hold few, and the unread body is skipped by the parser
                 await self._error(send, path, exc.kind, exc.message, close=False)

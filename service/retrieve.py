@@ -1,7 +1,7 @@
 """The retrieve use case: admission, single-flight, cache, encode+search, metrics, exposure.
 
 This is the one request path of ``/retrieve`` and ``/retrieve/batch``; the HTTP layer
-(``service.api``) only parses, calls it and writes the answer.
+(``service.routes``) only parses, calls it and writes the answer.
 
 Admission is a bounded queue with a deadline-aware shed. Every cache miss holds a place in the
 queue until its encode+search is done; the queue also keeps a moving average of what one query
@@ -10,6 +10,13 @@ costs the batcher (a batch's encode+search time over its size). A request is ref
 ahead of it, at that cost, would not finish inside its deadline: under overload the excess is shed
 in microseconds and the admitted requests keep their latency, instead of every request queueing
 until all of them are late.
+
+A ``/retrieve/batch`` is one admission unit: admitted or shed as a whole, on what waits ahead of it
+(as a single query would be), then it holds one place per item until each item knows whether it
+needs one (a cache hit or a query another request is already computing gives its place back). Its
+deadline is the server's plus the predicted work of its items beyond the first (a caller's
+``x-crops-deadline-ms`` stays a hard bound), so a batch is never refused or timed out merely for
+having several items.
 """
 
 from __future__ import annotations
@@ -26,45 +33,97 @@ from service.cache import embedding_key, result_key
 from service.state import ServiceState
 
 DEADLINE_HEADER = "x-crops-deadline-ms"
+BATCH_PATH = "/retrieve/batch"
 _EWMA = 0.1  # weight of the newest batch in the per-query cost average
 _INITIAL_COST_S = 0.003  # before the first batch: a few ms, what one CPU query costs
 
 
 class Admission:
-    """Bounded queue of cache misses with a deadline-aware shed."""
+    """Bounded queue of cache misses with a deadline-aware shed; two lanes, as the batcher runs them.
+
+    ``queued``: places held by ``/retrieve`` misses; ``bulk``: places held by ``/retrieve/batch`` items.
+    The batcher takes single queries first and at most ``bulk_slice`` bulk items per batch, so a single
+    query waits behind the singles queued and at most one slice of bulk items; a batch waits behind
+    everything queued.
+    """
 
     def __init__(self, state: ServiceState) -> None:
         self.max_queue = state.settings.max_queue
+        self.bulk_slice = max(1, state.settings.bulk_slice)
         self.metrics = state.metrics
         self.queued = 0
+        self.bulk = 0
         self.cost_s = _INITIAL_COST_S
 
-    def check(self, deadline_at: float) -> None:
-        """Refuse (OVERLOADED) when the queue is full or a new miss would finish past ``deadline_at``."""
-        if self.queued >= self.max_queue:
+    def ahead(self, bulk: bool) -> int:
+        """Queued misses a new single query (``bulk=False``) or a new batch would wait behind."""
+        return self.queued + self.bulk if bulk else self.queued + min(self.bulk, self.bulk_slice)
+
+    def check(self, deadline_at: float, bulk: bool = False, n: int = 1) -> None:
+        """Refuse (OVERLOADED) when the lane is full or ``n`` new misses would finish past ``deadline_at``."""
+        lane = self.bulk if bulk else self.queued
+        if lane >= self.max_queue:
             self.metrics.shed.labels(reason="queue_full").inc()
-            raise CropsError(ErrorKind.OVERLOADED, f"overloaded: {self.queued} queries queued; retry shortly")
+            raise CropsError(ErrorKind.OVERLOADED, f"overloaded: {lane} queries queued; retry shortly")
+        ahead = self.ahead(bulk)
         # An empty queue always admits: nothing ahead to wait for, and a shed-only server would never
         # measure a batch again to correct a cost estimate that once ran high.
-        if self.queued and time.perf_counter() + (self.queued + 1) * self.cost_s > deadline_at:
+        if ahead and time.perf_counter() + (ahead + n) * self.cost_s > deadline_at:
             self.metrics.shed.labels(reason="predicted").inc()
             raise CropsError(
                 ErrorKind.OVERLOADED,
-                f"overloaded: {self.queued} queries ahead would not finish inside the deadline; retry shortly",
+                f"overloaded: {ahead} queries ahead would not finish inside the deadline; retry shortly",
             )
 
     def enter(self, deadline_at: float) -> None:
+        """One ``/retrieve`` miss: checked, then holds a place until its encode+search is done."""
         self.check(deadline_at)
         self.queued += 1
         self.metrics.queued.inc()
 
-    def leave(self) -> None:
-        self.queued -= 1
-        self.metrics.queued.dec()
+    def enter_batch(self, n: int, deadline_at: float) -> Places:
+        """A ``/retrieve/batch`` of ``n`` items, checked as one unit; it holds ``n`` places."""
+        self.check(deadline_at, bulk=True, n=n)
+        self.bulk += n
+        self.metrics.queued.inc(n)
+        return Places(self, n)
+
+    def leave(self, bulk: bool = False, n: int = 1) -> None:
+        if bulk:
+            self.bulk -= n
+        else:
+            self.queued -= n
+        self.metrics.queued.dec(n)
 
     def observe(self, batch_ms: float, batch: int) -> None:
         """One finished batch: update the per-query cost."""
         self.cost_s += _EWMA * (batch_ms / 1e3 / max(1, batch) - self.cost_s)
+
+
+class Places:
+    """The places an admitted ``/retrieve/batch`` holds, one per item until the item knows what it needs."""
+
+    def __init__(self, admission: Admission, n: int) -> None:
+        self.admission = admission
+        self.left = n
+
+    def take(self) -> None:
+        """Hand one place to a queued encode+search (whose end gives it back)."""
+        if self.left > 0:
+            self.left -= 1
+        else:  # not reached (each item takes at most one of its batch's places); keep the count balanced
+            self.admission.bulk += 1
+            self.admission.metrics.queued.inc()
+
+    def give_back(self, n: int = 1) -> None:
+        """An item needs no place (cache hit, a query already being computed, an error), or the batch ended."""
+        n = min(n, self.left)
+        if n > 0:
+            self.left -= n
+            self.admission.leave(bulk=True, n=n)
+
+    def close(self) -> None:
+        self.give_back(self.left)
 
 
 class RetrieveUseCase:
@@ -78,9 +137,9 @@ class RetrieveUseCase:
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._ok = {e: self.metrics.requests.labels(endpoint=e, status="200") for e in ("/retrieve", "/retrieve/batch")}
 
-    def deadline(self, t0: float, asked_ms: str | None) -> float:
-        """The request's deadline: the server's, or less when the caller asks for less."""
-        budget = self.deadline_s
+    def deadline(self, t0: float, asked_ms: str | None, extra_s: float = 0.0) -> float:
+        """The request's deadline: the server's (plus ``extra_s``), or less when the caller asks for less."""
+        budget = self.deadline_s + extra_s
         if asked_ms:
             try:
                 budget = min(budget, max(0.0, float(asked_ms)) / 1000.0)
@@ -88,21 +147,39 @@ class RetrieveUseCase:
                 raise CropsError(ErrorKind.INVALID_INPUT, "x-crops-deadline-ms: not a number") from None
         return t0 + budget
 
-    def admit_or_shed(self, headers: Callable[[str], str | None]) -> None:
-        """The cheap check before the body is read: shed at once what could not be served in time."""
-        self.admission.check(self.deadline(time.perf_counter(), headers(DEADLINE_HEADER)))
+    def admit_or_shed(self, headers: Callable[[str], str | None], path: str) -> None:
+        """The cheap check before the body is read: shed at once what could not be served in time.
+
+        A batch's size is not known yet: it is checked as one query here, as a unit once parsed."""
+        bulk = path == BATCH_PATH
+        self.admission.check(self.deadline(time.perf_counter(), headers(DEADLINE_HEADER)), bulk=bulk)
 
     async def one(self, req: Any, force: str | None, t0: float, deadline_at: float) -> dict[str, Any]:
-        out = await self._serve(req, force, t0, deadline_at, bulk=False)
+        out = await self._serve(req, force, t0, deadline_at, None)
         self._ok["/retrieve"].inc()
         return out
 
-    async def many(self, items: list[Any], force: str | None, t0: float, deadline_at: float) -> list[dict[str, Any]]:
-        results = await asyncio.gather(*(self._serve(i, force, t0, deadline_at, bulk=True) for i in items))
+    async def many(self, items: list[Any], force: str | None, t0: float, asked_ms: str | None) -> list[dict[str, Any]]:
+        """A batch: one admission unit; its deadline grows by its items' predicted work beyond the first."""
+        n = len(items)
+        deadline_at = self.deadline(t0, asked_ms, extra_s=(n - 1) * self.admission.cost_s)
+        places = self.admission.enter_batch(n, deadline_at)
+        tasks = [asyncio.ensure_future(self._serve(i, force, t0, deadline_at, places)) for i in items]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:  # the batch fails as a whole: stop its other items before giving places back
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            places.close()
         self._ok["/retrieve/batch"].inc()
         return list(results)
 
-    async def _serve(self, req: Any, force: str | None, t0: float, deadline_at: float, bulk: bool) -> dict[str, Any]:
+    async def _serve(
+        self, req: Any, force: str | None, t0: float, deadline_at: float, places: Places | None
+    ) -> dict[str, Any]:
         state = self.state
         view = state.view  # one consistent snapshot for the whole request
         t_start = time.perf_counter()  # == t0 for /retrieve; later for the items of a batch
@@ -120,8 +197,10 @@ class RetrieveUseCase:
         queue_ms = encode_ms = search_ms = 0.0
         if cached is not None:
             ids, scores = cached
+            if places is not None:
+                places.give_back()
         else:
-            jr = await self._encode_search(rt, key, norm, a.nprobe, deadline_at, bulk)
+            jr = await self._encode_search(rt, key, norm, a.nprobe, deadline_at, places)
             if state.recall.enabled:
                 state.recall.offer(a.bundle, rt, jr.vector, jr.ids, a.nprobe)
             ids, scores = jr.ids, jr.scores
@@ -171,20 +250,28 @@ class RetrieveUseCase:
         }
 
     async def _encode_search(
-        self, rt: Any, key: str, norm: str, nprobe: int | None, deadline_at: float, bulk: bool
+        self, rt: Any, key: str, norm: str, nprobe: int | None, deadline_at: float, places: Places | None
     ) -> Any:
-        """Single flight: concurrent misses of one key share one queued encode+search."""
+        """Single flight: concurrent misses of one key share one queued encode+search.
+
+        ``places``: the item of an admitted batch takes one of its places instead of being checked."""
         state = self.state
         fut = self._pending.get(key)
         owner = fut is None
         ekey = embedding_key(rt.content_id, norm)
         vec = None
+        bulk = places is not None
         if fut is None:
-            self.admission.enter(deadline_at)
+            if places is None:
+                self.admission.enter(deadline_at)
+            else:
+                places.take()
             vec = state.cache.get_embedding(ekey)
             fut = rt.submit(norm, vec, nprobe, bulk=bulk)
             self._pending[key] = fut
-            fut.add_done_callback(lambda f: self._done(key, f))
+            fut.add_done_callback(lambda f: self._done(key, f, bulk))
+        elif places is not None:
+            places.give_back()  # another request computes this query: no place of its own
         try:
             # shield: one waiter's deadline must not cancel the others' shared future
             jr = await asyncio.wait_for(asyncio.shield(fut), deadline_at - time.perf_counter())
@@ -197,9 +284,9 @@ class RetrieveUseCase:
             await state.cache.put_result(key, (jr.ids, jr.scores))
         return jr
 
-    def _done(self, key: str, fut: asyncio.Future[Any]) -> None:
+    def _done(self, key: str, fut: asyncio.Future[Any], bulk: bool) -> None:
         self._pending.pop(key, None)
-        self.admission.leave()
+        self.admission.leave(bulk=bulk)
         if not fut.cancelled() and fut.exception() is None:
             jr = fut.result()
             self.admission.observe(jr.encode_ms + jr.search_ms, jr.batch)

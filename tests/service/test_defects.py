@@ -264,3 +264,46 @@ def test_http_client_sees_413_on_a_content_length_over_the_limit(tiny_bundle: Pa
             headers={"content-type": "application/json"},
         )
         assert r.status_code == 413 and r.json()["error"] == "invalid_input"
+
+
+# batch admission ------------------------------------------------------------------------------------
+def test_a_batch_is_admitted_or_shed_as_one_unit(tiny_bundle: Path) -> None:
+    with LiveServer(bundle=tiny_bundle, deadline_ms=2000, cache="none") as srv:
+        admission = srv.app.state.retrieve.admission
+        # one query is believed to cost 0.6 s (as on a busy box): four in a row do not fit in the 2 s
+        # deadline, but a batch of four is one unit, not four queued misses, and the service is idle
+        admission.cost_s = 0.6
+        admission.observe = lambda *_: None  # keep it there for this test
+
+        def batch(tag: str) -> httpx.Response:
+            items = [{"query": f"batch unit {tag} {i}", "top_k": 5} for i in range(4)]
+            return srv.client.post("/retrieve/batch", json={"items": items})
+
+        r = batch("idle")
+        assert r.status_code == 200, r.text
+        assert len(r.json()["results"]) == 4
+        assert (admission.queued, admission.bulk) == (0, 0)  # every place given back
+
+        # room for one query behind what waits is room for the batch: one queued, (1 + 1) x 0.6 s < 2 s
+        admission.queued += 1
+        try:
+            r = batch("one ahead")
+        finally:
+            admission.queued -= 1
+        assert r.status_code == 200, r.text
+
+        # no room: three queued, (3 + 1) x 0.6 s > 2 s: the batch is refused whole, once, before its body
+        admission.queued += 3
+        try:
+            r = batch("busy")
+        finally:
+            admission.queued -= 3
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert srv.metric("crops_shed_total", reason="predicted") == 1
+
+        # an item that fails fails the batch, and the batch's places come back
+        items = [{"query": f"batch unit bad {i}"} for i in range(3)] + [{"query": "\u200b"}]
+        r = srv.client.post("/retrieve/batch", json={"items": items})
+        assert r.status_code == 422, r.text
+        time.sleep(0.5)  # the items computed meanwhile end in the batcher
+        assert (admission.queued, admission.bulk) == (0, 0)
