@@ -265,3 +265,115 @@ def test_grafana_dashboard_uses_real_metrics_and_the_provisioned_datasource() ->
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     mounts = compose["services"]["grafana"]["volumes"]
     assert any(m.endswith(f":{prov['providers'][0]['options']['path']}:ro") for m in mounts)
+
+
+# ----------------------------------------------------------------------------- nginx
+
+
+def test_nginx_sheds_past_max_conns_with_a_fast_503_and_retry_after(tmp_path: Path) -> None:
+    """The balancer's first line of shedding: with every replica at ``max_conns`` the next request is
+    answered 503 + Retry-After at once; a replica's own 503 passes through unchanged."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+
+    nginx = ensure_tool("nginx", apt_package="nginx-light")
+    release = threading.Event()
+
+    def replica(sock: socket.socket) -> None:
+        """A stand-in replica: /slow holds its answer until released, /busy answers its own 503."""
+
+        def serve(conn: socket.socket) -> None:
+            with conn:
+                buf = b""
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            return
+                        buf += chunk
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    length = re.search(rb"(?i)content-length: *(\d+)", head)
+                    need = int(length.group(1)) if length else 0
+                    while len(buf) < need:
+                        buf += conn.recv(65536)
+                    buf = buf[need:]
+                    if b" /slow " in head.split(b"\r\n")[0]:
+                        release.wait(10)
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    else:
+                        conn.sendall(
+                            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 4\r\n\r\nbusy"
+                        )
+
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    conf = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    m = re.search(r"server crops:8000 [^;]*max_conns=(\d+)[^;]*;", conf)
+    assert m, "nginx.conf: the upstream server line has no max_conns"
+    max_conns = int(m.group(1))
+    up = socket.socket()
+    up.bind(("127.0.0.1", 0))
+    up.listen(64)
+    threading.Thread(target=replica, args=(up,), daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = conf.replace("server crops:8000", f"server 127.0.0.1:{up.getsockname()[1]}")
+    conf = conf.replace("listen 8080", f"listen 127.0.0.1:{port}")
+    conf = conf.replace("worker_processes auto", "worker_processes 1")
+    conf = conf.replace("/var/run/nginx.pid", str(tmp_path / "nginx.pid"))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "nginx.conf").write_text(conf)
+    check = _run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
+    assert check.returncode == 0, check.stderr
+    with (tmp_path / "stderr").open("wb") as err:
+        proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    url = f"http://127.0.0.1:{port}"
+    slow: list[threading.Thread] = []
+    try:
+        deadline = time.time() + 10
+        while True:
+            try:
+                r = httpx.post(f"{url}/busy", content=b"{}", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.time() < deadline, (tmp_path / "stderr").read_text()
+                time.sleep(0.1)
+        # the replica's own refusal is not rewritten
+        assert r.status_code == 503 and r.headers["retry-after"] == "7" and r.text == "busy", r.text
+        assert "x-crops-shed" not in r.headers
+        # fill every connection nginx may open to the replica, then one more request
+        slow = [threading.Thread(target=httpx.post, args=(f"{url}/slow",), kwargs={"content": b"{}", "timeout": 15})
+                for _ in range(max_conns)]
+        for t in slow:
+            t.start()
+        time.sleep(1.0)
+        with httpx.Client(timeout=5) as c:
+            t0 = time.perf_counter()
+            r = c.post(f"{url}/retrieve", json={"query": "cat"})
+            seconds = time.perf_counter() - t0
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "1" and r.headers["x-crops-shed"] == "balancer"
+            assert r.json()["error"] == "overloaded"
+            assert seconds < 0.5, seconds
+            # the refused caller keeps its keep-alive connection: the next answer comes on the same one
+            assert r.headers.get("connection", "keep-alive").lower() != "close"
+        release.set()
+        for t in slow:
+            t.join(15)
+        # room again: requests reach the replica
+        assert httpx.post(f"{url}/busy", content=b"{}", timeout=5).headers["retry-after"] == "7"
+    finally:
+        release.set()
+        proc.terminate()
+        proc.wait(timeout=10)
+        up.close()
