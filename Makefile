@@ -48,7 +48,8 @@ serve: install-serve bundle
 
 lint: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/mypy core world towers service index_builder model_export loadtest online crops training
+	$(BIN)/mypy core world towers service index_builder model_export loadtest online crops training \
+		benchmarks/harness.py benchmarks/vectors.py benchmarks/fleet.py
 	$(BIN)/lint-imports
 
 docs: install-dev
@@ -57,10 +58,11 @@ docs: install-dev
 test: install-dev
 	$(BIN)/pytest -q
 
-# One run, limit vs service vs naive peer on a 1M index (docs/results/bench.md); installs wrk if missing.
-# BENCH_ARGS=--quick for a 100k-vector, 10 s-per-point development run.
+# One run on a 1M index: the in-process limit, the service, nginx in front of replicas (when nginx is
+# installed), granian, the strong and the naive peer (docs/results/bench.{md,json,png}).
+# BENCH_ARGS=--quick for a 100k-vector, 5 s-per-point development run.
 bench: install-dev
-	$(BIN)/python benchmarks/bench.py --publish $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.fleet --publish $(BENCH_ARGS)
 
 clean:
 	rm -rf runs/default .pytest_cache .mypy_cache .ruff_cache

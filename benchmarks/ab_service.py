@@ -1,11 +1,12 @@
 """Paired A/B of service configurations on one core, against the in-process loop on that core.
 
-    python benchmarks/ab_service.py --bundle B \\
+    python -m benchmarks.ab_service --bundle B \\
         --config base:CROPS_BATCHER=thread,CROPS_FAST_PATH=false --config new: [--rounds 8] [--seconds 4]
 
-Each configuration runs as one ``crops serve`` worker pinned to core 0 (cache off, int8 tower); wrk
-gets core 1. Every round measures, back to back: this process's own encode+search loop on core 0
-(the limit), then each server under wrk for the same time. The box's speed drifts by ±10% over
+Each configuration runs as one ``crops serve`` worker pinned to core 0 (cache off, int8 tower); the
+closed-loop client (``loadtest.openloop``, in this process) gets core 1. Every round measures, back
+to back: this process's own encode+search loop on core 0 (the limit), then each server under the
+closed loop for the same time. The box's speed drifts by ±10% over
 minutes, so comparisons are made within a round: the summary is each configuration's median
 requests/s and median ratio to the limit of its round. ``--connections 1`` gives the per-request
 round trip, 2 keeps the worker busy (its own CPU cost per request).
@@ -16,17 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
-# bench sets the thread caps and sys.path (before numpy loads anywhere): import it first.
-from bench import free_port, log, server
-
-from loadtest import wrk
+from benchmarks import harness as h
 from loadtest.querymix import load_mix
 
 
@@ -58,42 +55,40 @@ def main() -> None:
     mix = load_mix(None)
     rng = random.Random(0)
     queries = [mix.sample(rng)[0] for _ in range(4000)]
-    script = wrk.write_script(mix.request_bodies(4000, seed=1))
+    bodies = mix.request_bodies(4000, seed=1)
     res: dict[str, list[float]] = {"limit": [], **{k: [] for k in configs}}
-    try:
-        with contextlib.ExitStack() as stack:
-            urls = {}
-            for name, extra in configs.items():
-                port = free_port()
-                env = {**os.environ, "CROPS_CACHE": "none", "CROPS_ENCODER_PRECISION": a.precision, **extra}
-                for k in ("PROMETHEUS_MULTIPROC_DIR", "CROPS_REDIS_URL", "CROPS_EXPERIMENTS"):
-                    env.pop(k, None)
-                cmd = ["taskset", "-c", "0", sys.executable, "-m", "crops", "serve", "--bundle", str(a.bundle),
-                       "--port", str(port)]
-                stack.enter_context(server(cmd, env, port, f"ab-{name}"))
-                urls[name] = f"http://127.0.0.1:{port}"
-                wrk.run_wrk(urls[name], script, connections=a.connections, duration=2, cpus="1")  # warm-up
-            os.sched_setaffinity(0, {0})
-            from service.engine import Retriever
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for name, extra in configs.items():
+            port = h.free_port()
+            env = h.server_env(CROPS_ENCODER_PRECISION=a.precision, **extra)
+            cmd = ["taskset", "-c", "0", sys.executable, "-m", "crops", "serve", "--bundle", str(a.bundle),
+                   "--port", str(port)]
+            stack.enter_context(h.server(cmd, port=port, name=f"ab-{name}", env=env))
+            urls[name] = f"http://127.0.0.1:{port}"
+            with h.pinned([1]):
+                h.measure_closed(urls[name], bodies, connections=a.connections, seconds=2)  # warm-up
+        from service.engine import Retriever
 
+        with h.pinned([0]):
             retriever = Retriever(a.bundle, precision=a.precision)
             for q in queries[:50]:
                 retriever.retrieve([q], 100)
-            i = 0
-            for rnd in range(a.rounds):
+        i = 0
+        for rnd in range(a.rounds):
+            with h.pinned([0]):  # the limit: this process's own loop on the server's core
                 n, t_end = 0, time.perf_counter() + a.seconds
                 while time.perf_counter() < t_end:
                     retriever.retrieve([queries[i % len(queries)]], 100)
                     i, n = i + 1, n + 1
-                res["limit"].append(n / a.seconds)
-                line = f"round {rnd}: limit {n / a.seconds:6.1f}"
-                for name, url in urls.items():
-                    w = wrk.run_wrk(url, script, connections=a.connections, duration=a.seconds, cpus="1")
-                    res[name].append(w["rps"])
-                    line += f" | {name} {w['rps']:6.1f} (p50 {w['p50_ms']:.2f} ms)"
-                log(line)
-    finally:
-        script.unlink(missing_ok=True)
+            res["limit"].append(n / a.seconds)
+            line = f"round {rnd}: limit {n / a.seconds:6.1f}"
+            for name, url in urls.items():
+                with h.pinned([1]):  # the load generator on the other core
+                    w = h.measure_closed(url, bodies, connections=a.connections, seconds=a.seconds, warmup_s=0.0)
+                res[name].append(w["rps"])
+                line += f" | {name} {w['rps']:6.1f} (p50 {w['p50_ms']:.2f} ms)"
+            h.log(line)
     summary = {"limit_median_rps": statistics.median(res["limit"]), "connections": a.connections, "configs": {}}
     for name in configs:
         ratios = [s / lim for s, lim in zip(res[name], res["limit"], strict=True)]

@@ -1,23 +1,31 @@
-"""Fixed-rate fleet benchmark: open loop at 400 req/s from 32 keep-alive connections, side by side.
+"""The performance benchmark: the in-process limit, the service and its peers at a fixed rate, side by side.
 
-Rows, one after another on the same box, same bundle, same queries:
+    make bench                                        # 1M vectors -> docs/results/bench.{md,json,png}
+    python -m benchmarks.fleet --quick                # 100k vectors, 5 s points, for development
+    python -m benchmarks.fleet --bundle B --vectors V.npy --seconds 10    # a bundle built elsewhere
 
-1. limit: ``benchmarks/limit.py``, the serving path (normalise + tokenise + ONNX + faiss + ids) in a
-   loop with no HTTP, one process per core: the most the box can answer.
-2. service under uvicorn: ``crops serve --workers 2`` (least-conn), cache off.
-3. service under granian: the same FastAPI app (``service.app.create_app``), 2 granian workers.
-4. strong peer: ``benchmarks/strong_peer.py``, plain FastAPI + the same int8 ONNX tower, tokenizer and
-   faiss index at the same nprobe/k_factor, 2 uvicorn workers.
+Rows, one after another on the same box, bundle and queries, never two at once:
 
-Each HTTP row gets ``loadtest.openloop`` (asyncio, request ``i`` sent at ``start + i / rate``,
-latency from the release time, 32 keep-alive connections) at ``--rate`` for ``--seconds``
-(p50/p99/p99.9), then a bisection over fixed rates for the highest rate with p99 ≤ the SLO, no
-failures and ≥ 98 % of the rate achieved. Memory per worker: peak RSS (VmHWM) of the server's
-process tree divided by its workers (nothing is shared between workers but the libraries' text).
-Queries are distinct real queries (MIMICS-Manual, then ActivityNet caption sentences): no query is
-sent twice, so single-flight never merges requests and no cache is involved.
+1. limit: ``benchmarks.limit``, the serving path (normalise + tokenise + ONNX + faiss + ids) in a loop
+   with no HTTP, one process pinned per core: the most the box can answer. Measured before and after
+   the HTTP rows (the box's speed drifts); the limit is their mean.
+2. service: ``crops serve --workers 2`` (least-conn), cache off.
+3. nginx: ``deploy/nginx/nginx.conf`` (least_conn) in front of 2 single-worker ``crops serve`` replicas;
+   only when nginx is installed (``apt-get install nginx-light``), else the row is skipped and says so.
+4. granian: the same FastAPI app (``benchmarks.granian_app``) under granian, 2 workers.
+5. peer: ``benchmarks.strong_peer``, plain FastAPI + the same int8 ONNX tower, tokenizer and faiss index
+   at the same nprobe/k_factor, 2 uvicorn workers.
+6. naive: ``benchmarks.naive_peer``, sentence-transformers (torch) + exact faiss Flat over the same
+   vectors, one uvicorn worker, threads = cores (needs ``--vectors`` or the built bench vectors).
 
-    python benchmarks/fleet.py --bundle runs/realq/bundle_IVF1024_PQ48_Refine_SQ8_ --seconds 10
+Each HTTP row but the naive one: ``loadtest.openloop`` at ``--rate`` from ``--connections`` keep-alive
+connections (request i released at start + i/rate; p50/p99/p99.9 from each release), then a bisection
+over fixed rates for the highest with p99 ≤ the SLO, no failure and ≥ 98 % of the rate achieved
+(``harness.max_rate_within_slo``); then a closed loop on the same connections (the most requests/s at
+any latency); memory: peak RSS (VmHWM) and PSS of the server's process trees per worker. The naive
+peer is two orders of magnitude slower: its row is its best closed-loop throughput at 1, 2 and 4
+connections. Queries are distinct (``harness.distinct_queries``): none is sent twice within a run,
+so no cache or single-flight merges requests.
 """
 
 from __future__ import annotations
@@ -26,220 +34,450 @@ import argparse
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
+import statistics
 import sys
 import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from benchmarks import harness as h
+from benchmarks import vectors as bv
+from benchmarks.limit import LimitPool
+from loadtest.querymix import load_mix
+from loadtest.ready import wait_workers
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for p in (str(ROOT), str(HERE)):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-import bench  # noqa: E402  (the benchmark's server/port/RSS helpers)
-
-from core.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
-from loadtest.openloop import open_loop  # noqa: E402
-from loadtest.ready import wait_workers  # noqa: E402
-from loadtest.report import Sample, percentile  # noqa: E402
+ROWS = ("service", "nginx", "granian", "peer", "naive")
+TITLES = {
+    "service": "crops serve, 2 workers",
+    "nginx": "nginx least_conn + 2 single-worker replicas",
+    "granian": "same app under granian, 2 workers",
+    "peer": "strong peer (FastAPI + int8 ONNX + faiss), 2 workers",
+    "naive": "naive peer (sentence-transformers + Flat), 1 worker",
+}
 
 
-def distinct_queries(work: Path, n: int) -> list[str]:
-    """Real queries, each once: MIMICS-Manual Bing queries, then ActivityNet caption sentences."""
-    from index_builder.queries import read_query_texts
+class Bodies:
+    """Request bodies handed out in order, so a run never sends a query an earlier run of the same
+    pool sent, until the pool wraps (between runs only)."""
 
-    out: dict[str, None] = {}
-    for name in ("microlens_mimics", "activitynet", "trec_session", "scifact"):
-        f = work / "sets" / name / "queries.jsonl"
-        if f.is_file():
-            for q in read_query_texts(f):
-                out.setdefault(q, None)
-    if len(out) < n:
-        raise SystemExit(f"error: {len(out)} distinct queries under {work}/sets, need {n}; "
-                         "run benchmarks/real_query_recall.py first")
-    return list(out)[:n]
+    def __init__(self, queries: list[str]) -> None:
+        self.bodies = [json.dumps({"query": q}).encode() for q in queries]
+        self.used = 0
 
-
-def stats(samples: list[Sample], seconds: float) -> dict[str, Any]:
-    hold = [s for s in samples if s.t >= 1.0]  # first second: connections warm up
-    ok = [s.latency_ms for s in hold if s.ok]
-    return {"count": len(hold), "failures": sum(1 for s in hold if not s.ok),
-            "achieved_rps": round(len(samples) / seconds, 1),
-            "p50_ms": round(percentile(ok, 50), 3), "p99_ms": round(percentile(ok, 99), 3),
-            "p999_ms": round(percentile(ok, 99.9), 3)}
+    def take(self, n: int) -> list[bytes]:
+        n = min(n, len(self.bodies))
+        if self.used + n > len(self.bodies):
+            self.used = 0
+        part = self.bodies[self.used : self.used + n]
+        self.used += n
+        return part
 
 
-def http_row(name: str, cmd: list[str], env: dict[str, str], port: int, bodies: list[bytes], *, rate: float,
-             seconds: float, slo_ms: float, hi: float, workers: int, connections: int) -> dict[str, Any]:
+def nginx_conf(template: str, upstreams: list[int], port: int, prefix: Path) -> str:
+    """The deployment's nginx.conf as shipped (least_conn, its per-replica limits), with its one upstream
+    server line repeated for each local replica port, and its listen port and pid file made local."""
+    line = re.search(r"server crops:8000([^;]*);", template)
+    if line is None:
+        raise ValueError("nginx.conf: expected one 'server crops:8000 ...;' upstream line")
+    servers = " ".join(f"server 127.0.0.1:{p}{line.group(1)};" for p in upstreams)
+    conf = template.replace(line.group(0), servers)
+    conf = re.sub(r"listen \d+;", f"listen 127.0.0.1:{port};", conf)
+    return re.sub(r"pid [^;]+;", f"pid {prefix / 'nginx.pid'};", conf)
+
+
+@contextlib.contextmanager
+def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str], logs: Path
+            ) -> Iterator[tuple[str, list[int], int]]:
+    """Start a row's server(s); yield (URL, the pids whose process trees are its memory, workers)."""
+    py, port = sys.executable, h.free_port()
     url = f"http://127.0.0.1:{port}"
-    row: dict[str, Any] = {"name": name, "workers": workers, "connections": connections}
-    used = 0
 
-    def run(r: float) -> dict[str, Any]:
-        nonlocal used
-        need = int(r * seconds) + 10
-        if used + need > len(bodies):
-            used = 0  # only between runs: within one run every query is distinct
-        part = bodies[used : used + need]
-        used += need
-        return stats(open_loop(url, part, rate=r, duration=seconds, connections=connections), seconds)
+    def serve(p: int, workers: int) -> list[str]:
+        return [py, "-m", "crops", "serve", "--bundle", str(bundle), "--port", str(p), "--workers", str(workers),
+                "--balance", "least-conn"]
 
-    with bench.server(cmd, env, port, name) as proc:
-        if workers > 1 and name != "peer":  # the peer has no /info; its warm-up below loads both workers
-            with contextlib.suppress(Exception):
-                wait_workers(url, workers, timeout=60.0)
-        open_loop(url, bodies[-200:], rate=50, duration=3, connections=connections)  # warm-up
-        at = run(rate)
-        row["at_rate"] = {"rate": rate, **at}
-        bench.log(f"{name}: {rate:g} req/s → p50 {at['p50_ms']} p99 {at['p99_ms']} p99.9 {at['p999_ms']} ms, "
-                  f"{at['failures']} failures, {at['achieved_rps']} achieved")
-        lo, best, points = 0.0, None, []
-        ok_at = at["p99_ms"] <= slo_ms and at["failures"] == 0 and at["achieved_rps"] >= 0.98 * rate
-        lo, best = (rate, rate) if ok_at else (0.0, None)
-        hi = max(hi, rate * 1.05) if ok_at else rate
-        for _ in range(4):
-            if hi - lo < 10:
-                break
-            r = round((lo + hi) / 2)
-            st = run(r)
-            ok = st["p99_ms"] <= slo_ms and st["failures"] == 0 and st["achieved_rps"] >= 0.98 * r
-            points.append({"rate": r, **st, "within_slo": ok})
-            bench.log(f"{name}: {r} req/s → p99 {st['p99_ms']} ms ({'ok' if ok else 'over'})")
-            if ok:
-                lo, best = r, float(r)
-            else:
-                hi = r
-        row["search"] = points
-        row["max_rps_within_slo"] = best
-        row["peak_rss_mib_tree"] = bench.tree_peak_rss_mib(proc.pid)
-        row["rss_mib_per_worker"] = round(row["peak_rss_mib_tree"] / max(1, workers), 1)
+    if name == "service":
+        with h.server(serve(port, 2), port=port, name=name, env=env, log_dir=logs) as proc:
+            wait_workers(url, 2, timeout=900.0)  # every worker loaded, or the first seconds are uneven
+            yield url, [proc.pid], 2
+    elif name == "nginx":
+        nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        if nginx is None:
+            raise FileNotFoundError("nginx is not installed (apt-get install nginx-light)")
+        ports = [h.free_port(), h.free_port()]
+        prefix = logs / "nginx"
+        (prefix / "logs").mkdir(parents=True, exist_ok=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(nginx_conf((h.ROOT / "deploy" / "nginx" / "nginx.conf").read_text(), ports, port, prefix))
+        with contextlib.ExitStack() as stack:
+            replicas = [stack.enter_context(h.server(serve(p, 1), port=p, name=f"nginx-replica{i}", env=env,
+                                                     log_dir=logs)) for i, p in enumerate(ports)]
+            stack.enter_context(h.server([nginx, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+                                         port=port, name="nginx", env=env, log_dir=logs, ready_timeout=60.0))
+            yield url, [r.pid for r in replicas], 2
+    elif name == "granian":
+        cmd = [py, "-m", "granian", "--interface", "asgi", "--factory", "--workers", "2", "--host", "127.0.0.1",
+               "--port", str(port), "--no-ws", "--log-level", "warning", "--working-dir", str(h.ROOT),
+               "benchmarks.granian_app:create"]
+        with h.server(cmd, port=port, name=name, env={**env, "CROPS_BUNDLE": str(bundle.resolve())},
+                      log_dir=logs) as proc:
+            yield url, [proc.pid], 2
+    elif name == "peer":
+        cmd = [py, "-m", "benchmarks.strong_peer", "--bundle", str(bundle), "--port", str(port), "--workers", "2"]
+        with h.server(cmd, port=port, name=name, env=env, log_dir=logs) as proc:
+            yield url, [proc.pid], 2
+    elif name == "naive":
+        if vec_path is None:
+            raise FileNotFoundError("the naive peer needs the indexed vectors (--vectors)")
+        cmd = [py, "-m", "benchmarks.naive_peer", "--vectors", str(vec_path), "--port", str(port)]
+        with h.server(cmd, port=port, name=name, env=env, log_dir=logs) as proc:
+            yield url, [proc.pid], 1
+    else:
+        raise ValueError(f"unknown row {name!r} (rows: {', '.join(ROWS)})")
+
+
+def http_row(name: str, url: str, bodies: Bodies, a: argparse.Namespace, *, ceiling: float, pids: list[int],
+             workers: int) -> dict[str, Any]:
+    """One server, measured: the fixed-rate point, the rate search, the closed loop, memory."""
+    row: dict[str, Any] = {"name": name, "title": TITLES[name], "workers": workers, "connections": a.connections}
+    h.measure_closed(url, bodies.take(1000), connections=2, seconds=3)  # warm-up; nothing left queued after it
+    if name == "naive":
+        points = [h.measure_closed(url, bodies.take(2000), connections=c, seconds=a.seconds) for c in (1, 2, 4)]
+        best = max(points, key=lambda p: p["rps"])
+        row.update(closed_loop=points, best_closed_loop=best, max_rps_any_latency=best["rps"],
+                   max_rps_within_slo=None, at_rate=None, search=[])
+        h.log(f"{name}: {best['rps']} req/s at {best['connections']} connections (any latency)")
+    else:
+        def measure(rate: float) -> dict[str, Any]:
+            need = int(rate * a.seconds) + 10
+            return h.measure_open(url, bodies.take(need), rate=rate, seconds=a.seconds, connections=a.connections)
+
+        found = h.max_rate_within_slo(measure, start=a.rate, ceiling=ceiling, slo_ms=a.slo_p99_ms, steps=a.steps,
+                                      name=name)
+        at = found["start"]
+        h.log(f"{name}: {a.rate:g} req/s → p50 {at['p50_ms']} p99 {at['p99_ms']} p99.9 {at['p999_ms']} ms, "
+              f"{at['failures']} failures, {at['rps']} achieved; best within the SLO {found['best']}")
+        closed = h.measure_closed(url, bodies.take(int(ceiling * a.seconds * 1.5) + 100),
+                                  connections=a.connections, seconds=a.seconds)
+        row.update(at_rate=at, search=found["points"], max_rps_within_slo=found["best"], closed_loop=[closed],
+                   max_rps_any_latency=closed["rps"])
+    rss = sum(h.tree_peak_rss_mib(p) for p in pids)
+    pss = sum(h.tree_pss_mib(p) for p in pids)
+    row.update(peak_rss_mib=round(rss, 1), rss_mib_per_worker=round(rss / workers, 1),
+               pss_mib_per_worker=round(pss / workers, 1))
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
-    import limit
+def limit_run(bundle: Path, queries: list[str], onnx_file: str | None, seconds: float) -> dict[str, Any]:
+    with LimitPool(bundle, queries, cpus=[0, 1], onnx_file=onnx_file) as pool:
+        return pool.run(seconds, warmup_s=2.0)
 
-    from core.manifest import verify_bundle
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", type=Path, required=True, help="complete bundle (model with int8 + index)")
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "realq", help="query sets folder parent")
-    ap.add_argument("--rate", type=float, default=400.0)
-    ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--slo-p99-ms", type=float, default=10.0)
-    ap.add_argument("--rows", default="uvicorn,granian,peer", help="HTTP rows to run")
-    ap.add_argument("--recall", type=float, default=None, help="recall@100 on real queries (from index_memory)")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "fleet.md")
-    ap.add_argument("--bench-json", type=Path, default=ROOT / "docs" / "results" / "bench.json",
-                    help="add the flat keys to this bench.json (its other keys are kept)")
-    a = ap.parse_args(argv)
-    # A SIGTERM (e.g. from `timeout`) must unwind through bench.server's cleanup, or the servers stay.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    man = verify_bundle(a.bundle, require_index=True)
-    assert man.model is not None and man.index is not None
-    onnx_file = man.model.variants["int8"].file if "int8" in man.model.variants else None
-    n_q = int(a.rate * a.seconds) * 2 + 400
-    queries = distinct_queries(a.work, min(n_q, 20_000))
-    bodies = [json.dumps({"query": q}).encode() for q in queries]
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    load0 = os.getloadavg()
+def ratio(a: float | None, b: float | None, nd: int = 3) -> float | None:
+    return round(a / b, nd) if a and b else None
 
-    bench.log(f"limit: 2 processes on cores 0 and 1, {a.seconds:g}s")
-    pool = limit.LimitPool(a.bundle, queries, cpus=[0, 1], onnx_file=onnx_file)
-    try:
-        lim = pool.run(a.seconds, warmup_s=2.0)
-    finally:
-        pool.close()
-    bench.log(f"limit: {lim['rps']} req/s (p99 {lim['p99_ms']} ms)")
-    env = {**os.environ, "CROPS_CACHE": "none", "CROPS_ENCODER_PRECISION": "int8" if onnx_file else "fp32",
-           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "CROPS_BUNDLE": str(a.bundle.resolve())}
-    env.pop("CROPS_REDIS_URL", None)
-    env.pop("CROPS_EXPERIMENTS", None)
-    rows: dict[str, Any] = {}
-    failed: dict[str, str] = {}
-    wanted = [r.strip() for r in a.rows.split(",") if r.strip()]
-    for name in wanted:
-        port = bench.free_port()
-        if name == "uvicorn":
-            cmd = [sys.executable, "-m", "crops", "serve", "--bundle", str(a.bundle), "--port", str(port),
-                   "--workers", "2", "--balance", "least-conn"]
-        elif name == "granian":
-            cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--workers", "2",
-                   "--host", "127.0.0.1", "--port", str(port), "--no-ws", "--log-level", "warning",
-                   "--working-dir", str(HERE), "granian_app:create"]
-        elif name == "peer":
-            cmd = [sys.executable, str(HERE / "strong_peer.py"), "--bundle", str(a.bundle), "--port", str(port),
-                   "--workers", "2"]
-        else:
-            print(f"error: unknown row {name!r}", file=sys.stderr)
-            return 2
-        try:
-            rows[name] = http_row(name, cmd, env, port, bodies, rate=a.rate, seconds=a.seconds,
-                                  slo_ms=a.slo_p99_ms, hi=float(lim["rps"]), workers=2, connections=a.connections)
-        except Exception as exc:  # one server failing to start must not lose the other rows
-            bench.log(f"{name}: failed: {exc}")
-            failed[name] = str(exc)
-    service: dict[str, Any] = {k: rows[k] for k in ("uvicorn", "granian") if k in rows}
-    best_name: str | None = max(service, key=lambda k: service[k]["max_rps_within_slo"] or 0.0) if service else None
-    svc: dict[str, Any] = service[best_name] if best_name is not None else {}
-    peer = rows.get("peer", {})
-    peer_rps = peer.get("max_rps_within_slo")
-    flat = {
-        "limit_rps": lim["rps"],
-        "service_rps": svc.get("max_rps_within_slo"),
+
+def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: argparse.Namespace
+              ) -> dict[str, Any]:
+    """The flat numbers of bench.json from the rows."""
+    limit_rps = round(statistics.mean(x["rps"] for x in limits), 1)
+    svc, peer, naive = rows.get("service", {}), rows.get("peer", {}), rows.get("naive", {})
+    at = svc.get("at_rate") or {}
+    service_rps = svc.get("max_rps_within_slo")
+    naive_rps = naive.get("max_rps_any_latency")
+    return {
+        "limit_rps": limit_rps,
+        "service_rps": service_rps,
         "connections": a.connections,
-        "p99_ms_at_400": svc.get("at_rate", {}).get("p99_ms"),
-        "peer_rps": peer_rps,
+        "p99_ms_at_400": at.get("p99_ms"),
+        "peer_rps": peer.get("max_rps_within_slo"),
+        "naive_rps": naive_rps,
         "rss_mib_per_worker": svc.get("rss_mib_per_worker"),
-        "recall_at_100": a.recall if a.recall is not None else man.index.recall_at_100,
+        "pss_mib_per_worker": svc.get("pss_mib_per_worker"),
+        "nginx_rps": rows.get("nginx", {}).get("max_rps_within_slo"),
+        "granian_rps": rows.get("granian", {}).get("max_rps_within_slo"),
+        "service_p99_ms_at_400": at.get("p99_ms"),
+        "service_p50_ms_at_400": at.get("p50_ms"),
+        "service_rps_any_latency": svc.get("max_rps_any_latency"),
+        "service_over_limit": ratio(service_rps, limit_rps),
+        "service_over_limit_any_latency": ratio(svc.get("max_rps_any_latency"), limit_rps),
+        "service_over_peer": ratio(service_rps, peer.get("max_rps_within_slo"), 2),
+        "service_over_naive": ratio(service_rps, naive_rps, 1),
+        "service_over_naive_any_latency": ratio(svc.get("max_rps_any_latency"), naive_rps, 1),
+        "peak_rss_mib": {"limit": limits[0].get("peak_rss_mib"), **{k: r.get("peak_rss_mib") for k, r in rows.items()}},
     }
-    result = {**flat, "server": best_name, "rows": rows, "failed": failed, "limit": lim, "rate": a.rate,
-              "seconds": a.seconds,
-              "slo_p99_ms": a.slo_p99_ms, "started": started, "loadavg_start": load0,
-              "loadavg_end": os.getloadavg(), "queries": f"{len(queries)} distinct real queries, none repeated",
-              "index": {"factory": man.index.factory, "ntotal": man.index.ntotal, "nprobe": man.index.nprobe,
-                        "k_factor": man.index.k_factor}}
-    atomic_write_json(a.out.with_suffix(".json"), result)
-    if a.bench_json.is_file():
-        bj = json.loads(a.bench_json.read_text())
-        bj.update({k: v for k, v in flat.items() if v is not None})
-        bj["service_over_limit_fleet"] = round(flat["service_rps"] / lim["rps"], 3) if flat["service_rps"] else None
-        bj["service_over_peer"] = (round(flat["service_rps"] / peer_rps, 2)
-                                   if flat["service_rps"] and peer_rps else None)
-        bj["fleet"] = {k: v for k, v in result.items() if k != "rows"}
-        atomic_write_json(a.bench_json, bj)
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The report: headline table, what each number means, the machine, each row's rate search."""
+    f, m, idx, slo = h.fmt, result["machine"], result["index"], result["slo_p99_ms"]
+    rate, lim = result["fixed_rate"], result["limit"]
+    rows: dict[str, dict[str, Any]] = result["rows"]
+    table = [["in-process limit", "2 processes, one pinned per core, no HTTP", f"{f(lim[0]['p50_ms'], 2)} / "
+              f"{f(lim[0]['p99_ms'], 2)} / –", "–", f(result["limit_rps"]), "1.000", "–",
+              f(round(lim[0]["peak_rss_mib"] / 2, 1)), "–"]]
+    for name, r in rows.items():
+        at = r.get("at_rate") or {}
+        pct = f"{f(at.get('p50_ms'), 2)} / {f(at.get('p99_ms'), 2)} / {f(at.get('p999_ms'), 2)}" if at else "–"
+        best = r.get("max_rps_within_slo")
+        table.append([name, r["title"], pct, at.get("failures", "–") if at else "–",
+                      f(best) if best is not None else ("none" if at else "–"),
+                      f(ratio(best, result["limit_rps"]), 3), f(r.get("max_rps_any_latency")),
+                      f(r.get("rss_mib_per_worker")), f(r.get("pss_mib_per_worker"))])
+    for name, why in {**result.get("skipped", {}), **result.get("failed", {})}.items():
+        table.append([name, TITLES.get(name, name), f"not measured: {why}", "", "", "", "", "", ""])
+    nv = rows.get("naive", {}).get("best_closed_loop")
     lines = [
-        "# Fixed-rate fleet benchmark", "",
-        f"{man.index.factory} over {man.index.ntotal} vectors (nprobe {man.index.nprobe}, k_factor "
-        f"{man.index.k_factor}); open loop from {a.connections} keep-alive connections, {a.seconds:g} s per point, "
-        f"SLO p99 ≤ {a.slo_p99_ms:g} ms; {len(queries)} distinct real queries, none sent twice; cache off; "
-        f"started {started}, load average {load0[0]:.2f} at the start. The limit (no HTTP, 2 processes) did "
-        f"{lim['rps']} req/s.", "",
-        f"    python benchmarks/fleet.py --bundle {a.bundle} --seconds {a.seconds:g}", "",
-        f"| row | p50 / p99 / p99.9 ms at {a.rate:g} req/s | failures | max req/s within the SLO | "
-        "÷ limit | RSS MiB per worker |",
-        "|---|---|---|---|---|---|",
+        "# Benchmark: the in-process limit, the service and its peers",
+        "",
+        f"{result['started']} · {m['cpu']} · {m['cores']} cores · {m['mem_gib']} GiB · kernel {m['kernel']} · "
+        f"git {m['git']}",
+        "",
+        f"Index: {idx['factory']} over {idx['ntotal']:,} vectors ({idx['vectors']}), nprobe {idx['nprobe']}, "
+        f"k_factor {idx['k_factor']}; recall@100 vs exact {f(result['recall_at_100'], 4)} "
+        f"({result['recall_how']}). Encoder: {result['encoder']}. Queries: {result['queries']}.",
+        "",
+        *h.markdown_table(
+            ["row", "what", f"p50 / p99 / p99.9 ms at {rate:g} req/s", "failures",
+             f"max req/s, p99 ≤ {slo:g} ms", "÷ limit", "max req/s, any latency", "RSS MiB / worker",
+             "PSS MiB / worker"], table),
+        "",
+        f"- **service / limit = {f(result['service_over_limit'], 3)}** within the SLO (goal ≥ 0.9); "
+        f"service / strong peer = {f(result['service_over_peer'], 2)}; "
+        f"service / naive = {f(result['service_over_naive'], 1)}× (goal ≥ 10×; the naive peer's number is "
+        f"its best closed loop at any latency"
+        + (f", {nv['connections']} connections, p99 {f(nv['p99_ms'])} ms" if nv else "") + ").",
+        f"- The limit: {f(lim[0]['rps'])} req/s before the HTTP rows, "
+        + (f"{f(lim[1]['rps'])} after" if len(lim) > 1 else "not measured after")
+        + "; the ratios use their mean.",
+        f"- Cores: {result['core_split']}",
+        f"- Other processes used {f(result['other_cores_at_start'], 2)} cores in a 2 s sample at the start "
+        f"(load average 1/5/15 min at start {result['loadavg_start']}, at end {result['loadavg_end']}): "
+        + ("the machine was shared with other jobs, so the numbers are noisy; rerun on an idle box."
+           if result["noisy"] else "the machine was otherwise idle."),
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}, python {m['python']}.",
+        f"- Reproduce: `{result['command']}`",
+        "",
+        "![benchmark](bench.png)",
+        "",
+        "## Method",
+        "",
+        "- **limit** (`benchmarks/limit.py`): normalise, tokenise, ONNX encode (1 intra-op thread), faiss search "
+        "(1 thread, the bundle's nprobe/k_factor), id lookup, in a loop, one process pinned per core; "
+        "requests/s summed over both.",
+        f"- **HTTP rows**: `loadtest.openloop`, open loop: request i is released at start + i / rate whatever "
+        f"the answers, over {result['connections']} keep-alive connections, latency from the release "
+        "(including any wait for a free connection). The first second of each "
+        f"{result['seconds']:g} s point is left out. Max rate within the SLO: the highest fixed rate with p99 ≤ "
+        f"{slo:g} ms, no failure and ≥ 98 % of the rate achieved, by bisection from {rate:g} req/s "
+        "(`benchmarks.harness.max_rate_within_slo`). Max at any latency: a closed loop on the same connections "
+        "(each sends again as soon as it is answered).",
+        "- **memory**: peak RSS (VmHWM) and PSS of the server's process trees (supervisor included) at the end, "
+        "divided by the workers.",
+        "- Every row runs alone, one after another, on the same machine, bundle and queries; each query is "
+        "sent once per pool pass, so no cache or single-flight merges requests (the service's cache is off).",
+        "",
     ]
     for name, r in rows.items():
-        at = r["at_rate"]
-        best = r["max_rps_within_slo"]
-        lines.append(f"| {name} | {at['p50_ms']} / {at['p99_ms']} / {at['p999_ms']} | {at['failures']} | "
-                     f"{best if best is not None else 'none'} | "
-                     f"{round(best / lim['rps'], 3) if best else '–'} | {r['rss_mib_per_worker']} |")
-    for name, why in failed.items():
-        lines.append(f"| {name} | failed: {why} | | | | |")
-    lines += ["", f"Kept: {best_name} (the faster of the two servers within the SLO).", ""]
-    atomic_write_bytes(a.out, "\n".join(lines).encode())
-    print(json.dumps(flat))
+        pts = ([r["at_rate"]] if r.get("at_rate") else []) + r.get("search", [])
+        if pts:
+            lines += [f"### {name}: fixed-rate points ({result['seconds']:g} s each)", "",
+                      *h.markdown_table(["rate", "achieved", "p50 ms", "p99 ms", "p99.9 ms", "failures", "within SLO"],
+                                        [[f(p["rate"], 0), f(p["rps"]), f(p["p50_ms"], 2), f(p["p99_ms"], 2),
+                                          f(p["p999_ms"], 2), p["failures"], "yes" if p["within_slo"] else "no"]
+                                         for p in pts]), ""]
+        closed = r.get("closed_loop", [])
+        if closed:
+            lines += [f"### {name}: closed loop", "",
+                      *h.markdown_table(["connections", "requests/s", "p50 ms", "p99 ms", "failures"],
+                                        [[p["connections"], f(p["rps"]), f(p["p50_ms"], 2), f(p["p99_ms"], 2),
+                                          p["failures"]] for p in closed]), ""]
+    return "\n".join(lines)
+
+
+def figure(result: dict[str, Any]) -> Any:
+    """Throughput per row (within the SLO and at any latency) and p99 against the offered rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows: dict[str, dict[str, Any]] = result["rows"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    names = ["limit", *rows]
+    within = [result["limit_rps"], *((r.get("max_rps_within_slo") or 0.0) for r in rows.values())]
+    anyl = [result["limit_rps"], *((r.get("max_rps_any_latency") or 0.0) for r in rows.values())]
+    xs = range(len(names))
+    ax1.bar([x - 0.2 for x in xs], within, 0.4, label=f"p99 ≤ {result['slo_p99_ms']:g} ms", color="tab:blue")
+    ax1.bar([x + 0.2 for x in xs], anyl, 0.4, label="any latency (closed loop)", color="lightsteelblue")
+    for x, v in zip(xs, within, strict=True):
+        ax1.text(x - 0.2, v, f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+    ax1.set_xticks(list(xs), names, fontsize=8)
+    ax1.set_ylabel("requests/s")
+    ax1.set_title("throughput")
+    ax1.legend(fontsize=7)
+    for name, r in rows.items():
+        pts = sorted(([r["at_rate"]] if r.get("at_rate") else []) + r.get("search", []), key=lambda p: p["rate"])
+        if pts:
+            ax2.plot([p["rate"] for p in pts], [p["p99_ms"] for p in pts], "o-", label=name)
+    ax2.axhline(result["slo_p99_ms"], color="red", lw=0.8, label="SLO")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("offered requests/s (open loop)")
+    ax2.set_ylabel("p99 ms")
+    ax2.set_title(f"p99 against the rate ({result['connections']} connections)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000, help="vectors in the bench index")
+    ap.add_argument("--quick", action="store_true", help="100k vectors, 5 s points, 3 search steps")
+    ap.add_argument("--seconds", type=float, default=None, help="seconds per point (default 10, --quick 5)")
+    ap.add_argument("--rate", type=float, default=400.0, help="the fixed-rate point (req/s)")
+    ap.add_argument("--connections", type=int, default=32, help="keep-alive connections of the load generator")
+    ap.add_argument("--slo-p99-ms", type=float, default=10.0)
+    ap.add_argument("--steps", type=int, default=None, help="bisection points after the first (default 4)")
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"HTTP rows to run, of {','.join(ROWS)}")
+    ap.add_argument("--bundle", type=Path, default=None, help="a complete bundle to measure instead of the bench's")
+    ap.add_argument("--vectors", type=Path, default=None, help=".npy of --bundle's vectors (naive peer, recall)")
+    ap.add_argument("--model-bundle", type=Path, default=None, help="exported model bundle to index")
+    ap.add_argument("--base-bundle", type=Path, default=None,
+                    help="base embeddings from this bundle's Flat index instead of encoding the catalog")
+    ap.add_argument("--factory", default=None, help="faiss factory (default: the index builder's choice)")
+    ap.add_argument("--target-recall", type=float, default=0.96,
+                    help="recall@100 tuned for on the tuning queries (a margin over the 0.95 goal, checked on others)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
+                    help="encoder variant for the limit and the service (auto: int8 when the bundle has it)")
+    ap.add_argument("--work", type=Path, default=h.RUNS, help="bench bundles, vectors and server logs")
+    ap.add_argument("--prepare-only", action="store_true", help="build the bench bundle and vectors, then stop")
+    ap.add_argument("--out", type=Path, default=None, help="report path (default BUNDLE_results/bench.md)")
+    ap.add_argument("--publish", action="store_true", help="also write docs/results/bench.md, .json, .png")
+    a = ap.parse_args(argv)
+    if a.quick and a.n == 1_000_000:
+        a.n = 100_000
+    a.seconds = a.seconds or (5.0 if a.quick else 10.0)
+    a.steps = a.steps if a.steps is not None else (3 if a.quick else 4)
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    # A SIGTERM (e.g. from `timeout`) must unwind through the servers' cleanup, or they stay.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    command = "python -m benchmarks.fleet " + " ".join(sys.argv[1:] if argv is None else argv)
+    tune = bv.tuning_texts(load_mix(None).queries)
+    work = a.work / f"n{a.n}"
+    if a.bundle:
+        bundle, vec_path, vec_desc = a.bundle, a.vectors, f"given ({a.vectors or 'vectors not given'})"
+    else:
+        model = bv.ensure_model_bundle(a.model_bundle, a.work)
+        bundle, vec_path, vec_desc = bv.ensure_bench_bundle(a.n, model, work, tune, base_bundle=a.base_bundle,
+                                                            factory=a.factory, target_recall=a.target_recall)
+    if a.prepare_only:
+        h.log(f"prepared {bundle} ({vec_desc})")
+        return 0
+    from core.manifest import verify_bundle
+
+    man = verify_bundle(bundle, require_index=True)
+    assert man.model is not None and man.index is not None
+    variants = man.model.variants
+    precision = a.precision if a.precision != "auto" else ("int8" if "int8" in variants else "fp32")
+    if precision != "fp32" and precision not in variants:
+        raise SystemExit(f"error: the bundle has no {precision} encoder variant")
+    onnx_file = variants[precision].file if precision in variants else None
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    load_start, others = os.getloadavg(), h.other_processes_cores()
+    wanted = [r.strip() for r in a.rows.split(",") if r.strip()]
+    unknown = sorted(set(wanted) - set(ROWS))
+    if unknown:
+        raise SystemExit(f"error: unknown rows {unknown} (rows: {', '.join(ROWS)})")
+
+    pool_n = min(50_000, int(max(a.rate, 600.0) * a.seconds * 3) + 2000)
+    queries, q_desc = h.distinct_queries(pool_n)
+    recall: float | None
+    if vec_path is not None:
+        h.log("measuring recall@100 vs exact search on the bench queries")
+        recall, recall_n = bv.measured_recall(bundle, vec_path, queries, set(tune))
+        recall_how = f"on {recall_n} of the bench's queries, none of them a tuning query"
+    else:
+        recall, recall_n = man.index.recall_at_100_report or man.index.recall_at_100, 0
+        recall_how = "the manifest's, no vectors given"
+
+    h.log(f"limit: 2 processes pinned to cores 0 and 1, {a.seconds:g} s")
+    limits = [limit_run(bundle, queries, onnx_file, a.seconds)]
+    h.log(f"limit: {limits[0]['rps']} req/s (p99 {limits[0]['p99_ms']} ms)")
+    env = h.server_env(CROPS_ENCODER_PRECISION=precision)
+    logs = a.work / "logs"
+    rows: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    bodies = Bodies(queries)
+    for name in wanted:
+        try:
+            with serving(name, bundle, vec_path, env, logs) as (url, pids, workers):
+                rows[name] = http_row(name, url, bodies, a, ceiling=float(limits[0]["rps"]), pids=pids,
+                                      workers=workers)
+        except FileNotFoundError as exc:  # nginx not installed, no vectors for the naive peer
+            h.log(f"{name}: skipped: {exc}")
+            skipped[name] = str(exc)
+        except Exception as exc:  # one server failing must not lose the other rows
+            h.log(f"{name}: failed: {exc}")
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    limits.append(limit_run(bundle, queries, onnx_file, a.seconds))
+    h.log(f"limit again: {limits[1]['rps']} req/s")
+
+    result: dict[str, Any] = {
+        **summarize(rows, limits, a),
+        "recall_at_100": recall,
+        "recall_queries": recall_n,
+        "recall_how": recall_how,
+        "n": man.index.ntotal,
+        "seconds": a.seconds,
+        "fixed_rate": a.rate,
+        "slo_p99_ms": a.slo_p99_ms,
+        "service_workers": 2,
+        "encoder": f"{precision} ({onnx_file or man.model.query_onnx})",
+        "queries": q_desc,
+        "index": {"factory": man.index.factory, "ntotal": man.index.ntotal, "nprobe": man.index.nprobe,
+                  "k_factor": man.index.k_factor, "manifest_recall_at_100": man.index.recall_at_100,
+                  "vectors": vec_desc, "bundle": str(bundle)},
+        "core_split": "limit: one process pinned to each of cores 0 and 1. HTTP rows: the servers' workers are "
+                      "not pinned (the scheduler places them); the load generator (one Python process, uvloop) "
+                      "shares the same cores, as a ranking service's sidecar would not, so every HTTP row pays "
+                      "for its own load generator alike.",
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "other_cores_at_start": others,
+        "noisy": others > 0.25,
+        "started": started,
+        "command": command,
+        "machine": h.machine_info(),
+        "limit": limits,
+        "skipped": skipped,
+        "failed": failed,
+        "rows": rows,
+    }
+    out = a.out or Path(str(bundle).rstrip("/") + "_results") / "bench.md"
+    md, fig = render_markdown(result), figure(result)
+    targets = [out] + ([h.ROOT / "docs" / "results" / "bench.md"] if a.publish else [])
+    for target in targets:
+        for path in h.write_report(target, md, result, figure=fig):
+            h.log(f"wrote {path}")
+    keys = ("limit_rps", "service_rps", "connections", "p99_ms_at_400", "peer_rps", "naive_rps",
+            "rss_mib_per_worker", "recall_at_100")
+    print(json.dumps({k: result[k] for k in keys}))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    t0 = time.monotonic()
+    rc = main()
+    h.log(f"done in {time.monotonic() - t0:.0f} s")
+    sys.exit(rc)

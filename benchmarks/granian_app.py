@@ -1,7 +1,8 @@
-"""The service's FastAPI app for granian (``granian --interface asgi --factory granian_app:create``).
+"""The service's FastAPI app for granian (``granian --interface asgi --factory benchmarks.granian_app:create``,
+from the repository root).
 
 Settings come from the environment (``CROPS_BUNDLE`` ...), as with ``crops serve``; used by
-``benchmarks/fleet.py`` to run the same app under granian side by side with uvicorn.
+``benchmarks.fleet`` to run the same app under granian side by side with uvicorn.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ steps (docs/explanation/index.md says the same):
    the 19,738 MicroLens-100k titles plus one description per ActivityNet video (first two caption
    sentences, 10,009 train videos) ≈ 29.7k docs; and the MIMICS-Manual Bing queries (2,464 unique),
    encoded with the query tower, as held-out queries (split: tuning / reporting).
-2. ``run``: expand the base docs to N (default 1M) by clustered perturbation: each new vector is
+2. ``run``: expand the base docs to N (default 1M) by clustered perturbation
+   (``benchmarks.vectors.expand``): each new vector is
    ``normalise((1-λ)·x_i + λ·x_j + ε)`` with ``i`` uniform over the base docs, ``j`` one of ``i``'s
    16 exact nearest neighbours, ``λ ~ U(0, 0.5)`` and ``ε ~ N(0, σ²I)``, σ = 0.01 per dimension
    (‖ε‖ ≈ 0.2). New vectors stay on the data manifold (between semantically close docs), so
@@ -16,9 +17,9 @@ steps (docs/explanation/index.md says the same):
 Then the index builder's own code path (``build_from_vectors``) builds the default production
 index, tunes nprobe/k_factor on the tuning queries, and the report queries give the curve.
 
-    nice -n 10 python benchmarks/index_bench.py prepare   # ~2-4 min, cached in runs/bench/
-    nice -n 10 python benchmarks/index_bench.py run --n 1000000
-    python benchmarks/index_bench.py scifact   # after `crops eval beir --index default/flat`
+    nice -n 10 python -m benchmarks.index_bench prepare   # ~2-4 min, cached in runs/bench/
+    nice -n 10 python -m benchmarks.index_bench run --n 1000000
+    python -m benchmarks.index_bench scifact   # after `crops eval beir --index default/flat`
 """
 
 from __future__ import annotations
@@ -28,33 +29,16 @@ import csv
 import json
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared" / "data"
+from benchmarks.harness import DATA, ROOT
+from benchmarks.vectors import catalog_texts, expand
+
 WORK = ROOT / "runs" / "bench"
-
-
-def _catalog() -> list[str]:
-    texts = []
-    with open(DATA / "microlens100k_titles" / "MicroLens-100k_title_en.csv", encoding="utf-8") as fh:
-        for row in csv.reader(fh):
-            if len(row) >= 2 and row[1].strip():
-                texts.append(row[1].strip())
-    acts = json.loads((DATA / "activitynet_captions" / "train.json").read_text())
-    for v in acts.values():
-        sents = [s.strip() for s in v["sentences"][:2]]
-        texts.append(" ".join(sents))
-    return texts
 
 
 def _queries() -> list[str]:
@@ -75,7 +59,9 @@ def prepare(bundle: Path) -> None:
     m = verify_bundle(bundle).model
     assert m is not None
     WORK.mkdir(parents=True, exist_ok=True)
-    docs = [normalize_text(t) for t in _catalog()]
+    texts, source = catalog_texts(DATA)
+    print(f"catalog: {len(texts)} docs, {source}")
+    docs = [normalize_text(t) for t in texts]
     queries = [normalize_text(q) for q in _queries()]
     t0 = time.perf_counter()
     denc = OnnxEncoder(bundle / (m.doc_onnx or m.query_onnx), bundle / m.tokenizer, m.max_doc_tokens)
@@ -89,29 +75,6 @@ def prepare(bundle: Path) -> None:
         "encode_seconds": round(time.perf_counter() - t0, 1),
     }, indent=2))
     print(f"encoded {len(docs)} docs and {len(queries)} queries in {time.perf_counter() - t0:.0f}s")
-
-
-def expand(base: np.ndarray, n: int, *, sigma: float = 0.01, neighbours: int = 16, seed: int = 0) -> np.ndarray:
-    """Clustered perturbation of ``base`` up to ``n`` unit vectors (base rows first)."""
-    import faiss
-
-    rng = np.random.default_rng(seed)
-    flat = faiss.IndexFlatIP(base.shape[1])
-    flat.add(base)
-    _, nn = flat.search(base, neighbours + 1)
-    nn = nn[:, 1:]
-    out = np.empty((n, base.shape[1]), dtype=np.float32)
-    out[: len(base)] = base
-    step = 100_000
-    for s in range(len(base), n, step):
-        e = min(n, s + step)
-        i = rng.integers(0, len(base), e - s)
-        j = nn[i, rng.integers(0, neighbours, e - s)]
-        lam = rng.uniform(0, 0.5, (e - s, 1)).astype(np.float32)
-        v = (1 - lam) * base[i] + lam * base[j] + rng.normal(0, sigma, (e - s, base.shape[1])).astype(np.float32)
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
-        out[s:e] = v
-    return out
 
 
 def run(bundle: Path, n: int, out_md: Path | None) -> None:

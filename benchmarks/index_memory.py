@@ -2,7 +2,7 @@
 
 The 1M vectors: real all-MiniLM-L6-v2 doc-tower embeddings of the MicroLens-100k titles and the
 ActivityNet caption documents (the vectors ``benchmarks/real_query_recall.py`` caches), expanded to
-``--n`` by clustered perturbation (``benchmarks/gpu_index_build.expand``, the bench's recipe).
+``--n`` by clustered perturbation (``benchmarks.vectors.expand``, the bench's recipe).
 Queries: the MIMICS-Manual Bing queries through the query tower; half tune (``--queries`` mode),
 the other half are held out for the reported recall.
 
@@ -13,31 +13,26 @@ tower, the faiss index, the id map) at the same time, answer every held-out quer
 shared between the workers (none are shared here: each worker reads the index into its own heap),
 so PSS ≈ RSS minus the shared libraries' split.
 
-    python benchmarks/index_memory.py --n 1000000     # -> docs/results/index_memory_1M.{md,json}
+    python -m benchmarks.index_memory --n 1000000     # -> docs/results/index_memory_1M.{md,json}
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks import harness as h
+from benchmarks.vectors import expand
+from core.atomic import atomic_write_bytes, atomic_write_json
 
-from core.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
-
+ROOT = h.ROOT
 WORK = ROOT / "runs" / "realq"
 FACTORIES = ("IVF1024,PQ48,Refine(SQ8)",)  # RFlat / Refine(SQfp16) on request (--factories)
 
@@ -69,13 +64,11 @@ def base_vectors() -> np.ndarray:
     vdir = WORK / "vectors"
     parts = sorted(vdir.glob("microlens_mimics-*.npy")) + sorted(vdir.glob("activitynet-*.npy"))
     if len(parts) < 2:
-        raise SystemExit("error: run benchmarks/real_query_recall.py first (it encodes the base catalog)")
+        raise SystemExit("error: run python -m benchmarks.real_query_recall first (it encodes the base catalog)")
     return np.concatenate([np.load(p) for p in parts[:2]])
 
 
 def main(argv: list[str] | None = None) -> int:
-    import importlib.util
-
     from core.manifest import verify_bundle
     from index_builder.build import build_from_vectors
     from index_builder.queries import read_query_texts, split_given
@@ -90,16 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     import faiss
 
     faiss.omp_set_num_threads(2)  # build + exact truth; tuning and the workers time one thread
-    spec = importlib.util.spec_from_file_location("gib", ROOT / "benchmarks" / "gpu_index_build.py")
-    assert spec is not None and spec.loader is not None
-    gib = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gib)
     base = base_vectors()
     vec_path = WORK / f"vectors_{a.n}.npy"
     if vec_path.is_file():
         vectors = np.load(vec_path, mmap_mode="r")
     else:
-        vectors = gib.expand(base, a.n)
+        vectors = expand(base, a.n)
         np.save(vec_path, vectors)
     texts = read_query_texts(WORK / "sets" / "microlens_mimics" / "queries.jsonl")
     qs = split_given(texts, 300, 0, "MIMICS-Manual")
@@ -134,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             assert p.stdout is not None
             outs.append(json.loads(p.stdout.readline()))
         # every worker is loaded and measured once all have printed; PSS is read again now
-        pss = []
-        for p in procs:
-            with open(f"/proc/{p.pid}/smaps_rollup") as fh:
-                pss += [int(ln.split()[1]) / 1024 for ln in fh if ln.startswith("Pss:")]
+        pss = [h.tree_pss_mib(p.pid) for p in procs]
         for p in procs:
             p.communicate("")
         row = {"factory": factory, "nprobe": sec.nprobe, "k_factor": sec.k_factor,
@@ -156,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
              "once with the service's `Retriever` (int8 query tower + index + id map), each answering every "
              "held-out query at batch 1 (encode + search, 1 thread). Memory: RSS and PSS per worker "
              "(`/proc/PID/smaps_rollup`, the larger worker).", "",
-             f"    python benchmarks/index_memory.py --n {a.n}", "",
+             f"    python -m benchmarks.index_memory --n {a.n}", "",
              "| factory | nprobe / k_factor | recall@100 tune / held-out | index MiB | RSS MiB / worker | "
              "PSS MiB / worker | p50 / p99 ms |", "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -5,7 +5,7 @@ tune nprobe/k_factor to the target on the tuning queries (``tuning.tune``: the f
 reaching it), then measure that point on held-out queries: recall@100 vs exact, batch-1 latency
 p50/p99 (one thread, as each service worker searches), build time and index size.
 
-    python benchmarks/index_points.py --vectors runs/perf/n1000000/vectors.npy \
+    python -m benchmarks.index_points --vectors runs/perf/n1000000/vectors.npy \
         --model runs/perf/default_bundle --factories "IVF1024,PQ48,RFlat;IVF1024,PQ48x4fs,RFlat"
 """
 
@@ -13,25 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import numpy as np  # noqa: E402
-from bench import encode_queries  # noqa: E402
-
-from index_builder.faiss_utils import estimate_bytes, exact_topk, set_search_params  # noqa: E402
-from index_builder.ops import train_and_add  # noqa: E402
-from index_builder.tuning import measure_point, tune  # noqa: E402
-from loadtest.querymix import load_mix  # noqa: E402
+from benchmarks.harness import RUNS
+from benchmarks.vectors import encode, tuning_texts
+from index_builder.faiss_utils import estimate_bytes, exact_topk, set_search_params
+from index_builder.ops import train_and_add
+from index_builder.tuning import measure_point, tune
+from loadtest.querymix import load_mix
 
 
 def main() -> None:
@@ -40,17 +32,17 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True, help="bundle whose query tower encodes the queries")
     ap.add_argument("--factories", default="IVF1024,PQ48,RFlat;IVF1024,PQ48x4fs,RFlat;IVF4096,PQ48x4fs,RFlat")
     ap.add_argument("--target", type=float, default=0.95)
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "perf" / "index_points.json")
+    ap.add_argument("--out", type=Path, default=RUNS / "index_points.json")
     a = ap.parse_args()
     import faiss
 
     faiss.omp_set_num_threads(2)  # builds use both cores; searches are timed on one thread below
     mix = load_mix(None)
-    tune_texts = mix.queries[1::2][:1000]  # the same split as benchmarks/bench.py
+    tune_texts = tuning_texts(mix.queries)  # the same split as benchmarks.fleet
     held = [q for q in dict.fromkeys(mix.queries[0::2]) if q not in set(tune_texts)][:300]
     vecs = np.load(a.vectors, mmap_mode="r")
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-    tq, hq = encode_queries(a.model, tune_texts), encode_queries(a.model, held)
+    tq, hq = encode(a.model, tune_texts), encode(a.model, held)
     t_truth, h_truth = exact_topk(vecs, tq, 100), exact_topk(vecs, hq, 100)
     rows = json.loads(a.out.read_text()) if a.out.is_file() else {}
     for factory in [f.strip() for f in a.factories.split(";") if f.strip()]:

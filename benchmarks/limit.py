@@ -4,7 +4,7 @@ One process per core (pinned with ``sched_setaffinity``), one intra-op thread an
 each: the most requests/s the serving path can do on this box, the ceiling the service is compared
 against. Prints one JSON object (rps, latency percentiles, peak RSS per process).
 
-    python benchmarks/limit.py --bundle B --queries queries.json [--seconds 10] [--cpus 0,1]
+    python -m benchmarks.limit --bundle B --queries queries.json [--seconds 10] [--cpus 0,1]
 """
 
 from __future__ import annotations
@@ -14,22 +14,11 @@ import json
 import multiprocessing as mp
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def _percentile(values: list[float], q: float) -> float:
-    import math
-
-    s = sorted(values)
-    return s[max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))] if s else float("nan")
+from loadtest.report import percentile
 
 
 def _worker(
@@ -117,8 +106,7 @@ def _worker(
 class LimitPool:
     """The limit's processes (one pinned per core), loaded once and measured as often as asked.
 
-    Kept alive between runs so that, in the benchmark's paired rounds, the limit and the service are
-    treated alike: both load once and both sit idle while the other is measured.
+    Kept alive between runs: a caller can measure it again later without loading the bundle again.
     """
 
     def __init__(
@@ -161,8 +149,8 @@ class LimitPool:
             "rps": round(total / seconds, 1),
             "processes": len(self.procs),
             "cpus": [r["cpu"] for r in results],
-            "p50_ms": round(_percentile(lat, 50), 3),
-            "p99_ms": round(_percentile(lat, 99), 3),
+            "p50_ms": round(percentile(lat, 50), 3),
+            "p99_ms": round(percentile(lat, 99), 3),
             "peak_rss_mib": round(sum(r["peak_rss_mib"] for r in results), 1),
             "peak_rss_mib_per_process": [round(r["peak_rss_mib"], 1) for r in results],
             "seconds": seconds,

@@ -1,15 +1,15 @@
 """The naive peer, what a team writes first: sentence-transformers (torch) + faiss Flat in FastAPI.
 
-Same model (all-MiniLM-L6-v2 from the offline package), same 1M vectors, exact search, default
-thread settings, one uvicorn worker, a pydantic response model. It lives here, never in service/,
-and exists only to be measured against.
+Same model (all-MiniLM-L6-v2 from the offline package), same 1M vectors, exact search, one uvicorn
+worker, a pydantic response model, and the libraries' default threads: as many as cores for torch
+and faiss (set explicitly, since ``benchmarks`` caps its processes at one thread). It lives here,
+never in service/, and exists only to be measured against.
 
-    python benchmarks/naive_peer.py --vectors V.npy --port 8100
+    python -m benchmarks.naive_peer --vectors V.npy --port 8100
 """
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +33,18 @@ class Answer(BaseModel):
     arm: str
     candidates: list[Candidate]
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def create_app(vectors_path: Path, model_dir: Path | None = None) -> Any:
     import faiss
     import numpy as np
+    import torch
     from fastapi import FastAPI
     from sentence_transformers import SentenceTransformer
 
     from core.tokenizer import default_model_dir
 
+    torch.set_num_threads(os.cpu_count() or 1)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
     model = SentenceTransformer(str(model_dir or default_model_dir()), device="cpu")
     vectors = np.load(vectors_path, mmap_mode="r")
     index = faiss.IndexFlatIP(vectors.shape[1])

@@ -1,13 +1,13 @@
 """Where a request's time goes: one core's limit vs one service worker on that core.
 
-    python benchmarks/overhead.py --bundle B [--seconds 10] [--profile runs/perf/overhead.svg]
+    python -m benchmarks.overhead --bundle B [--seconds 10] [--profile runs/perf/overhead.svg]
 
 Everything runs on core 0 except the load generator, which gets core 1 to itself, so the numbers are
 the server's own cost per request:
 1. limit, 1 process on core 0: normalise + tokenise + encode + search + id lookup in a loop.
-2. ``crops serve`` (1 worker, cache off) on core 0; wrk on core 1 with 1 connection (latency: the
-   request's path end to end) and 2 connections (the worker never waits for the client: its
-   requests/s is 1 / the server's CPU time per request).
+2. ``crops serve`` (1 worker, cache off) on core 0; the closed-loop client (``loadtest.openloop``) on
+   core 1 with 1 connection (latency: the request's path end to end) and 2 connections (the worker
+   never waits for the client: its requests/s is 1 / the server's CPU time per request).
 3. The server's own stage timings (Prometheus histogram sums: handler total, encode, search, queue),
    so the per-request cost splits into encode + search (the limit's work), the handler around them
    and what is left outside the handler (HTTP parsing, routing, validation, JSON, the event loop).
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -29,10 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-# bench sets the thread caps and sys.path (before numpy loads anywhere): import it first.
-from bench import free_port, log, server
-
-from loadtest import wrk
+from benchmarks import harness as h
+from benchmarks.limit import run_limit
 from loadtest.querymix import load_mix
 
 
@@ -74,8 +71,6 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, default=None, help="py-spy flame graph (SVG) of the saturated worker")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
-    import limit
-
     from core.manifest import verify_bundle
 
     m = verify_bundle(a.bundle, require_index=True)
@@ -86,22 +81,19 @@ def main() -> None:
     queries = [mix.sample(rng)[0] for _ in range(4000)]
     bodies = mix.request_bodies(4000, seed=1)
 
-    log("limit: 1 process on core 0")
-    lim = limit.run_limit(a.bundle, queries, seconds=a.seconds, cpus=[0], onnx_file=onnx)
+    h.log("limit: 1 process on core 0")
+    lim = run_limit(a.bundle, queries, seconds=a.seconds, cpus=[0], onnx_file=onnx)
     result: dict[str, Any] = {"limit_1core": lim}
 
-    port = free_port()
+    port = h.free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "CROPS_CACHE": "none", "CROPS_ENCODER_PRECISION": a.precision}
-    for k in ("CROPS_REDIS_URL", "CROPS_EXPERIMENTS", "PROMETHEUS_MULTIPROC_DIR"):
-        env.pop(k, None)
+    env = h.server_env(CROPS_ENCODER_PRECISION=a.precision)
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "crops", "serve", "--bundle", str(a.bundle),
            "--port", str(port)]
-    script = wrk.write_script(bodies)
-    try:
+    with h.pinned([1]):  # this process is the load generator: core 1 only
         for conns in (1, 2):
-            with server(cmd, env, port, f"overhead-c{conns}") as proc:
-                wrk.run_wrk(url, script, connections=conns, duration=2, cpus="1")  # warm-up
+            with h.server(cmd, port=port, name=f"overhead-c{conns}", env=env) as proc:
+                h.measure_closed(url, bodies, connections=conns, seconds=2)  # warm-up
                 spy = None
                 if a.profile and conns == 2:
                     if not shutil.which("py-spy"):
@@ -113,15 +105,13 @@ def main() -> None:
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )
                     time.sleep(1.0)
-                log(f"service: 1 worker on core 0, wrk -c{conns} on core 1, {a.seconds:g}s")
+                h.log(f"service: 1 worker on core 0, closed loop on {conns} connections on core 1, {a.seconds:g}s")
                 before = stage_totals(url)
-                res = wrk.run_wrk(url, script, connections=conns, duration=a.seconds, cpus="1")
+                res = h.measure_closed(url, bodies, connections=conns, seconds=a.seconds, warmup_s=0.0)
                 res["stages_ms"] = stage_means(before, stage_totals(url))
                 result[f"service_c{conns}"] = res
                 if spy is not None:
                     spy.wait(timeout=a.seconds + 60)
-    finally:
-        script.unlink(missing_ok=True)
 
     per_req_limit = 1e3 / lim["rps"]
     sat = result["service_c2"]
@@ -153,7 +143,7 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     b = result["breakdown_ms"]
     print(f"limit (1 core):            {lim['rps']:7.1f} req/s  = {b['limit_per_request']:.3f} ms/request")
-    print(f"service (1 worker, wrk c2): {sat['rps']:7.1f} req/s  = {b['service_cpu_per_request']:.3f} ms/request "
+    print(f"service (1 worker, 2 conns): {sat['rps']:7.1f} req/s  = {b['service_cpu_per_request']:.3f} ms/request "
           f"({result['service_over_limit_1core']:.3f} of the limit)")
     print(f"1 connection, mean round trip {b['c1_round_trip_mean']} ms = encode+search {b['c1_encode_plus_search']} "
           f"+ rest of the handler {b['c1_handler_rest']} + outside the handler (HTTP, event loop, kernel, "

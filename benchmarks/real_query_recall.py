@@ -21,8 +21,8 @@ Query sets (written in BEIR layout, ``corpus.jsonl`` + ``queries.jsonl`` [+ ``qr
 - ``trec_session``: TREC Session 2013 result titles + snippets, queried with the session queries;
 - ``scifact``: BEIR SciFact as it is (corpus and all queries).
 
-    python benchmarks/real_query_recall.py                  # -> docs/results/real_query_recall.{md,json}
-    python benchmarks/real_query_recall.py --sets activitynet,scifact --out /tmp/rq.md
+    python -m benchmarks.real_query_recall                  # -> docs/results/real_query_recall.{md,json}
+    python -m benchmarks.real_query_recall --sets activitynet,scifact --out /tmp/rq.md
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import argparse
 import csv
 import gzip
 import json
-import os
 import random
 import re
 import sys
@@ -40,18 +39,11 @@ from html import unescape
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.harness import DATA, ROOT
+from core.atomic import atomic_write_bytes, atomic_write_json
 
-from core.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
 WORK = ROOT / "runs" / "realq"
 SETS = ("activitynet", "microlens_mimics", "trec_session", "scifact")
 TARGET = 0.95
@@ -272,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         set_dir = make_set(name, a.data, WORK)
         results.append(run_set(name, set_dir, a.model, n_queries=a.n_queries, threads=a.threads, seed=a.seed))
-    command = "python benchmarks/real_query_recall.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.real_query_recall " + " ".join(argv if argv is not None else sys.argv[1:])
     write_report(results, a.out, command.strip())
     print(f"wrote {a.out}")
     return 0

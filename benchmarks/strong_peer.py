@@ -7,13 +7,12 @@ A/B, no metrics: only encode + search + JSON. It lives here, never in service/, 
 be measured against. (The ONNX embedding-server libraries, e.g. fastembed, cannot load a model
 offline here; on the same ONNX file they were within noise of this app.)
 
-    python benchmarks/strong_peer.py --bundle B --port 18210 --workers 2
+    python -m benchmarks.strong_peer --bundle B --port 18210 --workers 2
 """
 
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,6 @@ class Query(BaseModel):
     query: str
     user_id: str | None = None
     top_k: int = Field(100, ge=1, le=100)
-
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def create_app() -> Any:
@@ -94,8 +88,7 @@ def main() -> None:
     a = ap.parse_args()
     os.environ["STRONG_PEER_BUNDLE"] = str(a.bundle.resolve())
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.chdir(Path(__file__).resolve().parent)
-    uvicorn.run("strong_peer:create_app", factory=True, host="127.0.0.1", port=a.port, workers=a.workers,
+    uvicorn.run("benchmarks.strong_peer:create_app", factory=True, host="127.0.0.1", port=a.port, workers=a.workers,
                 log_level="warning", access_log=False)
 
 

@@ -1,6 +1,6 @@
-"""``crops loadtest`` (locust scenarios, report, SLO exit); ``crops bench`` (limit vs service vs peer).
+"""``crops loadtest`` (locust scenarios, report, SLO exit); ``crops bench`` (limit vs service vs peers).
 
-Both run their own process (``python -m loadtest.run``, ``benchmarks/bench.py``): locust
+Both run their own process (``python -m loadtest.run``, ``python -m benchmarks.fleet``): locust
 monkey-patches the standard library with gevent on import, and the benchmark starts and stops
 servers; neither belongs in the CLI's process.
 """
@@ -17,8 +17,8 @@ import typer
 from core.errors import CropsError, ErrorKind
 
 
-def _run(cmd: list[str]) -> None:
-    rc = subprocess.run(cmd, check=False).returncode
+def _run(cmd: list[str], cwd: Path | None = None) -> None:
+    rc = subprocess.run(cmd, check=False, cwd=cwd).returncode
     if rc:
         raise typer.Exit(rc)
 
@@ -75,26 +75,26 @@ def register(app: typer.Typer) -> None:
 
     @app.command("bench")
     def bench(
-        quick: Annotated[bool, typer.Option(help="100k vectors, 10 s per point (development)")] = False,
+        quick: Annotated[bool, typer.Option(help="100k vectors, 5 s per point (development)")] = False,
         n: Annotated[int, typer.Option(min=1000, help="vectors in the index")] = 1_000_000,
         seconds: Annotated[float | None, typer.Option(min=1, help="seconds per measurement point")] = None,
         skip_naive: Annotated[bool, typer.Option(help="leave out the naive peer")] = False,
         publish: Annotated[bool, typer.Option(help="also write docs/results/bench.md, .png, .json")] = False,
     ) -> None:
-        """In-process limit vs the service over HTTP vs the naive peer: table + PNG + JSON (docs/results/bench.md)."""
-        script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
-        if not script.is_file():
+        """In-process limit vs the service over HTTP vs its peers: table + PNG + JSON (docs/results/bench.md)."""
+        root = Path(__file__).resolve().parents[1]
+        if not (root / "benchmarks" / "fleet.py").is_file():
             raise CropsError(
                 ErrorKind.NOT_FOUND,
-                f"{script} not found: crops bench runs from a source checkout of the project",
+                f"{root / 'benchmarks'} not found: crops bench runs from a source checkout of the project",
             )
-        cmd = [sys.executable, str(script), "--n", str(n)]
+        cmd = [sys.executable, "-m", "benchmarks.fleet", "--n", str(n)]
         if quick:
             cmd.append("--quick")
         if seconds:
             cmd += ["--seconds", str(seconds)]
         if skip_naive:
-            cmd.append("--skip-naive")
+            cmd += ["--rows", "service,nginx,granian,peer"]
         if publish:
             cmd.append("--publish")
-        _run(cmd)
+        _run(cmd, cwd=root)

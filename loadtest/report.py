@@ -59,6 +59,27 @@ def latency_stats(samples: Iterable[Sample]) -> dict[str, float]:
     }
 
 
+def run_stats(samples: Iterable[Sample], seconds: float, *, warmup_s: float = 0.0) -> dict[str, float]:
+    """One fixed-length load run (``loadtest.openloop``): the requests sent in ``[warmup_s, seconds)``,
+    their rate, failures, and p50/p90/p99/p99.9/max/mean latency (ms) of the successful ones."""
+    span = seconds - warmup_s
+    if span <= 0:
+        raise ValueError(f"warm-up {warmup_s} s leaves nothing of a {seconds} s run")
+    held = [s for s in samples if warmup_s <= s.t < seconds]
+    ok = [s.latency_ms for s in held if s.ok]
+    return {
+        "requests": len(held),
+        "rps": round(len(held) / span, 1),
+        "failures": sum(1 for s in held if not s.ok),
+        "p50_ms": round(percentile(ok, 50), 3),
+        "p90_ms": round(percentile(ok, 90), 3),
+        "p99_ms": round(percentile(ok, 99), 3),
+        "p999_ms": round(percentile(ok, 99.9), 3),
+        "max_ms": round(max(ok), 3) if ok else math.nan,
+        "mean_ms": round(sum(ok) / len(ok), 3) if ok else math.nan,
+    }
+
+
 def summarize(
     samples: Sequence[Sample],
     *,

@@ -3,11 +3,9 @@ record of which kind the recall is about, and the real query sets built from the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -97,19 +95,11 @@ def test_build_records_which_queries_the_recall_is_about(
     assert sec2.target_met == (sec2.recall_at_100 >= 0.95)
 
 
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("real_query_recall", ROOT / "benchmarks" / "real_query_recall.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"public data sets not found at {DATA}")
 def test_real_query_sets_are_beir_layout(tmp_path: Path) -> None:
+    from benchmarks import real_query_recall as bench
     from core.corpus import load_corpus
 
-    bench = _bench()
     sizes = {}
     for name in bench.SETS:
         out = bench.BUILDERS[name](DATA, tmp_path / name)

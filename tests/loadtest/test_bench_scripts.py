@@ -1,153 +1,360 @@
-"""The benchmark's in-process limit script on a real bundle (ONNX + faiss), briefly."""
+"""The benchmarks' shared code (``benchmarks.harness``, the fleet report) and the load generator's two
+modes, against synthetic measurements and a tiny local HTTP server; the limit script on a real bundle."""
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import harness as h
+from benchmarks.fleet import nginx_conf, render_markdown
+from core.errors import CropsError
+from loadtest.openloop import closed_loop, open_loop
+from loadtest.ready import NotReady, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- a tiny HTTP server
+
+
+@dataclass
+class Tiny:
+    url: str
+    delay_s: float
+    status: int = 200
+    in_flight: int = 0
+    most_in_flight: int = 0
+    served: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@pytest.fixture()
+def tiny_server() -> Iterator[Tiny]:
+    """POST answers ``{"arm": "t"}`` after ``delay_s`` (default 10 ms) with ``status``; counts what is
+    in flight at once. GET /readyz answers 200."""
+    state = Tiny(url="", delay_s=0.01)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+        disable_nagle_algorithm = True  # headers and body go out as two writes
+
+        def _answer(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self._answer(200, b'{"status": "ready"}')
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with state.lock:
+                state.in_flight += 1
+                state.most_in_flight = max(state.most_in_flight, state.in_flight)
+            time.sleep(state.delay_s)
+            with state.lock:
+                state.in_flight -= 1
+                state.served += 1
+            self._answer(state.status, b'{"arm": "t", "candidates": []}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        yield state
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+BODIES = [json.dumps({"query": f"q{i}"}).encode() for i in range(500)]
+
+
+# --------------------------------------------------------------------------- the load generator
+
+
+def test_closed_loop_keeps_one_request_per_connection_in_flight(tiny_server: Tiny) -> None:
+    """Each connection waits for its answer before sending again: never more than `connections` in
+    flight, and requests/s ≈ connections / service time (10 ms each here)."""
+    samples = closed_loop(tiny_server.url, BODIES, connections=2, duration=1.0)
+    assert tiny_server.most_in_flight == 2  # both connections busy, never a third request
+    assert all(s.ok and s.arm == "t" for s in samples)
+    assert all(s.latency_ms >= 10.0 for s in samples)
+    assert 60 <= len(samples) <= 2 / 0.010 + 2  # a closed loop cannot beat connections / service time
+    assert len(samples) == tiny_server.served
+    assert samples == sorted(samples, key=lambda s: s.t) and samples[-1].t < 1.0
+
+
+def test_closed_loop_counts_failures_and_refuses_a_dead_server(tiny_server: Tiny) -> None:
+    tiny_server.status = 503
+    samples = closed_loop(tiny_server.url, BODIES, connections=1, duration=0.3)
+    assert samples and not any(s.ok for s in samples) and {s.error for s in samples} == {"HTTP 503"}
+    with pytest.raises(CropsError, match="cannot connect"):
+        closed_loop(f"http://127.0.0.1:{h.free_port()}", BODIES, connections=1, duration=0.3)
+
+
+def test_open_loop_sends_at_the_rate_whatever_the_answers(tiny_server: Tiny) -> None:
+    """At 4 requests per service time the open loop keeps sending (in flight goes past one connection's
+    worth), where a closed loop on one connection would send a quarter as many."""
+    tiny_server.delay_s = 0.05
+    samples = open_loop(tiny_server.url, BODIES, rate=80, duration=1.0, connections=8)
+    assert len(samples) == 80 and all(s.ok for s in samples)
+    assert tiny_server.most_in_flight >= 3
+    assert samples[-1].t == pytest.approx(79 / 80, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- the SLO rate search
+
+
+def test_meets_slo_needs_p99_no_failures_and_the_rate() -> None:
+    ok = {"rate": 400.0, "rps": 398.0, "p99_ms": 9.9, "failures": 0}
+    assert h.meets_slo(ok, 10.0)
+    assert not h.meets_slo({**ok, "p99_ms": 10.1}, 10.0)
+    assert not h.meets_slo({**ok, "failures": 1}, 10.0)
+    assert not h.meets_slo({**ok, "rps": 390.0}, 10.0)  # < 98 % of the rate achieved
+    assert not h.meets_slo({**ok, "p99_ms": math.nan}, 10.0)  # no successful request at all
+    assert h.meets_slo({"rps": 5.0, "p99_ms": 3.0, "failures": 0}, 10.0)  # a closed-loop point: no rate
+
+
+def capacity(cap: float, fail_over: float | None = None) -> Any:
+    """A synthetic server: p99 = 10 ms × rate / cap (so within a 10 ms SLO up to ``cap``)."""
+    calls: list[float] = []
+
+    def measure(rate: float) -> dict[str, Any]:
+        calls.append(rate)
+        failures = 1 if fail_over is not None and rate > fail_over else 0
+        return {"rps": rate, "p99_ms": 10.0 * rate / cap, "failures": failures}
+
+    measure.calls = calls  # type: ignore[attr-defined]
+    return measure
+
+
+def test_max_rate_within_slo_bisects_down_from_a_missed_start() -> None:
+    m = capacity(100.0)
+    found = h.max_rate_within_slo(m, start=400.0, ceiling=475.0, slo_ms=10.0, steps=4)
+    assert m.calls == [400.0, 200.0, 100.0, 150.0, 125.0]
+    assert not found["start"]["within_slo"] and found["best"] == 100.0
+    assert [p["within_slo"] for p in found["points"]] == [False, True, False, False]
+
+
+def test_max_rate_within_slo_climbs_from_a_met_start_to_the_ceiling() -> None:
+    m = capacity(1000.0)
+    found = h.max_rate_within_slo(m, start=50.0, ceiling=80.0, slo_ms=10.0, steps=4)
+    assert m.calls == [50.0, 65.0, 72.0]  # stops once the bracket is under 10 req/s
+    assert found["best"] == 72.0
+    # failures count as over the SLO even at a low p99
+    m = capacity(1000.0, fail_over=60.0)
+    assert h.max_rate_within_slo(m, start=50.0, ceiling=80.0, slo_ms=10.0)["best"] == 58.0
+    assert m.calls == [50.0, 65.0, 58.0]
+    # an SLO nothing meets: no best, not 0
+    found = h.max_rate_within_slo(capacity(100.0), start=40.0, ceiling=80.0, slo_ms=1e-3, steps=2)
+    assert found["best"] is None and [p["rate"] for p in found["points"]] == [20.0, 10.0]
+
+
+def test_rate_search_against_a_real_server(tiny_server: Tiny) -> None:
+    """measure_open through the search: a loose SLO is met at the start, an impossible one nowhere."""
+
+    def measure(slo_ms: float) -> dict[str, Any]:
+        return h.max_rate_within_slo(
+            lambda r: h.measure_open(tiny_server.url, BODIES, rate=r, seconds=1.5, connections=4, warmup_s=0.5),
+            start=40.0, ceiling=60.0, slo_ms=slo_ms, steps=1)
+
+    loose, tight = measure(2000.0), measure(1.0)  # every answer takes ≥ 10 ms
+    assert loose["start"]["within_slo"] and loose["best"] == 50.0 and loose["start"]["rps"] == 40.0
+    assert tight["best"] is None and tight["start"]["p99_ms"] >= 10.0
+
+
+# --------------------------------------------------------------------------- processes and memory
+
+SERVER = r"""
+import subprocess, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+child = subprocess.Popen([sys.executable, "-c", "import time; b = b'x' * (64 << 20); time.sleep(600)"])
+print(child.pid, flush=True)
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_server_waits_for_readyz_measures_the_tree_and_stops_the_group(tmp_path: Path) -> None:
+    port = h.free_port()
+    with h.server([sys.executable, "-c", SERVER, str(port)], port=port, name="t", log_dir=tmp_path,
+                  ready_timeout=60) as proc:
+        pids = h.tree_pids(proc.pid)
+        assert len(pids) == 2 and pids[0] == proc.pid
+        child = pids[1]
+        deadline = time.monotonic() + 20
+        while h.tree_peak_rss_mib(proc.pid) < 64 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        rss = h.tree_peak_rss_mib(proc.pid)
+        assert rss >= 64 + 5  # the child's 64 MiB plus both interpreters
+        assert h.tree_peak_rss_mib(child) < rss  # the tree is more than the child alone
+        assert 64 <= h.tree_pss_mib(proc.pid) <= rss + 1
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is not None and not _alive(child)  # the whole process group is gone
+    assert math.isnan(h.tree_peak_rss_mib(proc.pid)) and math.isnan(h.tree_pss_mib(proc.pid))
+
+
+def test_server_that_exits_names_its_log(tmp_path: Path) -> None:
+    with pytest.raises(NotReady, match=r"exited with 3.*t\.log"), h.server(
+        [sys.executable, "-c", "print('boom'); raise SystemExit(3)"], port=h.free_port(), name="t", log_dir=tmp_path
+    ):
+        pass
+    assert (tmp_path / "t.log").read_text().strip() == "boom"
+
+
+def test_wait_ready_reports_a_server_that_exits() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    proc.wait()
+    with pytest.raises(NotReady, match="exited with 3"):
+        wait_ready("http://127.0.0.1:9", proc, timeout=5)
+
+
+def test_server_env_drops_what_a_measured_server_must_not_inherit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROPS_REDIS_URL", "redis://x")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/tmp/x")
+    env = h.server_env(CROPS_ENCODER_PRECISION="int8")
+    assert "CROPS_REDIS_URL" not in env and "PROMETHEUS_MULTIPROC_DIR" not in env
+    assert env["CROPS_CACHE"] == "none" and env["OMP_NUM_THREADS"] == "1" and env["CROPS_ENCODER_PRECISION"] == "int8"
+
+
+def test_distinct_queries_never_repeat(tmp_path: Path) -> None:
+    (tmp_path / "scifact").mkdir()
+    (tmp_path / "scifact" / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(["alpha", "beta", "alpha"])))
+    qs, source = h.distinct_queries(5000, tmp_path)
+    assert len(qs) == len(set(qs)) == 5000 and qs[:2] == ["alpha", "beta"]
+    assert "2 from the real query sets (scifact 2)" in source and "4998 from the generated" in source
+    qs, source = h.distinct_queries(10, None)
+    assert len(set(qs)) == 10 and "real" not in source
+
+
+def test_machine_info_and_other_cores() -> None:
+    m = h.machine_info(tools=())
+    assert m["cores"] >= 1 and m["mem_gib"] > 0 and "numpy" in m["versions"]
+    assert h.other_processes_cores(0.2) >= 0.0
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _result() -> dict[str, Any]:
+    point = {"rate": 400.0, "rps": 399.0, "failures": 0, "p50_ms": 3.0, "p99_ms": 8.5, "p999_ms": 12.0}
+    row = {"title": "crops serve, 2 workers", "workers": 2, "at_rate": {**point, "within_slo": True},
+           "search": [{**point, "rate": 440.0, "p99_ms": 11.0, "within_slo": False}], "max_rps_within_slo": 400.0,
+           "closed_loop": [{"connections": 32, "rps": 455.0, "p50_ms": 60.0, "p99_ms": 90.0, "failures": 0}],
+           "max_rps_any_latency": 455.0, "rss_mib_per_worker": 700.0, "pss_mib_per_worker": 650.0}
+    naive = {"title": "naive peer", "workers": 1, "at_rate": None, "search": [], "max_rps_within_slo": None,
+             "closed_loop": [{"connections": 2, "rps": 6.8, "p50_ms": 290.0, "p99_ms": 390.0, "failures": 0}],
+             "best_closed_loop": {"connections": 2, "rps": 6.8, "p99_ms": 390.0}, "max_rps_any_latency": 6.8,
+             "rss_mib_per_worker": 4000.0, "pss_mib_per_worker": 3900.0}
+    return {
+        "limit_rps": 480.0, "service_rps": 400.0, "service_over_limit": 0.833, "service_over_peer": 1.05,
+        "service_over_naive": 58.8, "connections": 32, "fixed_rate": 400.0, "slo_p99_ms": 10.0, "seconds": 10.0,
+        "recall_at_100": 0.9821, "recall_how": "on 300 queries", "encoder": "int8", "queries": "distinct",
+        "index": {"factory": "IVF1024,PQ48,RFlat", "ntotal": 1_000_000, "nprobe": 32, "k_factor": 8.0,
+                  "vectors": "expanded"},
+        "limit": [{"rps": 470.0, "p50_ms": 4.0, "p99_ms": 5.5, "peak_rss_mib": 1400.0}, {"rps": 490.0}],
+        "rows": {"service": row, "naive": naive},
+        "skipped": {"nginx": "nginx is not installed (apt-get install nginx-light)"}, "failed": {},
+        "core_split": "2 cores", "other_cores_at_start": 0.0, "loadavg_start": [0.1], "loadavg_end": [1.9],
+        "noisy": False, "started": "2026-01-01T00:00:00+00:00", "command": "python -m benchmarks.fleet --publish",
+        "machine": {"cpu": "cpu", "cores": 2, "mem_gib": 8.0, "kernel": "6", "git": "abc", "python": "3.11",
+                    "versions": {"numpy": "2"}},
+    }
+
+
+def test_report_renders_every_row_and_says_what_was_not_measured(tmp_path: Path) -> None:
+    md = render_markdown(_result())
+    service = "| service | crops serve, 2 workers | 3.00 / 8.50 / 12.00 | 0 | 400.0 | 0.833 | 455.0 | 700.0 | 650.0 |"
+    assert service in md
+    assert "| naive | naive peer | – | – | – | n/a | 6.8 | 4000.0 | 3900.0 |" in md
+    assert "| nginx | nginx least_conn + 2 single-worker replicas | not measured: nginx is not installed" in md
+    assert "**service / limit = 0.833**" in md and "470.0 req/s before the HTTP rows, 490.0 after" in md
+    assert "| 440 | 399.0 | 3.00 | 11.00 | 12.00 | 0 | no |" in md  # the search point over the SLO
+    assert "`python -m benchmarks.fleet --publish`" in md
+    noisy = render_markdown({**_result(), "noisy": True, "service_rps": None, "service_over_limit": None})
+    assert "numbers are noisy" in noisy and "**service / limit = n/a**" in noisy
+
+
+def test_write_report_writes_markdown_json_and_png(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.fleet import figure
+
+    fig = figure(_result())
+    paths = h.write_report(tmp_path / "out" / "bench.md", "# hello", _result(), figure=fig)
+    plt.close(fig)
+    assert [p.name for p in paths] == ["bench.md", "bench.json", "bench.png"]
+    assert (tmp_path / "out" / "bench.md").read_text() == "# hello\n"
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["service_rps"] == 400.0
+    assert (tmp_path / "out" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bench.json", "bench.md", "bench.png"]
+
+
+def test_markdown_table_and_fmt() -> None:
+    assert h.markdown_table(["a", "b"], [[1, "x|y"]]) == ["| a | b |", "|---|---|", "| 1 | x\\|y |"]
+    assert (h.fmt(None), h.fmt(math.nan), h.fmt(2.345, 2), h.fmt(7)) == ("n/a", "n/a", "2.35", "7")
+
+
+def test_nginx_conf_keeps_the_shipped_limits_and_points_at_local_replicas(tmp_path: Path) -> None:
+    template = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
+    conf = nginx_conf(template, [18001, 18002], 18000, tmp_path)
+    assert "crops:8000" not in conf and f"pid {tmp_path / 'nginx.pid'};" in conf
+    assert "listen 127.0.0.1:18000;" in conf and "least_conn;" in conf
+    shipped = template.split("server crops:8000", 1)[1].split(";", 1)[0]  # e.g. " max_fails=0 max_conns=4"
+    assert f"server 127.0.0.1:18001{shipped}; server 127.0.0.1:18002{shipped};" in conf
+    with pytest.raises(ValueError):
+        nginx_conf("http { }", [1], 2, tmp_path)
+
+
+# --------------------------------------------------------------------------- the limit script
 
 
 def test_limit_script_measures_the_serving_path(tiny_bundle: Path, tmp_path: Path) -> None:
     queries = tmp_path / "q.json"
     queries.write_text(json.dumps(["cat video", "pasta recipe", "minecraft speedrun", "guitar cover"]))
     res = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "limit.py"),
-            "--bundle",
-            str(tiny_bundle),
-            "--queries",
-            str(queries),
-            "--seconds",
-            "1",
-            "--cpus",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+        [sys.executable, "-m", "benchmarks.limit", "--bundle", str(tiny_bundle), "--queries", str(queries),
+         "--seconds", "1", "--cpus", "0"],
+        capture_output=True, text=True, timeout=180, check=False, cwd=ROOT,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["processes"] == 1 and out["cpus"] == [0]
     assert out["rps"] > 0 and 0 < out["p50_ms"] <= out["p99_ms"]
     assert out["peak_rss_mib"] > 50  # a real model and index were loaded
-
-
-def test_open_loop_search_bisects_to_the_slo(tiny_bundle: Path) -> None:
-    """The bench's rate search against a real uvicorn server: with a loose SLO it climbs to a passing
-    rate; with an impossible one no rate passes and best stays None."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import bench
-
-    from tests.service.conftest import LiveServer
-
-    bodies = [json.dumps({"query": f"cat video {i}", "top_k": 10}).encode() for i in range(50)]
-    with LiveServer(bundle=tiny_bundle, cache="none") as srv:
-        loose = bench._open_loop_search(srv.url, bodies, lo=0, hi=60, seconds=1.5, slo_ms=2000, name="t", steps=2)
-        tight = bench._open_loop_search(srv.url, bodies, lo=0, hi=60, seconds=1.5, slo_ms=1e-3, name="t", steps=2)
-    assert loose["best"] == 45.0 and [p["rate"] for p in loose["points"]] == [30, 45]
-    assert all(p["within_slo"] and p["failures"] == 0 for p in loose["points"])
-    assert tight["best"] is None and [p["rate"] for p in tight["points"]] == [30, 15]
-
-
-def test_wait_ready_reports_a_server_that_exits() -> None:
-    from loadtest.ready import NotReady, wait_ready
-
-    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
-    proc.wait()
-    try:
-        wait_ready("http://127.0.0.1:9", proc, timeout=5)
-    except NotReady as exc:
-        assert "exited with 3" in str(exc)
-    else:
-        raise AssertionError("wait_ready returned for a dead server")
-
-
-def test_service_row_pairs_limit_and_service_rounds_on_two_least_conn_workers(tiny_bundle: Path) -> None:
-    """run_http_row against a real `crops serve --workers 2` (least-conn): the sweep finds its best SLO
-    point and each paired round measures the service there right after the limit callback (a stand-in
-    returning fixed numbers, so the ratio is checkable)."""
-    import os
-    import shutil
-
-    import pytest
-
-    if not shutil.which("wrk"):
-        pytest.skip("wrk is not installed (apt-get install wrk; .ci/run installs it)")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import bench
-
-    calls: list[int] = []
-
-    def stand_in_limit() -> dict[str, float]:
-        calls.append(1)
-        return {"rps": 100.0, "p99_ms": 5.0}
-
-    port = bench.free_port()
-    env = {**os.environ, "CROPS_CACHE": "none"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    cmd = [sys.executable, "-m", "crops", "serve", "--bundle", str(tiny_bundle), "--port", str(port),
-           "--workers", "2"]
-    bodies = [json.dumps({"query": f"cat video {i}", "top_k": 10}).encode() for i in range(50)]
-    row = bench.run_http_row("service", cmd, env, port, bodies, seconds=1, slo_ms=1000, connections=(1, 2),
-                             fixed_rate=None, pin=False, workers=2, paired_limit=stand_in_limit, paired_rounds=2)
-    assert all(p["within_slo"] for p in row["sweep"])  # a 1 s SLO: every point passes
-    assert row["paired"]["connections"] == row["best_within_slo"]["connections"]
-    rounds = row["paired"]["rounds"]
-    assert len(calls) == 2 and [r["round"] for r in rounds] == [0, 1]
-    for r in rounds:
-        assert r["service_rps"] > 0 and r["errors"] == 0
-        assert r["ratio"] == round(r["service_rps"] / 100.0, 3)
-
-
-def test_bench_report_renders_paired_rounds_from_the_published_json(tmp_path: Path) -> None:
-    """docs/results/bench.json (a real 1M run where no point met the SLO) renders into the markdown report:
-    the paired ratio, the per-round table, and no SLO claim for the service."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import bench
-
-    result = json.loads((ROOT / "docs" / "results" / "bench.json").read_text())
-    out = tmp_path / "report.md"
-    bench.write_markdown(result, out, "python benchmarks/bench.py ...")
-    md = out.read_text()
-    rounds = result["paired_rounds"]
-    assert len(rounds) >= 3
-    assert f"service / limit = {result['service_over_limit_paired']:.3f}" in md
-    assert "| round | limit req/s | service req/s |" in md
-    assert md.count("\n| ") >= len(rounds)
-    for r in rounds:
-        assert f"| {r['round']} | {r['limit_rps']} | {r['service_rps']} |" in md
-    # the published run: some paired rounds met the SLO, not most of them
-    met = result["paired_rounds_within_slo"]
-    assert not result["paired_within_slo"] and met
-    assert f"in {met} of {len(rounds)} rounds" in md
-    # the same run had no point met the SLO: the report must say so instead of quoting a ratio
-    none = {**result, "paired_rounds_within_slo": 0, "service_rps": 0.0}
-    bench.write_markdown(none, out, "python benchmarks/bench.py ...")
-    md = out.read_text()
-    assert "no point met the SLO" in md and "service / naive within the SLO: n/a" in md
-    assert f"in {met} of {len(rounds)} rounds" not in md
-
-
-def test_within_slo_counts_the_paired_rounds_only_when_most_met_the_slo() -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import bench
-
-    def rounds(*p99: float) -> list[dict[str, float]]:
-        return [{"service_rps": 400.0 + i, "service_p99_ms": p, "errors": 0, "ratio": 0.8 + i / 100}
-                for i, p in enumerate(p99)]
-
-    sweep = {"max_rps_within_slo": 309.3, "max_rps_within_slo_open_loop": 0.0}
-    most = {**sweep, "paired": {"within_slo_point": True, "rounds": rounds(9.0, 9.5, 12.0)}}
-    assert bench.within_slo(most, 500.0, 10.0) == (401.0, 0.81, 2, True)
-    # 1 of 5 rounds met it: the rounds do not count, the sweep's single passing point does
-    few = {**sweep, "paired": {"within_slo_point": True, "rounds": rounds(11.8, 9.0, 12.0, 10.5, 12.6)}}
-    assert bench.within_slo(few, 500.0, 10.0) == (309.3, 0.619, 1, False)
-    # no sweep point met it: rounds at one connection per worker never count, even if they pass
-    none = {"max_rps_within_slo": None, "paired": {"within_slo_point": False, "rounds": rounds(9.0, 9.0, 9.0)}}
-    assert bench.within_slo(none, 500.0, 10.0) == (0.0, 0.0, 3, False)

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import wrk
-from loadtest.openloop import open_loop
+from loadtest.openloop import closed_loop, open_loop
 from loadtest.querymix import default_mix
 from loadtest.ready import NotReady, wait_ready
-from tests.deploy.tools import ensure_tool
+from loadtest.report import run_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,15 +139,12 @@ def test_open_loop_holds_a_fixed_rate(ab_service: str) -> None:
     assert samples[-1].t == pytest.approx(79 / 40, abs=1e-6)
 
 
-def test_wrk_measures_the_service(ab_service: str) -> None:
-    ensure_tool("wrk", apt_package="wrk")
-    script = wrk.write_script(default_mix().request_bodies(50))
-    try:
-        res = wrk.run_wrk(ab_service, script, connections=2, duration=2)
-    finally:
-        script.unlink()
-    assert res["requests"] > 0 and res["errors"] == 0, res
-    assert 0 < res["p50_ms"] <= res["p99_ms"]
+def test_closed_loop_measures_the_service(ab_service: str) -> None:
+    samples = closed_loop(ab_service, default_mix().request_bodies(50), connections=2, duration=2)
+    res = run_stats(samples, 2.0)
+    assert res["requests"] > 0 and res["failures"] == 0, [s.error for s in samples if not s.ok][:3]
+    assert 0 < res["p50_ms"] <= res["p99_ms"] and res["rps"] == res["requests"] / 2.0
+    assert {s.arm for s in samples} == {"control", "treatment"}
 
 
 def test_locustfile_runs_standalone_headless(ab_service: str, tmp_path: Path) -> None:

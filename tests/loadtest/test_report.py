@@ -1,4 +1,4 @@
-"""Summaries and the SLO verdict from samples; the markdown/PNG/JSON report; wrk output parsing."""
+"""Summaries and the SLO verdict from samples; one load run's numbers; the markdown/PNG/JSON report."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import CropsError
-from loadtest import wrk
-from loadtest.report import Sample, Slo, percentile, summarize, write_report
+from loadtest.report import Sample, Slo, percentile, run_stats, summarize, write_report
 
 
 def _steady(rate: float, seconds: float, latency_ms: float, arm: str = "a", start: float = 0.0) -> list[Sample]:
@@ -65,21 +63,14 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == len(samples)
 
 
-def test_wrk_output_parsing_and_script() -> None:
-    out = (
-        'Running 1s test\nWRKJSON {"requests":500,"duration_us":2000000,"status_errors":1,'
-        '"connect_errors":0,"read_errors":0,"write_errors":0,"timeouts":2,"p50_us":1500,'
-        '"p90_us":2500,"p99_us":9000,"max_us":12000,"mean_us":1700.5}\n'
-    )
-    res = wrk.parse_output(out)
-    assert res["rps"] == 250.0 and res["errors"] == 3 and res["p99_ms"] == 9.0
-    with pytest.raises(CropsError):
-        wrk.parse_output("no result here")
-    script = wrk.write_script([b'{"query": "cat"}', b'{"query": "dog"}'])
-    try:
-        text = script.read_text()
-        assert '[==[{"query": "cat"}]==],' in text and "WRKJSON" in text
-    finally:
-        script.unlink()
-    with pytest.raises(CropsError):
-        wrk.write_script([b'{"query": "]==]"}'])
+def test_run_stats_counts_the_window_and_its_rate() -> None:
+    samples = _steady(100, 3, 2.0)  # t = 0.00 .. 2.99
+    samples[150].ok, samples[150].status, samples[150].error = False, 503, "HTTP 503"
+    samples[160].latency_ms = 40.0
+    st = run_stats(samples, 3.0, warmup_s=1.0)
+    assert st["requests"] == 200 and st["rps"] == 100.0 and st["failures"] == 1
+    assert st["p50_ms"] == 2.0 and st["max_ms"] == 40.0 and st["p999_ms"] == 40.0
+    assert st["mean_ms"] == pytest.approx((198 * 2.0 + 40.0) / 199, abs=1e-3)
+    assert run_stats(samples, 2.0)["requests"] == 200  # samples sent after the end are not counted
+    with pytest.raises(ValueError):
+        run_stats(samples, 1.0, warmup_s=1.0)
