@@ -70,7 +70,7 @@ class QueryMix:
         return out
 
     def request_bodies(self, n: int, *, top_k: int = 100, seed: int = 0) -> list[bytes]:
-        """``n`` JSON bodies for ``POST /retrieve`` drawn from the mix (for wrk and the open-loop client)."""
+        """``n`` JSON bodies for ``POST /retrieve`` drawn from the mix (for ``loadtest.openloop``)."""
         rng = random.Random(seed)
         out = []
         for _ in range(n):
