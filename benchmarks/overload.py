@@ -4,8 +4,11 @@
 deadline no request hits), then offer ``--factor`` × capacity open-loop (requests sent on schedule
 whatever happened before, over ``--connections`` keep-alive connections, as a ranking fleet does) to
 a server running with its deadline = the SLO. It reports goodput against capacity, the latency of the
-admitted requests, how fast the excess is refused and whether every refusal is a 503 with
-Retry-After; markdown + JSON + PNG under ``--out``.
+admitted requests, how fast the excess is refused (measured at the client) and whether every refusal
+is a 503 with Retry-After; markdown + JSON + PNG under ``--out``. ``--front nginx`` puts
+deploy/nginx/nginx.conf (least_conn, ``max_conns`` per replica: the first line of shedding) in front of
+``--replicas`` one-worker `crops serve` replicas; the capacity ramp runs without ``max_conns`` (the
+replicas' own deadline-aware admission only), the overload run with it.
 
 ``process-models``: one run, same load (closed loop, 32 connections, cache misses), three ways to put
 two worker processes on this box: `crops serve --workers 2` (uvicorn's workers, one shared socket),
@@ -13,6 +16,7 @@ nginx least_conn in front of two one-worker replicas (deploy/nginx/nginx.conf), 
 ``--old-tree`` points at a checkout that still has it, the removed home-made least-conn dispatcher.
 
     python benchmarks/overload.py overload --bundle runs/b --out docs/results/overload
+    python benchmarks/overload.py overload --bundle runs/b --front nginx --max-conns 4 --out docs/results/overload
     python benchmarks/overload.py process-models --bundle runs/b --old-tree /tmp/old --out docs/results/process_models
 """
 
@@ -46,6 +50,7 @@ class Shot:
     status: int  # 0: transport error
     ms: float
     retry_after: bool
+    balancer: bool = False  # refused by nginx (X-Crops-Shed), not by a replica
 
 
 def _bodies(n: int, seed: int) -> list[bytes]:
@@ -57,11 +62,12 @@ def _bodies(n: int, seed: int) -> list[bytes]:
     return out
 
 
-async def _read(reader: asyncio.StreamReader) -> tuple[int, bool]:
+async def _read(reader: asyncio.StreamReader) -> tuple[int, bool, bool]:
+    """(status, has Retry-After, refused by the balancer)."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
-    length, retry = 0, False
+    length, retry, balancer = 0, False, False
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
@@ -69,8 +75,10 @@ async def _read(reader: asyncio.StreamReader) -> tuple[int, bool]:
             length = int(value.strip())
         elif name == b"retry-after":
             retry = True
+        elif name == b"x-crops-shed":
+            balancer = True
     await reader.readexactly(length)
-    return status, retry
+    return status, retry, balancer
 
 
 def _request(host: str, port: int, body: bytes) -> bytes:
@@ -80,7 +88,7 @@ def _request(host: str, port: int, body: bytes) -> bytes:
     ).encode() + body
 
 
-async def _send(conn: list[Any], host: str, port: int, body: bytes, timeout: float) -> tuple[int, bool]:
+async def _send(conn: list[Any], host: str, port: int, body: bytes, timeout: float) -> tuple[int, bool, bool]:
     reader, writer = conn
     try:
         writer.write(_request(host, port, body))
@@ -89,7 +97,7 @@ async def _send(conn: list[Any], host: str, port: int, body: bytes, timeout: flo
         writer.close()
         with contextlib.suppress(OSError):
             conn[:] = await asyncio.open_connection(host, port)
-        return 0, False
+        return 0, False, False
 
 
 async def closed_loop(url: str, connections: int, duration: float, seed: int) -> list[Shot]:
@@ -101,10 +109,10 @@ async def closed_loop(url: str, connections: int, duration: float, seed: int) ->
     counter = iter(range(len(bodies)))
 
     async def worker() -> None:
-        conn = list(await asyncio.open_connection(host, int(port)))
+        conn: list[Any] = list(await asyncio.open_connection(host, int(port)))
         while (t0 := time.perf_counter()) - start < duration:
-            status, retry = await _send(conn, host, int(port), bodies[next(counter)], 10.0)
-            shots.append(Shot(t0 - start, status, (time.perf_counter() - t0) * 1e3, retry))
+            status, retry, edge = await _send(conn, host, int(port), bodies[next(counter)], 10.0)
+            shots.append(Shot(t0 - start, status, (time.perf_counter() - t0) * 1e3, retry, edge))
         conn[1].close()
 
     await asyncio.gather(*(worker() for _ in range(connections)))
@@ -126,9 +134,9 @@ async def open_loop(url: str, rate: float, duration: float, connections: int, se
     async def fire(i: int, scheduled: float) -> None:
         t0 = time.perf_counter()
         conn = await pool.get()
-        status, retry = await _send(conn, host, port, bodies[i], 10.0)
+        status, retry, edge = await _send(conn, host, port, bodies[i], 10.0)
         pool.put_nowait(conn)
-        shots.append(Shot(scheduled - start, status, (time.perf_counter() - t0) * 1e3, retry))
+        shots.append(Shot(scheduled - start, status, (time.perf_counter() - t0) * 1e3, retry, edge))
 
     for i in range(int(rate * duration)):
         scheduled = start + i / rate
@@ -164,7 +172,13 @@ class Server:
     """A `crops serve` subprocess (from this tree, or from ``tree`` when given)."""
 
     def __init__(
-        self, bundle: Path, workers: int, env: dict[str, str], tree: Path | None = None, extra: list[str] | None = None
+        self,
+        bundle: Path,
+        workers: int,
+        env: dict[str, str],
+        tree: Path | None = None,
+        extra: list[str] | None = None,
+        wait: bool = True,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -191,6 +205,11 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        self.workers = workers
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         deadline = time.time() + 180
         while True:
             with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
@@ -201,7 +220,7 @@ class Server:
             if time.time() > deadline:
                 raise RuntimeError("crops serve not ready")
             time.sleep(0.3)
-        time.sleep(2.0 * workers)  # every worker loaded
+        time.sleep(2.0 * self.workers)  # every worker loaded
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -211,35 +230,78 @@ class Server:
             self.proc.kill()
 
 
-class Nginx:
-    """nginx with deploy/nginx/nginx.conf, its upstream pointed at local replicas."""
+def deployed_max_conns() -> int:
+    """The ``max_conns`` of deploy/nginx/nginx.conf's upstream server line (0: none)."""
+    conf = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
+    m = re.search(r"server crops:8000 [^;]*max_conns=(\d+)", conf)
+    return int(m.group(1)) if m else 0
 
-    def __init__(self, ports: list[int]) -> None:
+
+class Nginx:
+    """nginx with deploy/nginx/nginx.conf, its upstream pointed at local replicas (``max_conns`` each; 0: none)."""
+
+    def __init__(self, ports: list[int], max_conns: int = 0) -> None:
         exe = shutil.which("nginx") or "/usr/sbin/nginx"
         self.dir = Path(tempfile.mkdtemp(prefix="crops-nginx-"))
         (self.dir / "logs").mkdir()
         conf = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
-        servers = " ".join(f"server 127.0.0.1:{p};" for p in ports)
-        conf = re.sub(r"server crops:8000[^;]*;", servers, conf)
+        limit = f" max_conns={max_conns}" if max_conns > 0 else ""
+        servers = " ".join(f"server 127.0.0.1:{p} max_fails=0{limit};" for p in ports)
+        conf, n = re.subn(r"server crops:8000[^;]*;", servers, conf)
+        if n != 1:
+            raise ValueError("deploy/nginx/nginx.conf: expected one 'server crops:8000' upstream line")
         self.port = free_port()
         conf = conf.replace("listen 8080", f"listen 127.0.0.1:{self.port}")
         conf = conf.replace("worker_processes auto", "worker_processes 1")  # 2 cores: the replicas need them
         conf = conf.replace("/var/run/nginx.pid", str(self.dir / "nginx.pid"))
         (self.dir / "nginx.conf").write_text(conf)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [exe, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        # stderr to a file, never an unread pipe: nginx logs every refusal ("no live upstreams") and
+        # would block on a full pipe
+        with (self.dir / "stderr").open("wb") as err:
+            self.proc = subprocess.Popen(
+                [exe, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-g", "daemon off;"],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         time.sleep(1.0)
         if self.proc.poll() is not None:
-            raise RuntimeError(f"nginx exited: {self.proc.stderr.read().decode()}")  # type: ignore[union-attr]
+            raise RuntimeError(f"nginx exited: {(self.dir / 'stderr').read_text()[-2000:]}")
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Front:
+    """What the load generator talks to: one `crops serve --workers N`, or (``--front nginx``) nginx in
+    front of ``--replicas`` one-worker `crops serve` replicas."""
+
+    def __init__(self, a: argparse.Namespace, env: dict[str, str], max_conns: int = 0) -> None:
+        self.nginx: Nginx | None = None
+        if a.front == "nginx":
+            self.servers = [Server(a.bundle, 1, env, wait=False) for _ in range(a.replicas)]
+            for srv in self.servers:
+                srv.wait_ready()
+            self.nginx = Nginx([srv.port for srv in self.servers], max_conns)
+            self.url = self.nginx.url
+        else:
+            self.servers = [Server(a.bundle, a.workers, env)]
+            self.url = self.servers[0].url
+
+    def limit(self, max_conns: int) -> None:
+        """nginx restarted with ``max_conns`` per replica (the replicas keep running)."""
+        if self.nginx is not None:
+            self.nginx.stop()
+            self.nginx = Nginx([srv.port for srv in self.servers], max_conns)
+            self.url = self.nginx.url
+
+    def stop(self) -> None:
+        if self.nginx is not None:
+            self.nginx.stop()
+        for srv in self.servers:
+            srv.stop()
 
 
 def _run(coro: Any) -> Any:
@@ -253,6 +315,8 @@ def _run(coro: Any) -> Any:
 def summarize(shots: list[Shot], duration: float) -> dict[str, Any]:
     ok = [s.ms for s in shots if s.status == 200]
     shed = [s for s in shots if s.status == 503]
+    edge = [s.ms for s in shed if s.balancer]
+    app = [s.ms for s in shed if not s.balancer]
     return {
         "sent": len(shots),
         "ok": len(ok),
@@ -263,6 +327,10 @@ def summarize(shots: list[Shot], duration: float) -> dict[str, Any]:
         "shed_p50_ms": round(pct([s.ms for s in shed], 50), 2),
         "shed_p99_ms": round(pct([s.ms for s in shed], 99), 2),
         "shed_with_retry_after": sum(s.retry_after for s in shed),
+        "shed_by_balancer": len(edge),
+        "shed_by_balancer_p99_ms": round(pct(edge, 99), 2) if edge else None,
+        "shed_by_replica": len(app),
+        "shed_by_replica_p99_ms": round(pct(app, 99), 2) if app else None,
         "other": {str(k): v for k, v in _count(s.status for s in shots if s.status not in (200, 503)).items()},
     }
 
@@ -276,10 +344,15 @@ def _count(values: Any) -> dict[int, int]:
 
 def overload(a: argparse.Namespace) -> dict[str, Any]:
     base = {"CROPS_CACHE": "none", "CROPS_GC_FREEZE": "true", "CROPS_MAX_BATCH": str(a.max_batch)}
+    if a.precision:
+        base["CROPS_ENCODER_PRECISION"] = a.precision
+    limits: list[int | None] = [None]
+    if a.front == "nginx":
+        limits = [deployed_max_conns()] if a.max_conns is None else [int(x) for x in a.max_conns.split(",")]
     print(
         f"throughput: closed loop, {a.connections_capacity} connections, {a.capacity_s:g} s, cache misses", flush=True
     )
-    srv = Server(a.bundle, a.workers, {**base, "CROPS_DEADLINE_MS": "10000", "CROPS_MAX_QUEUE": "100000"})
+    srv = Front(a, {**base, "CROPS_DEADLINE_MS": "10000", "CROPS_MAX_QUEUE": "100000"})
     try:
         _run(closed_loop(srv.url, a.connections_capacity, 2.0, seed=1))  # warm-up
         cap_shots = _run(closed_loop(srv.url, a.connections_capacity, a.capacity_s, seed=2))
@@ -288,9 +361,10 @@ def overload(a: argparse.Namespace) -> dict[str, Any]:
     closed = summarize(cap_shots, a.capacity_s)
     print(f"  {closed['goodput_rps']} req/s (p50 {closed['ok_p50_ms']} ms, p99 {closed['ok_p99_ms']} ms)", flush=True)
     # Capacity = the highest open-loop rate served within the SLO (p99 <= SLO, < 1 % shed, all of it served).
-    srv = Server(a.bundle, a.workers, {**base, "CROPS_DEADLINE_MS": str(a.slo_ms)})
+    srv = Front(a, {**base, "CROPS_DEADLINE_MS": str(a.slo_ms)})
     ramp: list[dict[str, Any]] = []
     capacity = 0.0
+    runs: list[tuple[dict[str, Any], list[Shot]]] = []
     try:
         _run(open_loop(srv.url, 0.3 * closed["goodput_rps"], 2.0, a.connections, seed=3))  # warm-up
         for i, f in enumerate((0.2, 0.35, 0.5, 0.65, 0.8, 0.95)):
@@ -310,12 +384,42 @@ def overload(a: argparse.Namespace) -> dict[str, Any]:
         if capacity <= 0:
             print(f"  no rate meets p99 <= {a.slo_ms:g} ms here: overload run at 3x the lowest ramp rate", flush=True)
         rate = a.factor * (capacity or ramp[0]["rate"])
-        print(f"overload: open loop at {rate:.0f} req/s for {a.duration:g} s, {a.connections} connections", flush=True)
-        shots, lag_p99 = _run(open_loop(srv.url, rate, a.duration, a.connections, seed=4))
+        for k, limit in enumerate(limits):
+            if limit is not None:
+                srv.limit(limit)
+                print(f"nginx: max_conns={limit} per replica", flush=True)
+                _run(open_loop(srv.url, 0.3 * closed["goodput_rps"], 2.0, a.connections, seed=5))  # warm-up
+            print(
+                f"overload: open loop at {rate:.0f} req/s for {a.duration:g} s, {a.connections} connections", flush=True
+            )
+            shots, lag_p99 = _run(open_loop(srv.url, rate, a.duration, a.connections, seed=40 + k))
+            one = summarize(shots, a.duration)
+            one.update(
+                {
+                    "max_conns": limit,
+                    "generator_lag_p99_ms": round(lag_p99, 2),
+                    "goodput_over_capacity": round(one["goodput_rps"] / capacity, 3) if capacity else None,
+                    "verdict": {
+                        "goodput >= 0.9 x capacity": bool(capacity) and one["goodput_rps"] >= 0.9 * capacity,
+                        "admitted p99 <= 2 x SLO": one["ok_p99_ms"] <= 2 * a.slo_ms,
+                        "shed p99 < 5 ms": one["shed_p99_ms"] < 5.0,
+                        "every 503 has Retry-After": one["shed_with_retry_after"] == one["shed"],
+                        "no other status": not one["other"],
+                    },
+                }
+            )
+            print(
+                f"  goodput {one['goodput_rps']} req/s ({one['goodput_over_capacity']} x capacity), admitted p99 "
+                f"{one['ok_p99_ms']} ms, shed {one['shed']} p50/p99 {one['shed_p50_ms']}/{one['shed_p99_ms']} ms",
+                flush=True,
+            )
+            runs.append((one, shots))
     finally:
         srv.stop()
-    res = summarize(shots, a.duration)
-    ref = capacity or float("nan")
+    # With several max_conns (a sizing sweep) the headline is the one meeting most goals, then the most goodput;
+    # every run is in the report.
+    res, shots = max(runs, key=lambda r: (sum(r[0]["verdict"].values()), r[0]["goodput_rps"]))
+    res = dict(res)
     res.update(
         {
             "capacity_rps": capacity,
@@ -326,21 +430,17 @@ def overload(a: argparse.Namespace) -> dict[str, Any]:
             "factor": a.factor,
             "slo_ms": a.slo_ms,
             "workers": a.workers,
+            "front": a.front,
+            "replicas": a.replicas if a.front == "nginx" else None,
+            "precision": a.precision or "fp32",
+            "bundle": str(a.bundle),
             "connections": a.connections,
             "duration_s": a.duration,
-            "generator_lag_p99_ms": round(lag_p99, 2),
-            "goodput_over_capacity": round(res["goodput_rps"] / ref, 3) if capacity else None,
+            "sweep": [r for r, _ in runs] if len(runs) > 1 else [],
             "nproc": os.cpu_count(),
             "loadavg_1m": round(os.getloadavg()[0], 2),
         }
     )
-    res["verdict"] = {
-        "goodput >= 0.9 x capacity": bool(capacity) and res["goodput_rps"] >= 0.9 * capacity,
-        "admitted p99 <= 2 x SLO": res["ok_p99_ms"] <= 2 * a.slo_ms,
-        "shed p99 < 5 ms": res["shed_p99_ms"] < 5.0,
-        "every 503 has Retry-After": res["shed_with_retry_after"] == res["shed"],
-        "no other status": not res["other"],
-    }
     _plot_overload(shots, res, a.out.with_suffix(".png"))
     return res
 
@@ -393,7 +493,7 @@ def process_models(a: argparse.Namespace) -> dict[str, Any]:
         setups.append(("crops serve --workers 2 (uvicorn)", srv.url))
         reps = [Server(a.bundle, 1, base), Server(a.bundle, 1, base)]
         started += reps
-        ngx = Nginx([r.port for r in reps])
+        ngx = Nginx([r.port for r in reps], max_conns=0)
         started.append(ngx)
         setups.append(("nginx least_conn + 2 x crops serve", ngx.url))
         if a.old_tree is not None:
@@ -431,7 +531,18 @@ def main() -> None:
     p.add_argument("mode", choices=["overload", "process-models"])
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="path without suffix: .json, .md (and .png) are written")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="worker processes of the one server (--front none)")
+    p.add_argument("--front", choices=["none", "nginx"], default="none", help="nginx least_conn in front of replicas")
+    p.add_argument("--replicas", type=int, default=2, help="one-worker replicas behind nginx (--front nginx)")
+    p.add_argument(
+        "--max-conns",
+        default=None,
+        help="nginx max_conns per replica in the overload run (default: deploy/nginx/nginx.conf's; 0: none); "
+        "a list (2,4,8) runs the overload once per value, a sizing sweep",
+    )
+    p.add_argument(
+        "--precision", choices=["fp32", "int8", "fp16", "auto"], default=None, help="CROPS_ENCODER_PRECISION"
+    )
     p.add_argument("--slo-ms", type=float, default=10.0, help="the SLO; the server's deadline in the overload run")
     p.add_argument("--factor", type=float, default=3.0)
     p.add_argument("--duration", type=float, default=20.0)
@@ -469,11 +580,41 @@ def render_md(mode: str, r: dict[str, Any]) -> str:
             for x in r["ramp"]
         )
         gc = r["goodput_over_capacity"]
+        if r.get("front") == "nginx":
+            serving = (
+                "nginx least_conn (deploy/nginx/nginx.conf, one worker process) in front of "
+                f"{r['replicas']} one-worker `crops serve` replicas, `max_conns={r['max_conns']}` per replica "
+                "in the overload run (none in the capacity ramp)"
+            )
+            front_cpu = " and nginx"
+        else:
+            serving = f"one `crops serve --workers {r['workers']}`, no balancer"
+            front_cpu = ""
+        sweep = ""
+        if r.get("sweep"):
+            rows = "\n".join(
+                f"| {x['max_conns']} | {x['goodput_rps']} ({x['goodput_over_capacity']} x) | {x['ok_p99_ms']} | "
+                f"{x['shed']} | {x['shed_p50_ms']} / {x['shed_p99_ms']} | {x['shed_by_balancer']} / "
+                f"{x['shed_by_replica']} | {sum(x['verdict'].values())} of {len(x['verdict'])} |"
+                for x in r["sweep"]
+            )
+            sweep = f"""
+Sizing sweep: the same overload once per nginx `max_conns` (same replicas, in this order); the headline
+above is the run meeting most goals, then with the most goodput.
+
+| max_conns | goodput req/s (x capacity) | admitted p99 ms | shed | shed p50 / p99 ms | by nginx / replica | goals |
+|---|---|---|---|---|---|---|
+{rows}
+"""
+        by_who = (
+            f"{r.get('shed_by_balancer', 0)} ({r.get('shed_by_balancer_p99_ms')} ms) / "
+            f"{r.get('shed_by_replica', r['shed'])} ({r.get('shed_by_replica_p99_ms')} ms)"
+        )
         return f"""# Overload at {r["factor"]:g}x capacity
 
-Command: `{r["command"]}` ({r["nproc"]} cores shared with other work and with the load generator, load
-average {r["loadavg_1m"]}). Every query is a cache miss; {r["workers"]} worker(s); SLO = the server's
-deadline = {r["slo_ms"]:g} ms.
+Command: `{r["command"]}` ({r["nproc"]} cores shared with the load generator{front_cpu}, load average
+{r["loadavg_1m"]} at the end). Bundle `{r.get("bundle", "?")}`, query tower {r.get("precision", "fp32")}. Every query
+is a cache miss; {serving}; SLO = the replicas' deadline (`CROPS_DEADLINE_MS`) = {r["slo_ms"]:g} ms.
 
 Closed loop (32 keep-alive connections, no deadline in the way): {r["closed_loop"]["goodput_rps"]} req/s at
 p50 {r["closed_loop"]["ok_p50_ms"]} ms, p99 {r["closed_loop"]["ok_p99_ms"]} ms: the throughput of a deep queue,
@@ -497,13 +638,14 @@ keep-alive connections:
 | admitted latency p50 / p99 | {r["ok_p50_ms"]} / **{r["ok_p99_ms"]} ms** |
 | shed (503) | {r["shed"]} of {r["sent"]}, latency p50 {r["shed_p50_ms"]} / p99 **{r["shed_p99_ms"]} ms** |
 | 503 with Retry-After | {r["shed_with_retry_after"]} of {r["shed"]} |
+| refused by nginx / by a replica (latency p99) | {by_who} |
 | other statuses | {r["other"] or "none"} |
 | load generator's own schedule lag p99 | {r["generator_lag_p99_ms"]} ms |
 
 | goal | met |
 |---|---|
 {v}
-
+{sweep}
 ![latency and goodput over time]({Path(r["out"]).name}.png)
 
 Latency is measured by the client from the moment a request is released, including any wait for a
