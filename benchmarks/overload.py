@@ -367,7 +367,7 @@ def overload(a: argparse.Namespace) -> dict[str, Any]:
     runs: list[tuple[dict[str, Any], list[Shot]]] = []
     try:
         _run(open_loop(srv.url, 0.3 * closed["goodput_rps"], 2.0, a.connections, seed=3))  # warm-up
-        for i, f in enumerate((0.2, 0.35, 0.5, 0.65, 0.8, 0.95)):
+        for i, f in enumerate((0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95)):
             rate = f * closed["goodput_rps"]
             shots, _ = _run(open_loop(srv.url, rate, a.ramp_s, a.connections, seed=10 + i))
             s = summarize(shots, a.ramp_s)
