@@ -33,14 +33,15 @@ class Generated:
     text: str
     topic_id: int
     intent_id: int
-    is_error: bool  # True = hallucinated: fits none of the query's senses
+    is_error: bool  # True = hallucinated: fits none of the senses the LLM read in the query
+    modifier: str | None = None
 
 
 class SimulatedLLM:
     """Offline stand-in for an LLM knowledge source (see module docstring). Not a language model."""
 
     model = "simulated-llm-v1"
-    prompt_version = "world-ontology-1"
+    prompt_version = "world-ontology-2"  # 2: each description says what it is about
 
     def __init__(self, world_dir: Path, *, error_rate: float = 0.15, seed: int = 0) -> None:
         if not 0.0 <= error_rate <= 1.0:
@@ -150,7 +151,7 @@ class SimulatedLLM:
                 m = tp.modifiers[int(u[5] * len(tp.modifiers)) % len(tp.modifiers)]
             title, caption, tags = video_text(onto, tp, f, m, None, u[8:24], self._knobs)
             text = " ".join(x for x in (title, caption, " ".join(tags)) if x)
-            out.append(Generated(text, int(t), onto.intent_of[(t, f)], bool(wrong)))
+            out.append(Generated(text, int(t), onto.intent_of[(t, f)], bool(wrong), m))
         return out
 
     def generate(self, query: str, example_text: str, n: int) -> list[str]:

@@ -76,3 +76,28 @@ def grade_need(cat: Catalog, index: VideoIndex, senses: list[tuple[int, int, int
         best = np.maximum(best, g)
     keep = best > 0
     return vids[keep], best[keep]
+
+
+def grade_described(
+    need_topics: set[int],
+    need_intents: set[int],
+    need_facet: str | None,
+    need_modifier: str | None,
+    topic: int,
+    intent: int,
+    modifier: str | None,
+) -> int:
+    """Grade of a described video (one topic, one intent, a modifier or none; no secondary topic)
+    for a query's need, by the rules above: a head need (no facet) asks for the topic, a torso need
+    for the intent, a tail need for the intent with its modifier."""
+    same_topic, same_intent = topic in need_topics, intent in need_intents
+    if need_facet is None and need_modifier is None:
+        return 3 if same_topic else 0
+    if need_modifier is None:
+        return 3 if same_intent else (1 if same_topic else 0)
+    mod_ok = modifier == need_modifier
+    if same_intent and mod_ok:
+        return 3
+    if same_intent or (same_topic and mod_ok):
+        return 2
+    return 1 if same_topic else 0

@@ -143,3 +143,34 @@ def test_crops_eval_world_through_the_serving_path(world: Path, model_bundle: Pa
     build_index(other, corpus, progress=False, n_recall_queries=10)
     r = CliRunner().invoke(app, ["eval", "world", "--world", str(world), "--bundle", str(other)])
     assert r.exit_code != 0 and "covers 0.0%" in str(r.exception)
+
+
+def test_grade_described_follows_the_world_grading_rules() -> None:
+    from world.relevance import grade_described
+
+    # head need: the topic
+    assert grade_described({1, 2}, {10, 20}, None, None, 2, 99, None) == 3
+    assert grade_described({1}, {10}, None, None, 3, 10, None) == 0
+    # torso need: the intent; same topic, other facet is grade 1
+    assert grade_described({1}, {10}, "tutorial", None, 1, 10, None) == 3
+    assert grade_described({1}, {10}, "tutorial", None, 1, 11, None) == 1
+    assert grade_described({1}, {10}, "tutorial", None, 2, 20, None) == 0
+    # tail need: intent + modifier
+    assert grade_described({1}, {10}, "tutorial", "beginner", 1, 10, "beginner") == 3
+    assert grade_described({1}, {10}, "tutorial", "beginner", 1, 10, None) == 2
+    assert grade_described({1}, {10}, "tutorial", "beginner", 1, 11, "beginner") == 2
+    assert grade_described({1}, {10}, "tutorial", "beginner", 1, 11, None) == 1
+    assert grade_described({1}, {10}, "tutorial", "beginner", 5, 50, "beginner") == 0
+
+
+def test_simulated_llm_descriptions_say_what_they_are_about(world: Path) -> None:
+    from world.evaluation import world_ontology
+    from world.knowledge import SimulatedLLM
+
+    onto = world_ontology(world)
+    llm = SimulatedLLM(world, error_rate=0.0, seed=1)
+    gen = llm.generate_labeled("python tutorial", "learn python programming basics", 12)
+    assert gen and all(not g.is_error for g in gen)
+    for g in gen:
+        assert g.intent_id in {i for (t, _f), i in onto.intent_of.items() if t == g.topic_id}
+        assert g.modifier is None or g.modifier in onto.topics[g.topic_id].modifiers

@@ -91,8 +91,11 @@ class GenerationResult:
     error: str | None = None  # why nothing usable came back (malformed reply, gave up after retries)
     cached: bool = False
     attempts: int = 0
-    # Simulated sources only: whether each text truly fits the query (evaluation, never filtering).
+    # Simulated sources only (evaluation, never filtering): whether each text fits the senses the
+    # LLM read in the query, and what it is about, (topic id, intent id, modifier), to grade it
+    # against the world's truth afterwards.
     truth_ok: list[bool] | None = None
+    about: list[tuple[int, int, str | None]] | None = None
 
 
 @dataclass
@@ -293,11 +296,17 @@ class SimulatedSource:
     def generate(self, query: str, example_text: str, n: int) -> list[str]:
         return [str(t) for t in self.impl.generate(query, example_text, n)]
 
-    def _labeled(self, query: str, example_text: str, n: int) -> tuple[list[str], list[bool] | None]:
+    def _labeled(
+        self, query: str, example_text: str, n: int
+    ) -> tuple[list[str], list[bool] | None, list[tuple[int, int, str | None]] | None]:
         if hasattr(self.impl, "generate_labeled"):
             gen = self.impl.generate_labeled(query, example_text, n)
-            return [str(g.text) for g in gen], [not bool(g.is_error) for g in gen]
-        return self.generate(query, example_text, n), None
+            described = all(hasattr(g, "topic_id") and hasattr(g, "intent_id") for g in gen)
+            about = (
+                [(int(g.topic_id), int(g.intent_id), getattr(g, "modifier", None)) for g in gen] if described else None
+            )
+            return [str(g.text) for g in gen], [not bool(g.is_error) for g in gen], about
+        return self.generate(query, example_text, n), None, None
 
     def generate_many(self, requests: Sequence[GenerationRequest], progress: bool = False) -> list[GenerationResult]:
         from tqdm import tqdm
@@ -307,17 +316,19 @@ class SimulatedSource:
             key = self.cache.key(self.model, self.prompt_version, r.query, r.n)
             hit = self.cache.get_entry(key)
             if hit is not None:
+                about = hit.get("about")
                 out.append(
-                    GenerationResult(r.query, [str(t) for t in hit["texts"]], cached=True, truth_ok=hit.get("truth_ok"))
+                    GenerationResult(r.query, [str(t) for t in hit["texts"]], cached=True, truth_ok=hit.get("truth_ok"),
+                                     about=[(int(a[0]), int(a[1]), a[2]) for a in about] if about else None)
                 )
                 continue
             try:
-                texts, ok = self._labeled(r.query, r.example_text, r.n)
+                texts, ok, about = self._labeled(r.query, r.example_text, r.n)
             except Exception as exc:  # a simulator bug must not kill a long mining run
                 out.append(GenerationResult(r.query, error=f"simulated LLM failed: {exc}"))
                 continue
-            self.cache.put(key, r.query, texts, truth_ok=ok)
-            out.append(GenerationResult(r.query, texts, attempts=1, truth_ok=ok))
+            self.cache.put(key, r.query, texts, truth_ok=ok, about=about)
+            out.append(GenerationResult(r.query, texts, attempts=1, truth_ok=ok, about=about))
         return out
 
 

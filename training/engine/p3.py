@@ -41,7 +41,8 @@ class P3Row:
     theta: float | None
     keep: bool
     reason: str  # "ok" or why the description was dropped
-    truth_ok: bool | None = None  # simulated sources: the description truly fits the query
+    truth_ok: bool | None = None  # simulated sources: fits the senses the LLM read in the query
+    about: tuple[int, int, str | None] | None = None  # simulated: (topic, intent, modifier) described
 
 
 def prefilter(
@@ -53,6 +54,7 @@ def prefilter(
     min_chars: int,
     max_chars: int,
     truth_ok: Sequence[bool] | None = None,
+    about: Sequence[tuple[int, int, str | None]] | None = None,
 ) -> list[P3Row]:
     """Length, copy-of-example and duplicate checks (θ is applied afterwards, in one batch)."""
     out: list[P3Row] = []
@@ -72,7 +74,8 @@ def prefilter(
             reason = "ok"
         seen.add(norm)
         ok = None if truth_ok is None or i >= len(truth_ok) else bool(truth_ok[i])
-        out.append(P3Row(query, text, example_video_id, None, reason == "ok", reason, ok))
+        ab = None if about is None or i >= len(about) else about[i]
+        out.append(P3Row(query, text, example_video_id, None, reason == "ok", reason, ok, ab))
     return out
 
 
@@ -106,7 +109,8 @@ def generate_p3(
     rows: list[P3Row] = []
     for (q, vid, ex_text), res in zip(examples, results, strict=True):
         rows.extend(
-            prefilter(q, vid, ex_text, res.texts, min_chars=min_chars, max_chars=max_chars, truth_ok=res.truth_ok)
+            prefilter(q, vid, ex_text, res.texts, min_chars=min_chars, max_chars=max_chars, truth_ok=res.truth_ok,
+                      about=res.about)
         )
     cand = [r for r in rows if r.keep]
     if cand:

@@ -74,6 +74,27 @@ def alpha_sweep(
     return rows
 
 
+def _p3_truth_grades(p3: pa.Table, truth_q: Path | None) -> np.ndarray | None:
+    """True grade (0..3) of each P3 description for its query (-1 where unknown), from what the
+    simulated LLM says it described and the world's truth table (which the LLM never reads)."""
+    if truth_q is None or not truth_q.is_file() or "about_topic" not in p3.column_names:
+        return None
+    import pyarrow.parquet as pq
+
+    from world.relevance import grade_described
+
+    tq = pq.read_table(truth_q, columns=["query", "topic_ids", "intent_ids", "facet", "modifier"]).to_pylist()
+    need = {r["query"]: (set(r["topic_ids"] or ()), set(r["intent_ids"] or ()), r["facet"], r["modifier"]) for r in tq}
+    out = np.full(p3.num_rows, -1, dtype=np.int8)
+    cols = zip(p3.column("query").to_pylist(), p3.column("about_topic").to_pylist(),
+               p3.column("about_intent").to_pylist(), p3.column("about_modifier").to_pylist(), strict=True)
+    for i, (q, t, it, mod) in enumerate(cols):
+        n = need.get(q)
+        if n is not None and t is not None and it is not None:
+            out[i] = grade_described(*n, int(t), int(it), mod)
+    return out
+
+
 def build_report(m: MineContext, total_seconds: float) -> dict[str, Any]:
     cfg = m.cfg
     samples = read_table(m.out / "samples.parquet")
@@ -164,13 +185,23 @@ def build_report(m: MineContext, total_seconds: float) -> dict[str, Any]:
         scored = th3 >= 0  # passed the length / copy / duplicate checks
         persp["P3"]["kept_vs_alpha"] = [{"alpha": a, "kept": int((scored & (th3 >= a)).sum())} for a in cfg.alpha_sweep]
         ok = p3.column("truth_ok").to_pylist()
-        if scored.any() and all(ok[i] is not None for i in np.flatnonzero(scored)):
-            # simulated LLM: precision/recall of the θ ≥ α filter against its hallucination labels
-            rel = np.array([bool(x) for x in ok], dtype=bool)
+        idx = np.flatnonzero(scored)
+        labelled = bool(len(idx)) and all(ok[i] is not None for i in idx)
+        if labelled:
+            # simulated LLM: how many descriptions fit the senses it read in the query (its own errors)
+            persp["P3"]["fits_llm_reading_rate_before_theta"] = float(np.mean([bool(ok[i]) for i in idx]))
+        grades = _p3_truth_grades(p3, truth_q)
+        if grades is not None and len(idx) and (grades[idx] >= 0).all():
+            # evaluation only: each description graded against the query's true need, as P1/P2 are
+            rel = grades >= 2
             sweeps["P3"] = alpha_sweep(
-                th3[scored], rel[scored], np.ones(int(scored.sum()), bool), cfg.alpha_sweep, strict=False
+                th3[scored], rel[scored], np.ones(len(idx), bool), cfg.alpha_sweep, strict=False, grade=grades[scored]
             )
             persp["P3"]["truly_fitting_rate_before_theta"] = float(rel[scored].mean())
+            persp["P3"]["grade_mix_before_theta"] = {str(g): float((grades[scored] == g).mean()) for g in range(4)}
+        elif labelled:  # no truth table (e.g. a handmade world): against the LLM's own error labels
+            rel = np.array([bool(x) for x in ok], dtype=bool)
+            sweeps["P3"] = alpha_sweep(th3[scored], rel[scored], np.ones(len(idx), bool), cfg.alpha_sweep, strict=False)
     rep["perspectives"] = persp
     rep["alpha_sweep"] = sweeps
 
@@ -207,7 +238,7 @@ def _plots(out: Path, sweeps: dict[str, list[dict[str, float]]], rel_eval: Any, 
             ax.plot(a, [r["precision"] for r in rows], "o-", color=f"C{i}", label=f"{name} precision")
             ax.plot(a, [r["recall"] for r in rows], "s--", color=f"C{i}", label=f"{name} recall")
         ax.set_xlabel("α (θ threshold)")
-        ax.set_ylabel("vs truth (P1/P2: held-out queries; P3: simulated labels)")
+        ax.set_ylabel("vs truth (P1/P2: held-out queries; P3: graded descriptions)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -280,14 +311,24 @@ def render_markdown(rep: dict[str, Any]) -> str:
             f"{p3['ambiguous_queries']} of them ambiguous ({p3['ambiguous_head_queries']} head), "
             f"with {p3['descriptions_for_ambiguous']} descriptions for the ambiguous ones.",
         ]
+    if "truly_fitting_rate_before_theta" in p3:
+        mix = p3.get("grade_mix_before_theta", {})
+        lines += [
+            "",
+            f"P3 descriptions graded against the query's true need (the world's truth, which the LLM never "
+            f"reads): {100 * p3['truly_fitting_rate_before_theta']:.1f}% grade ≥ 2 before θ "
+            f"(grades 0/1/2/3: " + "/".join(f"{100 * mix.get(str(g), 0):.0f}%" for g in range(4)) + ")"
+            + (f"; {100 * p3['fits_llm_reading_rate_before_theta']:.1f}% fit the senses the LLM read in the query"
+               if "fits_llm_reading_rate_before_theta" in p3 else "") + ".",
+        ]
     if rep["alpha_sweep"]:
         lines += [
             "",
             "## α sweep (held-out queries, vs truth)",
             "",
             "Candidates of queries θ was not fitted on, minus pairs already clicked (P0). Precision: "
-            "kept candidates that are truly relevant. Recall: kept relevant / relevant candidates "
-            "offered by the perspective.",
+            "kept candidates that are truly relevant (grade ≥ 2). Recall: kept relevant / relevant "
+            "candidates offered by the perspective. P3: every scored description, kept at θ ≥ α.",
             "",
             "| α | " + " | ".join(f"{n} kept | {n} prec | {n} recall" for n in rep["alpha_sweep"]) + " |",
             "|---|" + "---|---|---|" * len(rep["alpha_sweep"]),

@@ -260,6 +260,9 @@ def run_p3(ctx: MineContext) -> None:
                 "keep": r.keep,
                 "reason": r.reason,
                 "truth_ok": r.truth_ok,
+                "about_topic": r.about[0] if r.about else None,
+                "about_intent": r.about[1] if r.about else None,
+                "about_modifier": r.about[2] if r.about else None,
             }
             for r in rows
         ],

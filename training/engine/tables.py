@@ -27,7 +27,10 @@ P3_SCHEMA = pa.schema(
         ("theta", pa.float64()),
         ("keep", pa.bool_()),
         ("reason", pa.string()),
-        ("truth_ok", pa.bool_()),  # simulated LLM only: the description truly fits (evaluation)
+        ("truth_ok", pa.bool_()),  # simulated LLM only: fits the senses it read in the query (evaluation)
+        ("about_topic", pa.int32()),  # simulated LLM only: what the description is about (evaluation)
+        ("about_intent", pa.int32()),
+        ("about_modifier", pa.string()),
     ]
 )
 

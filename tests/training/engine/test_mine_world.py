@@ -46,7 +46,14 @@ def test_mine_on_a_world_then_resume_with_another_alpha(world: Path, tmp_path: P
         else:
             assert r["video_id"] is not None and r["text"] is None
     rep = json.loads((out / "report.json").read_text())
-    assert {"P1", "P2", "P3"} <= set(rep["alpha_sweep"])  # P3 precision from the simulated labels
+    assert {"P1", "P2", "P3"} <= set(rep["alpha_sweep"])
+    # P3 precision against the world's truth: each description graded for its query's true need
+    p3 = rep["perspectives"]["P3"]
+    assert all("by_grade" in x for x in rep["alpha_sweep"]["P3"] if x["kept"])
+    assert 0.0 < p3["truly_fitting_rate_before_theta"] < 1.0
+    assert abs(sum(p3["grade_mix_before_theta"].values()) - 1.0) < 1e-9
+    assert 0.0 < p3["fits_llm_reading_rate_before_theta"] <= 1.0
+    assert "graded against the query's true need" in (out / "report.md").read_text()
     for name, sweep in rep["alpha_sweep"].items():
         kept = [x["kept"] for x in sweep]
         assert kept == sorted(kept, reverse=True), name  # a higher α never keeps more
