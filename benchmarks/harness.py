@@ -281,7 +281,7 @@ def machine_info(tools: Sequence[str] = ("nginx",)) -> dict[str, Any]:
         if path:
             out = subprocess.run([path, "-v"], capture_output=True, text=True, check=False)
             text = (out.stdout + out.stderr).strip()
-            versions[tool] = text.splitlines()[0] if text else "?"
+            versions[tool] = text.splitlines()[0].split(": ", 1)[-1] if text else "?"  # "nginx version: nginx/1.22.1"
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                          check=False).stdout.strip()
     return {
