@@ -15,9 +15,9 @@ two worker processes on this box: `crops serve --workers 2` (uvicorn's workers, 
 nginx least_conn in front of two one-worker replicas (deploy/nginx/nginx.conf), and, when
 ``--old-tree`` points at a checkout that still has it, the removed home-made least-conn dispatcher.
 
-    python benchmarks/overload.py overload --bundle runs/b --out docs/results/overload
-    python benchmarks/overload.py overload --bundle runs/b --front nginx --max-conns 4 --out docs/results/overload
-    python benchmarks/overload.py process-models --bundle runs/b --old-tree /tmp/old --out docs/results/process_models
+    python -m benchmarks.overload overload --bundle runs/b --out docs/results/overload
+    python -m benchmarks.overload overload --bundle runs/b --front nginx --max-conns 4 --out docs/results/overload
+    python -m benchmarks.overload process-models --bundle runs/b --old-tree /tmp/old --out docs/results/process_models
 """
 
 from __future__ import annotations
@@ -559,7 +559,7 @@ def main() -> None:
         raise SystemExit(2)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     res = overload(a) if a.mode == "overload" else process_models(a)
-    res["command"] = "python benchmarks/overload.py " + " ".join(sys.argv[1:])
+    res["command"] = "python -m benchmarks.overload " + " ".join(sys.argv[1:])
     res["out"] = str(a.out)
     from core.atomic import atomic_write_json, atomic_write_text
 
