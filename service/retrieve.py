@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.errors import CropsError, ErrorKind
+from core.logs import ExposureRecord
 from core.normalize import normalize_text
 from service.cache import embedding_key, result_key
 from service.state import ServiceState
@@ -226,20 +227,20 @@ class RetrieveUseCase:
             st["search"].observe(search_ms / 1e3)
         if state.exposure.enabled:
             state.exposure.record(
-                {
-                    "request_id": rid,
-                    "unit": unit,
-                    "user_id": req.user_id,
-                    "ts": int(time.time() * 1000),
-                    "query": req.query,
-                    "normalized_query": norm,
-                    "arm": a.arm,
-                    "experiments": [list(p) for p in a.experiments],
-                    "bundle_id": rt.bundle_id,
-                    "content_id": rt.content_id,
-                    "video_ids": ids,
-                    "scores": scores,
-                }
+                ExposureRecord(
+                    request_id=rid,
+                    unit=unit,
+                    user_id=req.user_id,
+                    ts=int(time.time() * 1000),
+                    query=req.query,
+                    normalized_query=norm,
+                    arm=a.arm,
+                    experiments=[list(p) for p in a.experiments],
+                    bundle_id=rt.bundle_id,
+                    content_id=rt.content_id,
+                    video_ids=ids,
+                    scores=scores,
+                )
             )
         return {
             "request_id": rid,
