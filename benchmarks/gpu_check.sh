@@ -33,7 +33,7 @@ timeout 90 python3 - <<'PY' 2>&1 | tee "$OUT/encode.txt"
 import json, time, tempfile, torch
 from pathlib import Path
 from training.encoder import TextEncoder
-from training.world.catalog import build_catalog_file
+from world.catalog import build_catalog_file
 path = Path(tempfile.mkdtemp()) / "catalog.jsonl"
 build_catalog_file(path, n_videos=20_000, progress=False)
 texts = [(r["title"] + " " + r["text"]) for r in map(json.loads, path.read_text().splitlines())]
