@@ -1,6 +1,6 @@
 """GPU path check (full fine-tuning on CUDA): tiny world → mine → train 4 methods → Table 1.
 
-    python3 benchmarks/gpu_check.py --out /tmp/crops-gpu [--steps 150]   (repo root on PYTHONPATH)
+    python3 -m benchmarks.gpu_check --out /tmp/crops-gpu [--steps 150]   (from the repository root)
 
 Runs the ``gpu`` budget (every MiniLM layer trains, token ids in, no cache, CUDA) for crops, fs-lr,
 dpr and ance with one seed on a freshly built tiny world, and prints the table, the median step

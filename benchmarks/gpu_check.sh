@@ -23,11 +23,11 @@ libs = sorted(set(p.rsplit("/", 1)[-1] for p in glob.glob("/usr/**/libcublas.so*
 print("cuBLAS libraries on the machine:", libs or "none found")
 PY
 echo "== full fine-tuning on CUDA"
-timeout 330 python3 benchmarks/gpu_check.py --out "$OUT/ft" --steps "${STEPS:-150}" \
+timeout 330 python3 -m benchmarks.gpu_check --out "$OUT/ft" --steps "${STEPS:-150}" \
   > "$OUT/gpu_train.json" 2> "$OUT/gpu_train.log"; echo "exit $?"; tail -c 4000 "$OUT/gpu_train.json"
 tail -5 "$OUT/gpu_train.log"
 echo "== loss benchmark on CUDA"
-timeout 60 python3 benchmarks/loss_bench.py --repeats 30 --out "$OUT/loss_bench_gpu.md" 2>&1 | tail -12
+timeout 60 python3 -m benchmarks.loss_bench --repeats 30 --out "$OUT/loss_bench_gpu.md" 2>&1 | tail -12
 echo "== doc-tower encoding throughput, torch CUDA vs CPU"
 timeout 90 python3 - <<'PY' 2>&1 | tee "$OUT/encode.txt"
 import json, time, tempfile, torch

@@ -63,7 +63,7 @@ PY
   ;;
 faiss)
   cd "$ROOT" || exit 1
-  timeout "${FAISS_TIMEOUT:-300}" python3 benchmarks/gpu_index_build.py --out "$OUT/gpu_index_build.json" "$@" \
+  timeout "${FAISS_TIMEOUT:-300}" python3 -m benchmarks.gpu_index_build --out "$OUT/gpu_index_build.json" "$@" \
     2>&1 | tee "$OUT/gpu_index_build.log" | tail -40
   ;;
 train)

@@ -12,8 +12,8 @@ this repository; no network, no model. Vectors: ``--vectors FILE.npy`` (float32 
 unit sphere, expanded the same way). Queries: ``--queries FILE.npy``, else held-out perturbations
 of catalog rows that are not indexed.
 
-    python benchmarks/gpu_index_build.py --device both --n 1000000 --out gpu_index_build.json
-    python benchmarks/gpu_index_build.py --device cpu --n 20000      # the CPU path, for development
+    python -m benchmarks.gpu_index_build --device both --n 1000000 --out gpu_index_build.json
+    python -m benchmarks.gpu_index_build --device cpu --n 20000      # the CPU path, for development
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.vectors import expand
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable as a plain script from a copy of the repository
-    sys.path.insert(0, str(ROOT))
 
 from core.atomic import atomic_write_json  # noqa: E402
 from index_builder import ops  # noqa: E402
@@ -63,28 +63,6 @@ def generated_base(n_base: int, dim: int, seed: int) -> np.ndarray:
     noise = rng.standard_normal((n_base, 64)).astype(np.float32) @ basis * (0.7 / 8)
     noise += rng.standard_normal((n_base, dim)).astype(np.float32) * (0.2 / np.sqrt(dim))
     return _unit(topics[pick] + noise)
-
-
-def expand(base: np.ndarray, n: int, *, sigma: float = 0.01, neighbours: int = 16, seed: int = 0) -> np.ndarray:
-    """Clustered perturbation up to ``n`` unit rows (base rows first): each new row is
-    normalise((1-λ)·x_i + λ·x_j + ε), j one of i's exact neighbours, λ ~ U(0, 0.5), ε ~ N(0, σ²I)."""
-    import faiss
-
-    if len(base) >= n:
-        return np.ascontiguousarray(base[:n], dtype=np.float32)
-    rng = np.random.default_rng(seed)
-    _, nn = faiss.knn(base, base, neighbours + 1, metric=faiss.METRIC_INNER_PRODUCT)
-    nn = nn[:, 1:]
-    out = np.empty((n, base.shape[1]), dtype=np.float32)
-    out[: len(base)] = base
-    for s in range(len(base), n, 100_000):
-        e = min(n, s + 100_000)
-        i = rng.integers(0, len(base), e - s)
-        j = nn[i, rng.integers(0, neighbours, e - s)]
-        lam = rng.uniform(0, 0.5, (e - s, 1)).astype(np.float32)
-        v = (1 - lam) * base[i] + lam * base[j] + rng.normal(0, sigma, (e - s, base.shape[1])).astype(np.float32)
-        out[s:e] = _unit(v)
-    return out
 
 
 def held_out_queries(base: np.ndarray, n_q: int, seed: int) -> np.ndarray:

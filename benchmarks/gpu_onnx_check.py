@@ -4,7 +4,7 @@ Exports the pretrained MiniLM query tower with the int8 and fp16 variants (the f
 where the CUDA provider exists), then times one query and a batch of 64 through ``OnnxEncoder`` on
 each provider/precision the serving path can pick, and the largest cosine gap to CPU fp32.
 
-    python benchmarks/gpu_onnx_check.py --out result.json
+    python -m benchmarks.gpu_onnx_check --out result.json
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 

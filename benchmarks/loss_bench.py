@@ -8,7 +8,7 @@ Two measurements, medians over repeats, 1 torch thread (the reference box has 2 
   with each loss.
 Writes docs/results/loss_bench.md (+ JSON next to it).
 
-    python benchmarks/loss_bench.py [--repeats 30] [--no-step]
+    python -m benchmarks.loss_bench [--repeats 30] [--no-step]
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -132,7 +130,7 @@ def main() -> None:
         "",
         f"Device: {device}, torch {torch.__version__}, 1 thread, medians of {args.repeats} repeats "
         f"({'wall' if device == 'cuda' else 'process CPU'} time). "
-        "Reproduce: `python benchmarks/loss_bench.py`.",
+        "Reproduce: `python -m benchmarks.loss_bench`.",
         "",
         "| what | Q | D | H-InfoNCE ms | InfoNCE ms | ratio |",
         "|---|---|---|---|---|---|",
