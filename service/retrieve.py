@@ -8,8 +8,10 @@ queue until its encode+search is done; the queue also keeps a moving average of 
 costs the batcher (a batch's encode+search time over its size). A request is refused at once
 (503 + Retry-After, before its body is even validated) when the queue is full or when the queries
 ahead of it, at that cost, would not finish inside its deadline: under overload the excess is shed
-in microseconds and the admitted requests keep their latency, instead of every request queueing
-until all of them are late.
+and the admitted requests keep their latency, instead of every request queueing until all of them
+are late. The work ahead is counted from when the batcher began it (the last batch's end, or the
+moment the queue stopped being empty): what is already done on the batch in progress is not
+counted again.
 
 A ``/retrieve/batch`` is one admission unit: admitted or shed as a whole, on what waits ahead of it
 (as a single query would be), then it holds one place per item until each item knows whether it
@@ -55,6 +57,7 @@ class Admission:
         self.queued = 0
         self.bulk = 0
         self.cost_s = _INITIAL_COST_S
+        self.since = 0.0  # when the batcher began the work now queued (perf_counter)
 
     def ahead(self, bulk: bool) -> int:
         """Queued misses a new single query (``bulk=False``) or a new batch would wait behind."""
@@ -69,27 +72,42 @@ class Admission:
         ahead = self.ahead(bulk)
         # An empty queue always admits: nothing ahead to wait for, and a shed-only server would never
         # measure a batch again to correct a cost estimate that once ran high.
-        if ahead and time.perf_counter() + (ahead + n) * self.cost_s > deadline_at:
+        if ahead and self.finish(ahead, n) > deadline_at:
             self.metrics.shed.labels(reason="predicted").inc()
             raise CropsError(
                 ErrorKind.OVERLOADED,
                 f"overloaded: {ahead} queries ahead would not finish inside the deadline; retry shortly",
             )
 
+    def finish(self, ahead: int, n: int) -> float:
+        """When ``n`` more queries would be done behind ``ahead`` queued ones (perf_counter)."""
+        now = time.perf_counter()
+        left = max(0.0, ahead * self.cost_s - (now - self.since))
+        return now + left + n * self.cost_s
+
+    def _start(self) -> None:
+        if self.queued + self.bulk == 0:  # the batcher starts on it at once
+            self.since = time.perf_counter()
+
     def enter(self, deadline_at: float) -> None:
         """One ``/retrieve`` miss: checked, then holds a place until its encode+search is done."""
         self.check(deadline_at)
+        self._start()
         self.queued += 1
         self.metrics.queued.inc()
 
     def enter_batch(self, n: int, deadline_at: float) -> Places:
         """A ``/retrieve/batch`` of ``n`` items, checked as one unit; it holds ``n`` places."""
         self.check(deadline_at, bulk=True, n=n)
+        self._start()
         self.bulk += n
         self.metrics.queued.inc(n)
         return Places(self, n)
 
-    def leave(self, bulk: bool = False, n: int = 1) -> None:
+    def leave(self, bulk: bool = False, n: int = 1, finished: bool = False) -> None:
+        """Give places back; ``finished``: their encode+search ended, so the batcher begins the next batch now."""
+        if finished:
+            self.since = time.perf_counter()
         if bulk:
             self.bulk -= n
         else:
@@ -287,7 +305,7 @@ class RetrieveUseCase:
 
     def _done(self, key: str, fut: asyncio.Future[Any], bulk: bool) -> None:
         self._pending.pop(key, None)
-        self.admission.leave(bulk=bulk)
+        self.admission.leave(bulk=bulk, finished=True)
         if not fut.cancelled() and fut.exception() is None:
             jr = fut.result()
             self.admission.observe(jr.encode_ms + jr.search_ms, jr.batch)

@@ -155,6 +155,24 @@ def test_a_request_that_cannot_make_its_deadline_is_refused_at_once(tiny_bundle:
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
 
 
+def test_the_work_already_done_ahead_is_not_counted_again(tiny_bundle: Path) -> None:
+    with LiveServer(bundle=tiny_bundle, deadline_ms=1000, cache="none") as srv:
+        admission = srv.app.state.retrieve.admission
+        admission.cost_s = 0.6  # one query is believed to cost 0.6 s
+        admission.observe = lambda *_: None  # keep it there for this test
+        admission.queued += 1  # as if one query were queued...
+        try:
+            # ... and the batcher began it 0.5 s ago: 0.1 s left, then 0.6 s for this one, inside 1 s
+            admission.since = time.perf_counter() - 0.5
+            assert srv.retrieve("half done ahead").status_code == 200
+            # begun just now: 0.6 + 0.6 s would pass the 1 s deadline
+            admission.since = time.perf_counter()
+            r = srv.retrieve("just begun ahead")
+        finally:
+            admission.queued -= 1
+        assert r.status_code == 503 and r.json()["error"] == "overloaded", r.text
+
+
 def test_deadline_passed_while_queued_is_503(tiny_bundle: Path) -> None:
     with LiveServer(bundle=tiny_bundle, deadline_ms=1.0, cache="none") as srv:
         # the admission's cost estimate says "free" (as after a run of fast batches): the request is admitted,
