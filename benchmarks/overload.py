@@ -526,9 +526,69 @@ def process_models(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def profile(a: argparse.Namespace) -> dict[str, Any]:
+    """What one query costs here: encode and search in process (one thread) at batch 1 and 4, and the
+    round trip of one keep-alive connection through `crops serve` (and nginx with ``--front nginx``):
+    the numbers an SLO and nginx's max_conns are sized from."""
+    from core.settings import limit_native_threads
+
+    limit_native_threads(1)
+    import faiss
+
+    from service.engine import Retriever
+
+    faiss.omp_set_num_threads(1)
+    queries = [json.loads(b)["query"] for b in _bodies(400, 7)]
+    r = Retriever(a.bundle, intra_op_threads=1, precision=a.precision)
+    for _ in range(20):
+        r.encode(queries[:1])
+    enc, srch, enc4, srch4 = [], [], [], []
+    for q in queries[:300]:
+        t0 = time.perf_counter()
+        v = r.encode([q])
+        t1 = time.perf_counter()
+        r.search_vectors(v, 100)
+        enc.append((t1 - t0) * 1e3)
+        srch.append((time.perf_counter() - t1) * 1e3)
+    for i in range(0, 300, 4):
+        t0 = time.perf_counter()
+        v = r.encode(queries[i : i + 4])
+        t1 = time.perf_counter()
+        r.search_vectors(v, 100)
+        enc4.append((t1 - t0) * 1e3)
+        srch4.append((time.perf_counter() - t1) * 1e3)
+    res: dict[str, Any] = {
+        "bundle": str(a.bundle),
+        "precision": r.precision,
+        "ntotal": int(r.index.ntotal),
+        "in_process_ms": {
+            "encode_b1": [round(pct(enc, 50), 2), round(pct(enc, 99), 2)],
+            "search_b1": [round(pct(srch, 50), 2), round(pct(srch, 99), 2)],
+            "encode_b4": [round(pct(enc4, 50), 2), round(pct(enc4, 99), 2)],
+            "search_b4": [round(pct(srch4, 50), 2), round(pct(srch4, 99), 2)],
+        },
+    }
+    del r
+    env = {"CROPS_CACHE": "none", "CROPS_DEADLINE_MS": "10000"}
+    if a.precision:
+        env["CROPS_ENCODER_PRECISION"] = a.precision
+    srv = Front(a, env)
+    try:
+        _run(closed_loop(srv.url, 1, 2.0, seed=1))
+        shots = _run(closed_loop(srv.url, 1, a.capacity_s, seed=2))
+    finally:
+        srv.stop()
+    ok = [s.ms for s in shots if s.status == 200]
+    res["round_trip_ms"] = [round(pct(ok, 50), 2), round(pct(ok, 99), 2)]
+    res["round_trip_front"] = a.front
+    res["nproc"] = os.cpu_count()
+    res["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("mode", choices=["overload", "process-models"])
+    p.add_argument("mode", choices=["overload", "process-models", "profile"])
     p.add_argument("--bundle", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="path without suffix: .json, .md (and .png) are written")
     p.add_argument("--workers", type=int, default=1, help="worker processes of the one server (--front none)")
@@ -558,7 +618,7 @@ def main() -> None:
         print(f"error: {a.bundle} is not a bundle", file=sys.stderr)
         raise SystemExit(2)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    res = overload(a) if a.mode == "overload" else process_models(a)
+    res = {"overload": overload, "process-models": process_models, "profile": profile}[a.mode](a)
     res["command"] = "python -m benchmarks.overload " + " ".join(sys.argv[1:])
     res["out"] = str(a.out)
     from core.atomic import atomic_write_json, atomic_write_text
@@ -573,6 +633,22 @@ def _yes(ok: bool) -> str:
 
 
 def render_md(mode: str, r: dict[str, Any]) -> str:
+    if mode == "profile":
+        ip = r["in_process_ms"]
+        return f"""# What one query costs
+
+Command: `{r["command"]}` ({r["nproc"]} cores, load average {r["loadavg_1m"]} at the end). Bundle
+`{r["bundle"]}` ({r["ntotal"]} vectors), query tower {r["precision"]}; one thread; ms p50 / p99.
+
+| step | batch 1 | batch 4 (the whole batch) |
+|---|---|---|
+| encode | {ip["encode_b1"][0]} / {ip["encode_b1"][1]} | {ip["encode_b4"][0]} / {ip["encode_b4"][1]} |
+| search (top 100) | {ip["search_b1"][0]} / {ip["search_b1"][1]} | {ip["search_b4"][0]} / {ip["search_b4"][1]} |
+
+One keep-alive connection, closed loop, cache misses, through `crops serve`
+({"nginx in front" if r["round_trip_front"] == "nginx" else "no balancer"}): round trip
+{r["round_trip_ms"][0]} / {r["round_trip_ms"][1]} ms.
+"""
     if mode == "overload":
         v = "\n".join(f"| {k} | {'yes' if ok else '**no**'} |" for k, ok in r["verdict"].items())
         ramp = "\n".join(
