@@ -179,6 +179,7 @@ class Server:
         tree: Path | None = None,
         extra: list[str] | None = None,
         wait: bool = True,
+        nice: int = 0,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -188,6 +189,7 @@ class Server:
             full["PYTHONPATH"] = str(tree)
         self.proc = subprocess.Popen(
             [
+                *(["nice", "-n", str(nice)] if nice else []),
                 sys.executable,
                 "-m",
                 "crops",
@@ -281,13 +283,13 @@ class Front:
     def __init__(self, a: argparse.Namespace, env: dict[str, str], max_conns: int = 0) -> None:
         self.nginx: Nginx | None = None
         if a.front == "nginx":
-            self.servers = [Server(a.bundle, 1, env, wait=False) for _ in range(a.replicas)]
+            self.servers = [Server(a.bundle, 1, env, wait=False, nice=a.server_nice) for _ in range(a.replicas)]
             for srv in self.servers:
                 srv.wait_ready()
             self.nginx = Nginx([srv.port for srv in self.servers], max_conns)
             self.url = self.nginx.url
         else:
-            self.servers = [Server(a.bundle, a.workers, env)]
+            self.servers = [Server(a.bundle, a.workers, env, nice=a.server_nice)]
             self.url = self.servers[0].url
 
     def limit(self, max_conns: int) -> None:
@@ -434,6 +436,7 @@ def overload(a: argparse.Namespace) -> dict[str, Any]:
             "replicas": a.replicas if a.front == "nginx" else None,
             "precision": a.precision or "fp32",
             "bundle": str(a.bundle),
+            "server_nice": a.server_nice,
             "connections": a.connections,
             "duration_s": a.duration,
             "sweep": [r for r, _ in runs] if len(runs) > 1 else [],
@@ -601,6 +604,13 @@ def main() -> None:
         "a list (2,4,8) runs the overload once per value, a sizing sweep",
     )
     p.add_argument(
+        "--server-nice",
+        type=int,
+        default=0,
+        help="run every crops serve under nice -n N: the load generator (and nginx) get CPU first, as on "
+        "machines of their own; 0: same priority",
+    )
+    p.add_argument(
         "--precision", choices=["fp32", "int8", "fp16", "auto"], default=None, help="CROPS_ENCODER_PRECISION"
     )
     p.add_argument("--slo-ms", type=float, default=10.0, help="the SLO; the server's deadline in the overload run")
@@ -666,6 +676,11 @@ One keep-alive connection, closed loop, cache misses, through `crops serve`
         else:
             serving = f"one `crops serve --workers {r['workers']}`, no balancer"
             front_cpu = ""
+        if r.get("server_nice"):
+            serving += (
+                f"; every `crops serve` under `nice -n {r['server_nice']}`, so the load generator"
+                f"{' and nginx' if front_cpu else ''} get CPU first, as on machines of their own"
+            )
         sweep = ""
         if r.get("sweep"):
             rows = "\n".join(
