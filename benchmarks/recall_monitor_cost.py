@@ -92,14 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --shares takes numbers, got {args.shares!r}", file=sys.stderr)
         return 2
-    n = int(args.rate * (args.seconds + 3)) * args.rounds * len(shares) + 400
+    per_point = int(args.rate * (args.seconds + 3)) + 200  # each point's queries are new (no cache, no merge)
+    n = per_point * args.rounds * len(shares)
     queries, source = distinct_queries(n)
     rows: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for i, share in enumerate(shares):  # interleaved, and each round starts from another share
             share = shares[(i + r) % len(shares)]
-            k = len(rows) * int(args.rate * (args.seconds + 3) + 200)
-            bodies = [json.dumps({"query": q, "user_id": f"u{j}"}).encode() for j, q in enumerate(queries[k:])]
+            k = len(rows) * per_point
+            bodies = [json.dumps({"query": q, "user_id": f"u{j}"}).encode()
+                      for j, q in enumerate(queries[k:k + per_point])]
             p = point(args.bundle, share, bodies, args.rate, args.seconds, args.workers)
             p["round"] = r
             rows.append(p)
