@@ -229,33 +229,36 @@ class _Unreadable(dict):  # type: ignore[type-arg,unused-ignore]
     """A log line that is not JSON: it reaches the join and is counted as invalid there."""
 
 
+def _records(raw: bytes) -> Iterator[dict[str, Any]]:
+    """The record(s) in one log entry: an object, each event of ``{"events": [...]}``, or, for
+    anything that is not a JSON object (a torn line after a crash), one ``_Unreadable`` mapping that
+    the join counts as invalid instead of stopping."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        yield _Unreadable()
+        return
+    if isinstance(obj, dict) and isinstance(obj.get("events"), list):
+        yield from obj["events"]
+    else:
+        yield obj if isinstance(obj, dict) else _Unreadable()
+
+
 def read_jsonl_records(path: Path | str) -> Iterator[dict[str, Any]]:
-    """Records of a JSONL log (its rotated ``.1`` predecessor first). A line that is not a JSON
-    object (a torn last line after a crash) is yielded as an empty mapping, so the join counts it
-    instead of stopping; a line holding ``{"events": [...]}`` yields each event."""
+    """Records of a JSONL log (its rotated ``.1`` predecessor first), per ``_records``."""
     path = Path(path)
     for p in (path.with_suffix(path.suffix + ".1"), path):
         if not p.is_file():
             continue
         with p.open("rb") as fh:
             for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    yield _Unreadable()
-                    continue
-                if isinstance(obj, dict) and isinstance(obj.get("events"), list):
-                    yield from obj["events"]
-                elif isinstance(obj, dict):
-                    yield obj
-                else:
-                    yield _Unreadable()
+                if line.strip():
+                    yield from _records(line)
 
 
 def read_stream_records(redis_url: str, key: str, batch: int = 10_000) -> Iterator[dict[str, Any]]:
-    """Records of a Redis stream (each entry one JSON record in its single field), oldest first."""
+    """Records of a Redis stream (each entry one JSON record in its single field), oldest first, per
+    ``_records``."""
     import redis
 
     client = redis.Redis.from_url(redis_url)
@@ -264,16 +267,7 @@ def read_stream_records(redis_url: str, key: str, batch: int = 10_000) -> Iterat
         while True:
             rows: Any = client.xrange(key, min=start, count=batch)
             for _, fields in rows:
-                raw = next(iter(fields.values()), b"")
-                try:
-                    obj = json.loads(raw)
-                except ValueError:
-                    yield _Unreadable()
-                    continue
-                if isinstance(obj, dict) and isinstance(obj.get("events"), list):
-                    yield from obj["events"]
-                else:
-                    yield obj if isinstance(obj, dict) else _Unreadable()
+                yield from _records(next(iter(fields.values()), b""))
             if len(rows) < batch:
                 return
             start = "(" + rows[-1][0].decode()
