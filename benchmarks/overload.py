@@ -16,7 +16,7 @@ nginx least_conn in front of two one-worker replicas (deploy/nginx/nginx.conf), 
 ``--old-tree`` points at a checkout that still has it, the removed home-made least-conn dispatcher.
 
     python -m benchmarks.overload overload --bundle runs/b --out docs/results/overload
-    python -m benchmarks.overload overload --bundle runs/b --front nginx --max-conns 4 --out docs/results/overload
+    python -m benchmarks.overload overload --bundle runs/b --front nginx --max-conns 2,4,6 --out docs/results/overload
     python -m benchmarks.overload process-models --bundle runs/b --old-tree /tmp/old --out docs/results/process_models
 """
 
