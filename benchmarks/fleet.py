@@ -34,8 +34,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
-import shutil
 import signal
 import statistics
 import sys
@@ -78,18 +76,6 @@ class Bodies:
         return part
 
 
-def nginx_conf(template: str, upstreams: list[int], port: int, prefix: Path) -> str:
-    """The deployment's nginx.conf as shipped (least_conn, its per-replica limits), with its one upstream
-    server line repeated for each local replica port, and its listen port and pid file made local."""
-    line = re.search(r"server crops:8000([^;]*);", template)
-    if line is None:
-        raise ValueError("nginx.conf: expected one 'server crops:8000 ...;' upstream line")
-    servers = " ".join(f"server 127.0.0.1:{p}{line.group(1)};" for p in upstreams)
-    conf = template.replace(line.group(0), servers)
-    conf = re.sub(r"listen \d+;", f"listen 127.0.0.1:{port};", conf)
-    return re.sub(r"pid [^;]+;", f"pid {prefix / 'nginx.pid'};", conf)
-
-
 @contextlib.contextmanager
 def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str], logs: Path
             ) -> Iterator[tuple[str, list[int], int]]:
@@ -106,19 +92,12 @@ def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str],
             wait_workers(url, 2, timeout=900.0)  # every worker loaded, or the first seconds are uneven
             yield url, [proc.pid], 2
     elif name == "nginx":
-        nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-        if nginx is None:
-            raise FileNotFoundError("nginx is not installed (apt-get install nginx-light)")
+        h.nginx_exe()  # not installed: the row is skipped before any replica starts
         ports = [h.free_port(), h.free_port()]
-        prefix = logs / "nginx"
-        (prefix / "logs").mkdir(parents=True, exist_ok=True)
-        conf = prefix / "nginx.conf"
-        conf.write_text(nginx_conf((h.ROOT / "deploy" / "nginx" / "nginx.conf").read_text(), ports, port, prefix))
         with contextlib.ExitStack() as stack:
             replicas = [stack.enter_context(h.server(serve(p, 1), port=p, name=f"nginx-replica{i}", env=env,
                                                      log_dir=logs)) for i, p in enumerate(ports)]
-            stack.enter_context(h.server([nginx, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
-                                         port=port, name="nginx", env=env, log_dir=logs, ready_timeout=60.0))
+            stack.enter_context(h.nginx(ports, port=port, log_dir=logs))
             yield url, [r.pid for r in replicas], 2
     elif name == "granian":
         cmd = [py, "-m", "granian", "--interface", "asgi", "--factory", "--workers", "2", "--host", "127.0.0.1",

@@ -1,14 +1,16 @@
 """What the benchmark scripts share: servers, memory, load runs, the SLO rate search, reports.
 
 - processes: :func:`free_port`, :func:`server_env`, :func:`server` (start, wait for ``/readyz``,
-  stop), :func:`stop`, :func:`pinned`;
+  stop), :func:`stop`, :func:`pinned`; nginx in front of replicas: :func:`nginx_conf` (the deployment's
+  config made local), :func:`nginx_exe`, :func:`nginx` (started with it, like :func:`server`);
 - memory of a process tree: :func:`tree_peak_rss_mib` (VmHWM), :func:`tree_pss_mib`;
 - load: :func:`measure_open` (fixed rate, open loop) and :func:`measure_closed` (closed loop), both
   ``loadtest.openloop`` summarised by ``loadtest.report.run_stats``; :func:`distinct_queries`;
 - the SLO: :func:`meets_slo` (one point) and :func:`max_rate_within_slo` (bisection over rates);
 - the machine: :func:`machine_info`, :func:`other_processes_cores`;
 - reports: :func:`fmt`, :func:`markdown_table`, :func:`write_report` (markdown + JSON + PNG through
-  ``core.atomic``).
+  ``core.atomic``);
+- scripts: :func:`log` (a timestamped progress line), :func:`bundle_arg` (``--bundle``, checked).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +46,16 @@ def log(msg: str) -> None:
     print(f"[bench {datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def bundle_arg(path: str) -> Path:
+    """An argparse ``type`` for ``--bundle``: the path when it holds a bundle (a ``manifest.json``), else
+    a usage error (exit 2) before anything starts."""
+    import argparse
+
+    if not (Path(path) / "manifest.json").is_file():
+        raise argparse.ArgumentTypeError(f"{path} is not a bundle (no manifest.json)")
+    return Path(path)
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -52,10 +66,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_env(**overrides: str) -> dict[str, str]:
+def server_env(*, isolated: bool = False, **overrides: str) -> dict[str, str]:
     """This process's environment for a measured server: cache off, one thread per worker, and no
-    Redis, A/B configuration, bundle or metrics folder inherited from the caller; then ``overrides``."""
-    env = {**os.environ, "CROPS_CACHE": "none", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    Redis, A/B configuration, bundle or metrics folder inherited from the caller (``isolated``: no
+    ``CROPS_*`` variable at all, so the server's settings are its defaults and what is set here); then
+    ``overrides``."""
+    inherited = {k: v for k, v in os.environ.items() if not (isolated and k.startswith("CROPS_"))}
+    env = {**inherited, "CROPS_CACHE": "none", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     for key in ("CROPS_REDIS_URL", "CROPS_EXPERIMENTS", "CROPS_BUNDLE", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(key, None)
     env.update(overrides)
@@ -101,6 +118,68 @@ def server(
         yield proc
     finally:
         stop(proc)
+
+
+NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
+
+
+def nginx_conf(template: str, upstreams: Sequence[int], port: int, prefix: Path, *, max_conns: int | None = None,
+               worker_processes: int | None = None) -> str:
+    """The deployment's nginx.conf as shipped (least_conn, its per-replica limits), with its one upstream
+    server line repeated for each local replica port, and its listen port and pid file made local.
+    ``max_conns`` replaces the shipped per-replica limit (0: none); ``worker_processes`` the shipped
+    count (e.g. 1 on a small box, where the replicas need the cores)."""
+    line = re.search(r"server crops:8000([^;]*);", template)
+    if line is None:
+        raise ValueError("nginx.conf: expected one 'server crops:8000 ...;' upstream line")
+    options = line.group(1)
+    if max_conns is not None:
+        options = re.sub(r"\s+max_conns=\d+", "", options) + (f" max_conns={max_conns}" if max_conns > 0 else "")
+    servers = " ".join(f"server 127.0.0.1:{p}{options};" for p in upstreams)
+    conf = template.replace(line.group(0), servers)
+
+    def directive(name: str, value: str, text: str) -> str:  # a directive's line, never a comment's words
+        return re.sub(rf"^(\s*){name} [^;\n]+;", lambda m: f"{m.group(1)}{name} {value};", text, flags=re.M)
+
+    conf = directive("listen", f"127.0.0.1:{port}", conf)
+    if worker_processes is not None:
+        conf = directive("worker_processes", str(worker_processes), conf)
+    return directive("pid", str(prefix / "nginx.pid"), conf)
+
+
+def nginx_exe() -> str:
+    """The nginx binary; ``FileNotFoundError`` when it is not installed (check before starting replicas)."""
+    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if exe is None:
+        raise FileNotFoundError("nginx is not installed (apt-get install nginx-light)")
+    return exe
+
+
+@contextlib.contextmanager
+def nginx(
+    upstreams: Sequence[int],
+    *,
+    port: int,
+    max_conns: int | None = None,
+    worker_processes: int | None = None,
+    name: str = "nginx",
+    log_dir: Path = RUNS,
+    ready_timeout: float = 60.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx with :func:`nginx_conf` (``deploy/nginx/nginx.conf``; ``max_conns``, ``worker_processes``
+    as there) in front of the replicas on ``upstreams``, listening on 127.0.0.1:``port``; its prefix
+    (config, pid, temporary files) is ``log_dir/NAME``, its log ``log_dir/NAME.log`` (every refusal is
+    logged: a file, never a pipe). Run by :func:`server`: yielded once ``/readyz`` answers through it (a
+    replica's), stopped on exit. ``FileNotFoundError`` when nginx is not installed."""
+    exe = nginx_exe()
+    prefix = log_dir / name
+    (prefix / "logs").mkdir(parents=True, exist_ok=True)  # nginx opens logs/error.log before its config
+    conf = prefix / "nginx.conf"
+    conf.write_text(nginx_conf(NGINX_CONF.read_text(), upstreams, port, prefix, max_conns=max_conns,
+                               worker_processes=worker_processes))
+    with server([exe, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"], port=port, name=name,
+                log_dir=log_dir, ready_timeout=ready_timeout) as proc:
+        yield proc
 
 
 @contextlib.contextmanager

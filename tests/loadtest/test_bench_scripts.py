@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from benchmarks import harness as h
-from benchmarks.fleet import nginx_conf, render_markdown
+from benchmarks.fleet import render_markdown
 from core.errors import CropsError
 from loadtest.openloop import closed_loop, open_loop
 from loadtest.ready import NotReady, wait_ready
@@ -247,6 +247,10 @@ def test_server_env_drops_what_a_measured_server_must_not_inherit(monkeypatch: p
     env = h.server_env(CROPS_ENCODER_PRECISION="int8")
     assert "CROPS_REDIS_URL" not in env and "PROMETHEUS_MULTIPROC_DIR" not in env
     assert env["CROPS_CACHE"] == "none" and env["OMP_NUM_THREADS"] == "1" and env["CROPS_ENCODER_PRECISION"] == "int8"
+    monkeypatch.setenv("CROPS_MAX_BATCH", "64")
+    assert h.server_env()["CROPS_MAX_BATCH"] == "64"  # other settings pass through, unless isolated
+    env = h.server_env(isolated=True, CROPS_DEADLINE_MS="50")
+    assert "CROPS_MAX_BATCH" not in env and env["CROPS_DEADLINE_MS"] == "50" and env["CROPS_CACHE"] == "none"
 
 
 def test_distinct_queries_never_repeat(tmp_path: Path) -> None:
@@ -333,13 +337,19 @@ def test_markdown_table_and_fmt() -> None:
 
 def test_nginx_conf_keeps_the_shipped_limits_and_points_at_local_replicas(tmp_path: Path) -> None:
     template = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
-    conf = nginx_conf(template, [18001, 18002], 18000, tmp_path)
+    conf = h.nginx_conf(template, [18001, 18002], 18000, tmp_path)
     assert "crops:8000" not in conf and f"pid {tmp_path / 'nginx.pid'};" in conf
     assert "listen 127.0.0.1:18000;" in conf and "least_conn;" in conf
     shipped = template.split("server crops:8000", 1)[1].split(";", 1)[0]  # e.g. " max_fails=0 max_conns=4"
     assert f"server 127.0.0.1:18001{shipped}; server 127.0.0.1:18002{shipped};" in conf
     with pytest.raises(ValueError):
-        nginx_conf("http { }", [1], 2, tmp_path)
+        h.nginx_conf("http { }", [1], 2, tmp_path)
+    # the overload benchmark's sizing: its own per-replica limit (0: none) and one nginx worker process
+    conf = h.nginx_conf(template, [18001], 18000, tmp_path, max_conns=6, worker_processes=1)
+    assert "server 127.0.0.1:18001 max_fails=0 max_conns=6;" in conf and "\nworker_processes 1;" in conf
+    # a directive is replaced on its own line, never words in a comment (nothing else is touched)
+    assert "zone crops_upstream" in conf and conf.count("\n") == template.count("\n")
+    assert "server 127.0.0.1:18001 max_fails=0;" in h.nginx_conf(template, [18001], 18000, tmp_path, max_conns=0)
 
 
 # --------------------------------------------------------------------------- the limit script
