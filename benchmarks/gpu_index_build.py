@@ -76,7 +76,7 @@ def build(factory: str, vectors: np.ndarray, device: str, seed: int) -> tuple[An
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     index, built_on = ops.train_and_add(factory, vectors, seed=seed, use_gpu=device == "cuda", timings=timings)
-    row = {"built_on": built_on, "train_s": round(timings["train_s"], 2), "add_s": round(timings["add_s"], 2),
+    row = {"built_on": built_on, "train_s": round(timings["train_s"], 4), "add_s": round(timings["add_s"], 4),
            "total_s": round(time.perf_counter() - t0, 2)}
     print(f"{device}: built on {built_on}: train {row['train_s']} s, add {row['add_s']} s, "
           f"total {row['total_s']} s", flush=True)

@@ -43,13 +43,7 @@ def test_device_flag_values() -> None:
 
 def test_gpu_benchmark_script_cpu_path(tmp_path: Path) -> None:
     """The script the GPU machine runs, on CPU with a small n: timings, tuned point, recall written."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_index_build.py"
-    spec = importlib.util.spec_from_file_location("gpu_index_build", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from benchmarks import gpu_index_build as mod
     out = tmp_path / "r.json"
     rc = mod.main(["--device", "cpu", "--n", "3000", "--n-queries", "60", "--factory", "IVF16,PQ16x4,RFlat",
                    "--target-recall", "0.9", "--out", str(out)])
