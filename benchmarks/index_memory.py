@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import harness as h
-from benchmarks.vectors import expand
+from benchmarks.vectors import ensure_model_bundle, expand, real_query_split
 from core.atomic import atomic_write_bytes, atomic_write_json
 
 ROOT = h.ROOT
@@ -70,12 +71,13 @@ def base_vectors() -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     from core.manifest import verify_bundle
+    from core.normalize import normalize_text
     from index_builder.build import build_from_vectors
-    from index_builder.queries import read_query_texts, split_given
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
-    ap.add_argument("--model", type=Path, default=WORK / "model8", help="exported bundle with its int8 variant")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="exported bundle with its int8 variant (default: crops export into runs/realq/model)")
     ap.add_argument("--factories", default=";".join(FACTORIES), help="faiss factories, ;-separated")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "index_memory_1M.md")
@@ -84,23 +86,28 @@ def main(argv: list[str] | None = None) -> int:
 
     faiss.omp_set_num_threads(2)  # build + exact truth; tuning and the workers time one thread
     base = base_vectors()
+    a.model = ensure_model_bundle(a.model, WORK)
     vec_path = WORK / f"vectors_{a.n}.npy"
     if vec_path.is_file():
         vectors = np.load(vec_path, mmap_mode="r")
     else:
         vectors = expand(base, a.n)
         np.save(vec_path, vectors)
-    texts = read_query_texts(WORK / "sets" / "microlens_mimics" / "queries.jsonl")
-    qs = split_given(texts, 300, 0, "MIMICS-Manual")
+    # The bench's split (benchmarks.vectors.real_query_split): the fleet bench can serve this bundle
+    # and measure recall on its held-out half, which no tuning here saw.
+    split = real_query_split(n=300)
+    if split is None:
+        raise SystemExit("error: the MIMICS-Manual queries are missing (../shared/data/mimics_manual)")
+    tune_q, report_q = [normalize_text(q) for q in split[0]], [normalize_text(q) for q in split[1]]
     m = verify_bundle(a.model).model
     assert m is not None
     from core.onnx_encoder import OnnxEncoder
 
     enc = OnnxEncoder(a.model / m.query_onnx, a.model / m.tokenizer, m.max_query_tokens)
-    tune_v = enc.encode_batched(qs.tune, 64, normalized=True)
-    rep_v = enc.encode_batched(qs.report, 64, normalized=True)
+    tune_v = enc.encode_batched(tune_q, 64, normalized=True)
+    rep_v = enc.encode_batched(report_q, 64, normalized=True)
     qfile = WORK / "held_out_queries.json"
-    qfile.write_text(json.dumps(qs.report))
+    qfile.write_text(json.dumps(report_q))
     ids = [f"v{i:07d}" for i in range(a.n)]
     rows = []
     for factory in [f.strip() for f in a.factories.split(";") if f.strip()]:
@@ -138,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
     lines = ["# Memory per worker with the 1M index", "",
              f"{a.n} vectors (real MiniLM embeddings of MicroLens titles + ActivityNet captions, expanded); "
-             f"{len(qs.tune)} MIMICS tuning queries, {len(qs.report)} held out; {a.workers} workers loaded at "
+             f"{len(tune_q)} MIMICS tuning queries, {len(report_q)} held out (`benchmarks.vectors.real_query_split`); "
+             f"{a.workers} workers loaded at "
              "once with the service's `Retriever` (int8 query tower + index + id map), each answering every "
              "held-out query at batch 1 (encode + search, 1 thread). Memory: RSS and PSS per worker "
              "(`/proc/PID/smaps_rollup`, the larger worker).", "",
-             f"    python -m benchmarks.index_memory --n {a.n}", "",
+             "    python -m benchmarks.index_memory " + shlex.join(sys.argv[1:] if argv is None else argv), "",
              "| factory | nprobe / k_factor | recall@100 tune / held-out | index MiB | RSS MiB / worker | "
              "PSS MiB / worker | p50 / p99 ms |", "|---|---|---|---|---|---|---|"]
     for r in rows:

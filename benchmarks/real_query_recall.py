@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness import DATA, ROOT
+from benchmarks.vectors import ensure_model_bundle, mimics_queries
 from core.atomic import atomic_write_bytes, atomic_write_json
 
 WORK = ROOT / "runs" / "realq"
@@ -87,12 +88,7 @@ def microlens_mimics_set(data: Path, out: Path) -> Path:
         for row in csv.reader(fh):
             if len(row) >= 2 and row[1].strip():
                 docs.append({"_id": f"m{row[0].strip()}", "title": row[1].strip(), "text": ""})
-    seen: dict[str, None] = {}
-    with open(data / "mimics_manual" / "MIMICS-Manual.tsv", encoding="utf-8") as fh:
-        for r in csv.DictReader(fh, delimiter="\t"):
-            if (r.get("query") or "").strip():
-                seen.setdefault(r["query"].strip(), None)
-    queries = [{"_id": f"b{i}", "text": q} for i, q in enumerate(seen)]
+    queries = [{"_id": f"b{i}", "text": q} for i, q in enumerate(mimics_queries(data))]
     return _write_beir(out, docs[:MAX_DOCS], queries)
 
 
@@ -242,7 +238,8 @@ def write_report(results: list[dict[str, Any]], out_md: Path, command: str) -> N
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--model", type=Path, default=WORK / "model", help="exported bundle (crops export)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="exported bundle (default: crops export into runs/realq/model, once)")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--n-queries", type=int, default=300, help="tuning queries (and held-out real ones), at most")
     ap.add_argument("--threads", type=int, default=2)
@@ -257,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.data.is_dir():
         print(f"error: {a.data} not found (the public data sets live beside the repository)", file=sys.stderr)
         return 2
-    if not (a.model / "manifest.json").is_file():
-        print(f"error: no bundle at {a.model}; run `crops export --out {a.model}` first", file=sys.stderr)
-        return 2
+    a.model = ensure_model_bundle(a.model, WORK)  # the pretrained export, made once when not given
     results = []
     for name in names:
         set_dir = make_set(name, a.data, WORK)

@@ -7,8 +7,10 @@ steps (``docs/explanation/index.md``):
    MicroLens-100k titles and one description per ActivityNet video, from ``../shared/data``; without
    it, a generated catalog, and the bench says so), cached under ``runs/perf``;
 2. :func:`expand`: clustered perturbation up to N vectors; then the index builder's own
-   ``build_from_vectors`` builds the default factory and tunes nprobe/k_factor on queries of the mix
-   (:func:`tuning_texts`); :func:`measured_recall` checks recall@100 against exact search on others.
+   ``build_from_vectors`` builds the default factory and tunes nprobe/k_factor on real queries (half
+   of the MIMICS-Manual Bing queries, :func:`real_query_split`; without ``../shared/data``, queries of
+   the generated mix, :func:`tuning_texts`); :func:`measured_recall` checks recall@100 against exact
+   search on the other half, none of them seen by the tuning.
 
 :func:`ensure_bench_bundle` does all of it once per N and reuses the result.
 """
@@ -131,6 +133,32 @@ def expand(base: np.ndarray, n: int, *, sigma: float = 0.01, neighbours: int = 1
     return out
 
 
+def mimics_queries(data: Path = DATA) -> list[str]:
+    """The distinct MIMICS-Manual queries (real Bing queries), in file order; [] without the data."""
+    seen: dict[str, None] = {}
+    try:
+        with open(data / "mimics_manual" / "MIMICS-Manual.tsv", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh, delimiter="\t"):
+                q = (row.get("query") or "").strip()
+                if q:
+                    seen.setdefault(q, None)
+    except OSError:
+        return []
+    return list(seen)
+
+
+def real_query_split(data: Path = DATA, n: int = 1000) -> tuple[list[str], list[str], str] | None:
+    """(tuning, held-out, source): the MIMICS-Manual queries shuffled and halved (≤ ``n`` each), as
+    ``crops index build --queries`` splits them; None without the data."""
+    from index_builder.queries import split_given
+
+    texts = mimics_queries(data)
+    if not texts:
+        return None
+    qs = split_given(texts, n, 0, "MIMICS-Manual Bing queries")
+    return qs.tune, qs.report, f"MIMICS-Manual Bing queries ({len(qs.tune)} tune, {len(qs.report)} held out)"
+
+
 def tuning_texts(queries: list[str]) -> list[str]:
     """The queries nprobe/k_factor are tuned on (every other query of the mix, 1,000 at most); recall
     is reported on queries outside them."""
@@ -151,6 +179,7 @@ def ensure_bench_bundle(
     base_bundle: Path | None = None,
     factory: str | None = None,
     target_recall: float = 0.95,
+    tune_source: str = "queries of the generated mix",
 ) -> tuple[Path, Path, str]:
     """(bundle, vectors.npy, description): ``n`` expanded vectors indexed into a copy of ``model`` with
     the builder's default factory (or ``factory``) tuned to ``target_recall`` on ``tune_texts``; built
@@ -175,7 +204,8 @@ def ensure_bench_bundle(
         shutil.copytree(model, bundle)
         vectors = np.load(vec_path)
         build_from_vectors(bundle, vectors, [f"v{i:07d}" for i in range(len(vectors))], encode(model, tune_texts),
-                           corpus=f"bench:expanded:{n}", factory=factory, target_recall=target_recall)
+                           corpus=f"bench:expanded:{n}", factory=factory, target_recall=target_recall,
+                           queries_kind="given", queries_source=tune_source)
     return bundle, vec_path, f"{len(base)} real embeddings ({source}) expanded to {n}"
 
 
