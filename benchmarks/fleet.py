@@ -22,7 +22,7 @@ Each HTTP row but the naive one: ``loadtest.openloop`` at ``--rate`` from ``--co
 connections (request i released at start + i/rate; p50/p99/p99.9 from each release), then a bisection
 over fixed rates for the highest with p99 ≤ the SLO, no failure and ≥ 98 % of the rate achieved
 (``harness.max_rate_within_slo``); then a closed loop on the same connections (the most requests/s at
-any latency); memory: peak RSS (VmHWM) and PSS of the server's process trees per worker. The naive
+any latency); memory: the largest one-process peak RSS and the trees' PSS per worker. The naive
 peer is two orders of magnitude slower: its row is its best closed-loop throughput at 1, 2 and 4
 connections. Queries are distinct (``harness.distinct_queries``): none is sent twice within a run,
 so no cache or single-flight merges requests.
@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -127,10 +128,10 @@ def http_row(name: str, url: str, bodies: Bodies, a: argparse.Namespace, *, ceil
     h.measure_closed(url, bodies.take(1000), connections=2, seconds=3)  # warm-up; nothing left queued after it
     if name == "naive":
         points = [h.measure_closed(url, bodies.take(2000), connections=c, seconds=a.seconds) for c in (1, 2, 4)]
-        best = max(points, key=lambda p: p["rps"])
-        row.update(closed_loop=points, best_closed_loop=best, max_rps_any_latency=best["rps"],
+        best = max(points, key=lambda p: p["ok_rps"])
+        row.update(closed_loop=points, best_closed_loop=best, max_rps_any_latency=best["ok_rps"],
                    max_rps_within_slo=None, at_rate=None, search=[])
-        h.log(f"{name}: {best['rps']} req/s at {best['connections']} connections (any latency)")
+        h.log(f"{name}: {best['ok_rps']} req/s at {best['connections']} connections (any latency)")
     else:
         def measure(rate: float) -> dict[str, Any]:
             need = int(rate * a.seconds) + 10
@@ -144,10 +145,13 @@ def http_row(name: str, url: str, bodies: Bodies, a: argparse.Namespace, *, ceil
         closed = h.measure_closed(url, bodies.take(int(ceiling * a.seconds * 1.5) + 100),
                                   connections=a.connections, seconds=a.seconds)
         row.update(at_rate=at, search=found["points"], max_rps_within_slo=found["best"], closed_loop=[closed],
-                   max_rps_any_latency=closed["rps"])
+                   max_rps_any_latency=closed["ok_rps"])  # answered requests/s: shed 503s are not throughput
+    # Per worker: the largest single process's peak RSS (a worker: the supervisor of `crops serve` loads
+    # the app once to fail fast, then frees it, so summing peaks over the tree would count that twice),
+    # and the tree's PSS now (the supervisor's share included) divided by the workers.
     rss = sum(h.tree_peak_rss_mib(p) for p in pids)
     pss = sum(h.tree_pss_mib(p) for p in pids)
-    row.update(peak_rss_mib=round(rss, 1), rss_mib_per_worker=round(rss / workers, 1),
+    row.update(peak_rss_mib=round(rss, 1), rss_mib_per_worker=max(h.largest_peak_rss_mib(p) for p in pids),
                pss_mib_per_worker=round(pss / workers, 1))
     return row
 
@@ -256,9 +260,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{result['seconds']:g} s point is left out. Max rate within the SLO: the highest fixed rate with p99 ≤ "
         f"{slo:g} ms, no failure and ≥ 98 % of the rate achieved, by bisection from {rate:g} req/s "
         "(`benchmarks.harness.max_rate_within_slo`). Max at any latency: a closed loop on the same connections "
-        "(each sends again as soon as it is answered).",
-        "- **memory**: peak RSS (VmHWM) and PSS of the server's process trees (supervisor included) at the end, "
-        "divided by the workers.",
+        "(each sends again as soon as it is answered), counting answered requests only: a shed 503 is fast "
+        "and is not throughput.",
+        "- **memory**: RSS per worker is the largest peak RSS (VmHWM) of one process of the row (a worker; "
+        "shared pages counted in full); PSS per worker is the PSS of the server's process trees (supervisor "
+        "included) at the end, divided by the workers.",
         "- Every row runs alone, one after another, on the same machine, bundle and queries; each query is "
         "sent once per pool pass, so no cache or single-flight merges requests (the service's cache is off).",
         "",
@@ -315,6 +321,30 @@ def figure(result: dict[str, Any]) -> Any:
     return fig
 
 
+def operating_point(bundle: Path, search: str, work: Path) -> Path:
+    """A copy of ``bundle`` whose manifest serves ``NPROBE/K_FACTOR``, a point of its tuning curve; the
+    manifest's recall is that point's recall on the tuning queries (the bench measures held-out)."""
+    from core.manifest import read_manifest, write_manifest
+
+    try:
+        nprobe, k_factor = int(search.split("/")[0]), float(search.split("/")[1])
+    except (IndexError, ValueError):
+        raise SystemExit(f"error: --search wants NPROBE/K_FACTOR, e.g. 32/8, not {search!r}") from None
+    man = read_manifest(bundle)
+    assert man.index is not None and man.index.curve_json
+    curve = json.loads((bundle / man.index.curve_json).read_text())["points"]
+    point = next((p for p in curve if p["nprobe"] == nprobe and p["k_factor"] == k_factor), None)
+    if point is None:
+        raise SystemExit(f"error: {search} is not on {bundle}'s tuning curve")
+    target = work / f"{bundle.name}_np{nprobe}_k{k_factor:g}"
+    if not target.is_dir():
+        shutil.copytree(bundle, target)
+    man.index.nprobe, man.index.k_factor, man.index.recall_at_100 = nprobe, k_factor, point["recall"]
+    man.index.recall_at_100_report, man.index.target_met = None, point["recall"] >= (man.index.target_recall or 0)
+    write_manifest(target, man)
+    return target
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="vectors in the bench index")
@@ -336,6 +366,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
                     help="encoder variant for the limit and the service (auto: int8 when the bundle has it)")
     ap.add_argument("--work", type=Path, default=h.RUNS, help="bench bundles, vectors and server logs")
+    ap.add_argument("--search", default=None, metavar="NPROBE/K_FACTOR",
+                    help="serve another point of the bundle's tuning curve (a copy of the bundle), e.g. 32/8")
     ap.add_argument("--prepare-only", action="store_true", help="build the bench bundle and vectors, then stop")
     ap.add_argument("--out", type=Path, default=None, help="report path (default BUNDLE_results/bench.md)")
     ap.add_argument("--publish", action="store_true", help="also write docs/results/bench.md, .json, .png")
@@ -367,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         bundle, vec_path, vec_desc = bv.ensure_bench_bundle(a.n, model, work, tune, base_bundle=a.base_bundle,
                                                             factory=a.factory, target_recall=a.target_recall,
                                                             tune_source=tune_source)
+    if a.search:
+        bundle = operating_point(bundle, a.search, work if not a.bundle else bundle.parent)
     if a.prepare_only:
         h.log(f"prepared {bundle} ({vec_desc})")
         return 0

@@ -222,6 +222,14 @@ def tree_peak_rss_mib(pid: int) -> float:
     return round(sum(found) / 1024, 1) if found else float("nan")
 
 
+def largest_peak_rss_mib(pid: int) -> float:
+    """The largest peak resident set (VmHWM) of one process in ``pid``'s tree, MiB (a worker's, shared
+    pages counted in full); nan if gone."""
+    kib = [_proc_kib(f"/proc/{p}/status", "VmHWM:") for p in tree_pids(pid)]
+    found = [k for k in kib if k is not None]
+    return round(max(found) / 1024, 1) if found else float("nan")
+
+
 def tree_pss_mib(pid: int) -> float:
     """Sum of the proportional set size (PSS, pages shared between processes split among them) over a
     process and its descendants now, MiB; nan if gone or unreadable."""

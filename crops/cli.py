@@ -10,6 +10,7 @@ import logging
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from core.errors import CropsError
 from crops import (
@@ -57,6 +58,13 @@ def main() -> None:
         app()
     except CropsError as exc:
         typer.echo(f"error: {exc.message}", err=True)
+        sys.exit(2)
+    except ValidationError as exc:  # e.g. a bad CROPS_* variable: pydantic-settings validates the environment
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or exc.title
+        if exc.title.endswith("Settings"):
+            where = f"CROPS_{where.upper()}"
+        typer.echo(f"error: invalid {where}={first.get('input')!r}: {first['msg']}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

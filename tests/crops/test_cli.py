@@ -34,3 +34,13 @@ def test_not_a_bundle_is_one_line(tmp_path: Path, tiny_corpus: Path) -> None:
 def test_eval_on_a_folder_that_is_not_beir(tmp_path: Path) -> None:
     out = _crops("eval", "beir", "--data", str(tmp_path), "--json")
     assert out.returncode == 2 and "error:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_bad_setting_in_the_environment_is_one_line(tiny_bundle: Path) -> None:
+    import os
+
+    env = {**os.environ, "CROPS_CACHE_SIZE": "0"}
+    r = subprocess.run([sys.executable, "-m", "crops", "serve", "--bundle", str(tiny_bundle), "--port", "1"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: invalid CROPS_CACHE_SIZE='0'")

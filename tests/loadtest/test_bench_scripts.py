@@ -368,3 +368,36 @@ def test_limit_script_measures_the_serving_path(tiny_bundle: Path, tmp_path: Pat
     assert out["processes"] == 1 and out["cpus"] == [0]
     assert out["rps"] > 0 and 0 < out["p50_ms"] <= out["p99_ms"]
     assert out["peak_rss_mib"] > 50  # a real model and index were loaded
+
+
+def test_operating_point_serves_another_point_of_the_tuning_curve(tmp_path: Path, model_bundle: Path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from benchmarks.fleet import operating_point
+    from core.manifest import verify_bundle
+    from index_builder.build import build_from_vectors
+
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(3000, 384)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    q = docs[:60] + 0.3 * rng.normal(size=(60, 384)).astype(np.float32)
+    bundle = tmp_path / "b"
+    shutil.copytree(model_bundle, bundle)
+    build_from_vectors(bundle, docs, [f"d{i}" for i in range(len(docs))], q / np.linalg.norm(q, axis=1, keepdims=True),
+                       ann=True, n_latency=5, use_gpu=False)
+    built = verify_bundle(bundle, require_index=True).index
+    assert built is not None and built.curve_json
+    curve = json.loads((bundle / built.curve_json).read_text())["points"]
+    other = next(p for p in curve if (p["nprobe"], p["k_factor"]) != (built.nprobe, built.k_factor))
+
+    copy = operating_point(bundle, f"{other['nprobe']}/{other['k_factor']:g}", tmp_path)
+    sec = verify_bundle(copy, require_index=True).index  # checksums still hold
+    assert sec is not None and copy != bundle
+    assert (sec.nprobe, sec.k_factor, sec.recall_at_100) == (other["nprobe"], other["k_factor"], other["recall"])
+    assert verify_bundle(bundle, require_index=True).index.nprobe == built.nprobe  # type: ignore[union-attr]
+    with pytest.raises(SystemExit, match=r"error: .*not on"):
+        operating_point(bundle, "100000/3", tmp_path)
+    with pytest.raises(SystemExit, match="error: --search wants"):
+        operating_point(bundle, "fast", tmp_path)

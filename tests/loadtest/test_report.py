@@ -69,6 +69,7 @@ def test_run_stats_counts_the_window_and_its_rate() -> None:
     samples[160].latency_ms = 40.0
     st = run_stats(samples, 3.0, warmup_s=1.0)
     assert st["requests"] == 200 and st["rps"] == 100.0 and st["failures"] == 1
+    assert st["ok_rps"] == 99.5  # the shed request is sent, not answered
     assert st["p50_ms"] == 2.0 and st["max_ms"] == 40.0 and st["p999_ms"] == 40.0
     assert st["mean_ms"] == pytest.approx((198 * 2.0 + 40.0) / 199, abs=1e-3)
     assert run_stats(samples, 2.0)["requests"] == 200  # samples sent after the end are not counted
