@@ -274,9 +274,10 @@ def test_machine_info_and_other_cores() -> None:
 
 
 def _result() -> dict[str, Any]:
-    point = {"rate": 400.0, "rps": 399.0, "failures": 0, "p50_ms": 3.0, "p99_ms": 8.5, "p999_ms": 12.0}
+    point = {"rate": 400.0, "rps": 399.0, "ok_rps": 398.0, "failures": 0, "p50_ms": 3.0, "p99_ms": 8.5, "p999_ms": 12.0}
     row = {"title": "crops serve, 2 workers", "workers": 2, "at_rate": {**point, "within_slo": True},
-           "search": [{**point, "rate": 440.0, "p99_ms": 11.0, "within_slo": False}], "max_rps_within_slo": 400.0,
+           "search": [{**point, "rate": 440.0, "ok_rps": 420.0, "p99_ms": 11.0, "within_slo": False}],
+           "max_rps_within_slo": 400.0,
            "closed_loop": [{"connections": 32, "rps": 455.0, "p50_ms": 60.0, "p99_ms": 90.0, "failures": 0}],
            "max_rps_any_latency": 455.0, "rss_mib_per_worker": 700.0, "pss_mib_per_worker": 650.0}
     naive = {"title": "naive peer", "workers": 1, "at_rate": None, "search": [], "max_rps_within_slo": None,
@@ -301,9 +302,10 @@ def _result() -> dict[str, Any]:
 
 def test_report_renders_every_row_and_says_what_was_not_measured(tmp_path: Path) -> None:
     md = render_markdown(_result())
-    service = "| service | crops serve, 2 workers | 3.00 / 8.50 / 12.00 | 0 | 400.0 | 0.833 | 455.0 | 700.0 | 650.0 |"
+    service = ("| service | crops serve, 2 workers | 3.00 / 8.50 / 12.00 | 0 | 400.0 | 0.833 | 420.0 | 455.0 | 700.0 "
+               "| 650.0 |")
     assert service in md
-    assert "| naive | naive peer | – | – | – | n/a | 6.8 | 4000.0 | 3900.0 |" in md
+    assert "| naive | naive peer | – | – | – | n/a | – | 6.8 | 4000.0 | 3900.0 |" in md
     assert "| nginx | nginx least_conn + 2 single-worker replicas | not measured: nginx is not installed" in md
     assert "**service / limit = 0.833**" in md and "470.0 req/s before the HTTP rows, 490.0 after" in md
     assert "| 440 | 399.0 | 3.00 | 11.00 | 12.00 | 0 | no |" in md  # the search point over the SLO

@@ -70,6 +70,8 @@ def test_run_stats_counts_the_window_and_its_rate() -> None:
     st = run_stats(samples, 3.0, warmup_s=1.0)
     assert st["requests"] == 200 and st["rps"] == 100.0 and st["failures"] == 1
     assert st["ok_rps"] == 99.5  # the shed request is sent, not answered
+    late = _steady(100, 3, 1500.0)  # a queueing server: every answer 1.5 s after its request
+    assert run_stats(late, 3.0, warmup_s=1.0)["ok_rps"] == 75.0  # answers arriving in [1, 3): sent in [0, 1.5)
     assert st["p50_ms"] == 2.0 and st["max_ms"] == 40.0 and st["p999_ms"] == 40.0
     assert st["mean_ms"] == pytest.approx((198 * 2.0 + 40.0) / 199, abs=1e-3)
     assert run_stats(samples, 2.0)["requests"] == 200  # samples sent after the end are not counted
