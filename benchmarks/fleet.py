@@ -338,7 +338,8 @@ def operating_point(bundle: Path, search: str, work: Path) -> Path:
     except (IndexError, ValueError):
         raise SystemExit(f"error: --search wants NPROBE/K_FACTOR, e.g. 32/8, not {search!r}") from None
     man = read_manifest(bundle)
-    assert man.index is not None and man.index.curve_json
+    if man.index is None or not man.index.curve_json:
+        raise SystemExit(f"error: {bundle} has no tuned index (no tuning curve) to pick a point from")
     curve = json.loads((bundle / man.index.curve_json).read_text())["points"]
     point = next((p for p in curve if p["nprobe"] == nprobe and p["k_factor"] == k_factor), None)
     if point is None:

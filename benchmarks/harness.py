@@ -215,18 +215,22 @@ def _proc_kib(path: str, field: str) -> int | None:
     return None
 
 
+def _tree_peaks_kib(pid: int) -> list[int]:
+    """The peak resident set (VmHWM, KiB) of each live process in ``pid``'s tree."""
+    kib = [_proc_kib(f"/proc/{p}/status", "VmHWM:") for p in tree_pids(pid)]
+    return [k for k in kib if k is not None]
+
+
 def tree_peak_rss_mib(pid: int) -> float:
     """Sum of the peak resident set (VmHWM) over a process and its descendants, MiB; nan if gone."""
-    kib = [_proc_kib(f"/proc/{p}/status", "VmHWM:") for p in tree_pids(pid)]
-    found = [k for k in kib if k is not None]
+    found = _tree_peaks_kib(pid)
     return round(sum(found) / 1024, 1) if found else float("nan")
 
 
 def largest_peak_rss_mib(pid: int) -> float:
     """The largest peak resident set (VmHWM) of one process in ``pid``'s tree, MiB (a worker's, shared
     pages counted in full); nan if gone."""
-    kib = [_proc_kib(f"/proc/{p}/status", "VmHWM:") for p in tree_pids(pid)]
-    found = [k for k in kib if k is not None]
+    found = _tree_peaks_kib(pid)
     return round(max(found) / 1024, 1) if found else float("nan")
 
 

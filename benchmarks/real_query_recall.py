@@ -3,7 +3,7 @@
 For each set, the default index recipe (IVF-PQ + refine, ``--ann``) is trained once over the
 corpus's doc-tower vectors, then tuned three ways with the builder's own ``tune``:
 
-- ``prefix``: the old default, the first 2-6 title words of random documents, target 0.95;
+- ``prefix``: title-prefix pseudo-queries, the first 2-6 title words of random documents, target 0.95;
 - ``pseudo``: today's default without ``--queries``, paraphrase-like pseudo-queries, target
   0.95 + ``PSEUDO_MARGIN`` (``index_builder.queries``);
 - ``given``: ``--queries`` with the set's real queries, tuned on half of them, target 0.95.
@@ -184,7 +184,7 @@ def run_set(name: str, set_dir: Path, model: Path, *, n_queries: int, threads: i
     build_s = time.perf_counter() - t0
     truth_held = exact_topk(vectors, held_vecs, 100)
     kinds = {
-        "prefix": (sample_queries(docs, n_queries, seed=seed), 0.0, "first 2-6 title words (old default)"),
+        "prefix": (sample_queries(docs, n_queries, seed=seed), 0.0, "first 2-6 title words (prefix pseudo-queries)"),
         "pseudo": (query_sets(docs, None, n_queries, seed=seed).tune, PSEUDO_MARGIN,
                    "paraphrase-like pseudo-queries + margin (default without --queries)"),
         "given": (given.tune, 0.0, f"--queries: {len(given.tune)} of the set's real queries"),

@@ -403,3 +403,5 @@ def test_operating_point_serves_another_point_of_the_tuning_curve(tmp_path: Path
         operating_point(bundle, "100000/3", tmp_path)
     with pytest.raises(SystemExit, match="error: --search wants"):
         operating_point(bundle, "fast", tmp_path)
+    with pytest.raises(SystemExit, match=r"error: .*no tuned index"):
+        operating_point(model_bundle, "32/8", tmp_path)
