@@ -61,13 +61,14 @@ test: install-dev
 
 # The 1M benchmark, in three steps that each reuse what an earlier run built under runs/realq:
 # 1. real_query_recall: doc-tower vectors of real catalogs (and recall vs exact on 4 real query sets);
-# 2. index_memory: those vectors expanded to 1M, IVF-PQ + SQ8 refine tuned on real (MIMICS) queries,
-#    memory per worker;
-# 3. fleet: that bundle served: the in-process limit, the service, nginx in front of replicas (when
-#    nginx is installed), granian, the strong and the naive peer (docs/results/bench.{md,json,png}).
+# 2. index_memory: those vectors expanded to 1M; the IVF-PQ + SQ8 refine recipe and an HNSW32,SQ8 graph,
+#    each tuned on real (MIMICS) queries; memory and latency per worker (docs/results/index_memory_1M.md);
+# 3. fleet: the HNSW bundle (the faster of the two at recall 0.95) served: the in-process limit, the
+#    service, nginx in front of replicas (when nginx is installed), granian, the strong and the naive
+#    peer (docs/results/bench.{md,json,png}).
 # `python -m benchmarks.fleet --quick` is a 100k-vector, 5 s-per-point development run on its own.
 BENCH_DIR = runs/realq
-BENCH_BUNDLE = $(BENCH_DIR)/bundle_IVF1024_PQ48_Refine_SQ8_
+BENCH_BUNDLE = $(BENCH_DIR)/bundle_HNSW32_SQ8
 bench: install-dev
 	test -d $(BENCH_DIR)/vectors || $(BIN)/python -m benchmarks.real_query_recall
 	test -f $(BENCH_BUNDLE)/index.faiss || $(BIN)/python -m benchmarks.index_memory --n 1000000

@@ -47,6 +47,7 @@ from typing import Any
 from benchmarks import harness as h
 from benchmarks import vectors as bv
 from benchmarks.limit import LimitPool
+from core.search_params import describe_point
 from loadtest.querymix import load_mix
 from loadtest.ready import wait_workers
 
@@ -223,8 +224,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{result['started']} · {m['cpu']} · {m['cores']} cores · {m['mem_gib']} GiB · kernel {m['kernel']} · "
         f"git {m['git']}",
         "",
-        f"Index: {idx['factory']} over {idx['ntotal']:,} vectors ({idx['vectors']}), nprobe {idx['nprobe']}, "
-        f"k_factor {idx['k_factor']}, tuned on {result.get('tuning_queries', 'the mix')}; recall@100 vs exact "
+        f"Index: {idx['factory']} over {idx['ntotal']:,} vectors ({idx['vectors']}), "
+        f"{describe_point(idx['nprobe'], idx['k_factor'], idx.get('ef_search'))}, "
+        f"tuned on {result.get('tuning_queries', 'the mix')}; recall@100 vs exact "
         f"{f(result['recall_at_100'], 4)} ({result['recall_how']}). Encoder: {result['encoder']}. "
         f"Load queries: {result['queries']}.",
         "",
@@ -255,7 +257,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "## Method",
         "",
         "- **limit** (`benchmarks/limit.py`): normalise, tokenise, ONNX encode (1 intra-op thread), faiss search "
-        "(1 thread, the bundle's nprobe/k_factor), id lookup, in a loop, one process pinned per core; "
+        "(1 thread, the bundle's tuned search point), id lookup, in a loop, one process pinned per core; "
         "requests/s summed over both.",
         f"- **HTTP rows**: `loadtest.openloop`, open loop: request i is released at start + i / rate whatever "
         f"the answers, over {result['connections']} keep-alive connections, latency from the release "
@@ -329,25 +331,34 @@ def figure(result: dict[str, Any]) -> Any:
 
 
 def operating_point(bundle: Path, search: str, work: Path) -> Path:
-    """A copy of ``bundle`` whose manifest serves ``NPROBE/K_FACTOR``, a point of its tuning curve; the
-    manifest's recall is that point's recall on the tuning queries (the bench measures held-out)."""
+    """A copy of ``bundle`` whose manifest serves another point of its tuning curve: ``NPROBE/K_FACTOR``
+    (IVF + refine) or ``EF`` (HNSW efSearch); the manifest's recall is that point's recall on the
+    tuning queries (the bench measures held-out)."""
     from core.manifest import read_manifest, write_manifest
 
+    parts = search.split("/")
     try:
-        nprobe, k_factor = int(search.split("/")[0]), float(search.split("/")[1])
-    except (IndexError, ValueError):
-        raise SystemExit(f"error: --search wants NPROBE/K_FACTOR, e.g. 32/8, not {search!r}") from None
+        if len(parts) == 1:
+            nprobe, k_factor, ef = None, None, int(parts[0])
+        else:
+            nprobe, k_factor, ef = int(parts[0]), float(parts[1]), None
+    except ValueError:
+        raise SystemExit(
+            f"error: --search wants NPROBE/K_FACTOR (IVF, e.g. 32/8) or EF (HNSW, e.g. 512), not {search!r}"
+        ) from None
     man = read_manifest(bundle)
     if man.index is None or not man.index.curve_json:
         raise SystemExit(f"error: {bundle} has no tuned index (no tuning curve) to pick a point from")
     curve = json.loads((bundle / man.index.curve_json).read_text())["points"]
-    point = next((p for p in curve if p["nprobe"] == nprobe and p["k_factor"] == k_factor), None)
+    point = next((p for p in curve if p["nprobe"] == nprobe and p["k_factor"] == k_factor
+                  and p.get("ef_search") == ef), None)
     if point is None:
         raise SystemExit(f"error: {search} is not on {bundle}'s tuning curve")
-    target = work / f"{bundle.name}_np{nprobe}_k{k_factor:g}"
+    target = work / (f"{bundle.name}_ef{ef}" if ef is not None else f"{bundle.name}_np{nprobe}_k{k_factor:g}")
     if not target.is_dir():
         shutil.copytree(bundle, target)
-    man.index.nprobe, man.index.k_factor, man.index.recall_at_100 = nprobe, k_factor, point["recall"]
+    man.index.nprobe, man.index.k_factor, man.index.ef_search = nprobe, k_factor, ef
+    man.index.recall_at_100 = point["recall"]
     man.index.recall_at_100_report, man.index.target_met = None, point["recall"] >= (man.index.target_recall or 0)
     write_manifest(target, man)
     return target
@@ -374,7 +385,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
                     help="encoder variant for the limit and the service (auto: int8 when the bundle has it)")
     ap.add_argument("--work", type=Path, default=h.RUNS, help="bench bundles, vectors and server logs")
-    ap.add_argument("--search", default=None, metavar="NPROBE/K_FACTOR",
+    ap.add_argument("--search", default=None, metavar="NPROBE/K_FACTOR or EF",
                     help="serve another point of the bundle's tuning curve (a copy of the bundle), e.g. 32/8")
     ap.add_argument("--prepare-only", action="store_true", help="build the bench bundle and vectors, then stop")
     ap.add_argument("--out", type=Path, default=None, help="report path (default BUNDLE_results/bench.md)")
@@ -484,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         "encoder": f"{precision} ({onnx_file or man.model.query_onnx})",
         "queries": q_desc,
         "index": {"factory": man.index.factory, "ntotal": man.index.ntotal, "nprobe": man.index.nprobe,
-                  "k_factor": man.index.k_factor, "manifest_recall_at_100": man.index.recall_at_100,
+                  "k_factor": man.index.k_factor, "ef_search": man.index.ef_search,
+                  "manifest_recall_at_100": man.index.recall_at_100,
                   "vectors": vec_desc, "bundle": str(bundle)},
         "core_split": "limit: one process pinned to each of cores 0 and 1. HTTP rows: the servers' workers are "
                       "not pinned (the scheduler places them); the load generator (one Python process, uvloop) "

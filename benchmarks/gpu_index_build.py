@@ -33,15 +33,9 @@ from benchmarks.vectors import expand
 ROOT = Path(__file__).resolve().parents[1]
 
 from core.atomic import atomic_write_json  # noqa: E402
+from core.search_params import ivf_of, set_search_params  # noqa: E402
 from index_builder import ops  # noqa: E402
-from index_builder.faiss_utils import (  # noqa: E402
-    exact_topk,
-    gpu_count,
-    ivf_of,
-    production_factory,
-    recall_vs_exact,
-    set_search_params,
-)
+from index_builder.faiss_utils import exact_topk, gpu_count, production_factory, recall_vs_exact  # noqa: E402
 from index_builder.tuning import tune  # noqa: E402
 
 DIM = 384  # all-MiniLM-L6-v2, the default bundle's embedding size

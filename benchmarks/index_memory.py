@@ -1,10 +1,11 @@
-"""Memory per serving worker with the 1M index: refine store variants, recall on real queries, latency.
+"""Memory and latency per serving worker with the 1M index (IVF-PQ + SQ8 refine, HNSW over SQ8 codes),
+recall on real queries.
 
 The 1M vectors: real all-MiniLM-L6-v2 doc-tower embeddings of the MicroLens-100k titles and the
 ActivityNet caption documents (the vectors ``benchmarks/real_query_recall.py`` caches), expanded to
 ``--n`` by clustered perturbation (``benchmarks.vectors.expand``, the bench's recipe).
-Queries: the MIMICS-Manual Bing queries through the query tower; half tune (``--queries`` mode),
-the other half are held out for the reported recall.
+Queries: the MIMICS-Manual Bing queries through the query tower; 300 tune (``--queries`` mode),
+300 others are held out for the reported recall.
 
 For each factory, the index builder's ``build_from_vectors`` builds and tunes to recall@100 ≥ 0.95,
 then ``--workers`` processes each load the bundle with the service's own ``Retriever`` (the int8 query
@@ -32,10 +33,12 @@ import numpy as np
 from benchmarks import harness as h
 from benchmarks.vectors import ensure_model_bundle, expand, real_query_split
 from core.atomic import atomic_write_bytes, atomic_write_json
+from core.search_params import describe_point
 
 ROOT = h.ROOT
 WORK = ROOT / "runs" / "realq"
-FACTORIES = ("IVF1024,PQ48,Refine(SQ8)",)  # RFlat / Refine(SQfp16) on request (--factories)
+# The production IVF-PQ recipe and the graph index the bench serves; RFlat / Refine(SQfp16) on request.
+FACTORIES = ("IVF1024,PQ48,Refine(SQ8)", "HNSW32,SQ8")
 
 WORKER = r"""
 import json, sys, time
@@ -133,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         pss = [h.tree_pss_mib(p.pid) for p in procs]
         for p in procs:
             p.communicate("")
-        row = {"factory": factory, "nprobe": sec.nprobe, "k_factor": sec.k_factor,
+        row = {"factory": factory, "nprobe": sec.nprobe, "k_factor": sec.k_factor, "ef_search": sec.ef_search,
+               "build_s": sec.build_seconds,
                "recall_tune": sec.recall_at_100, "recall_held_out": sec.recall_at_100_report,
                "index_mib": round((sec.index_bytes or 0) / 2**20, 1),
                "rss_mib_per_worker": round(max(o["rss_mib"] for o in outs), 1),
@@ -151,11 +155,12 @@ def main(argv: list[str] | None = None) -> int:
              "held-out query at batch 1 (encode + search, 1 thread). Memory: RSS and PSS per worker "
              "(`/proc/PID/smaps_rollup`, the larger worker).", "",
              "    python -m benchmarks.index_memory " + shlex.join(sys.argv[1:] if argv is None else argv), "",
-             "| factory | nprobe / k_factor | recall@100 tune / held-out | index MiB | RSS MiB / worker | "
-             "PSS MiB / worker | p50 / p99 ms |", "|---|---|---|---|---|---|---|"]
+             "| factory | search point | recall@100 tune / held-out | build + tune s | index MiB | "
+             "RSS MiB / worker | PSS MiB / worker | p50 / p99 ms |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| `{r['factory']}` | {r['nprobe']} / {r['k_factor']:g} | {r['recall_tune']} / "
-                     f"{r['recall_held_out']} | {r['index_mib']} | {r['rss_mib_per_worker']} | "
+        point = describe_point(r["nprobe"], r["k_factor"], r["ef_search"])
+        lines.append(f"| `{r['factory']}` | {point} | {r['recall_tune']} / "
+                     f"{r['recall_held_out']} | {r['build_s']} | {r['index_mib']} | {r['rss_mib_per_worker']} | "
                      f"{r['pss_mib_per_worker']} | {r['p50_ms']} / {r['p99_ms']} |")
     atomic_write_bytes(a.out, ("\n".join(lines) + "\n").encode())
     atomic_write_json(a.out.with_suffix(".json"), {"n": a.n, "rows": rows})

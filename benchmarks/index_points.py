@@ -20,7 +20,8 @@ import numpy as np
 
 from benchmarks.harness import RUNS
 from benchmarks.vectors import encode, tuning_texts
-from index_builder.faiss_utils import estimate_bytes, exact_topk, set_search_params
+from core.search_params import set_search_params
+from index_builder.faiss_utils import estimate_bytes, exact_topk
 from index_builder.ops import train_and_add
 from index_builder.tuning import measure_point, tune
 from loadtest.querymix import load_mix

@@ -40,6 +40,7 @@ def _worker(
     from core.manifest import load_id_map, verify_bundle
     from core.normalize import normalize_text
     from core.onnx_encoder import OnnxEncoder
+    from core.search_params import apply_manifest_params
 
     faiss.omp_set_num_threads(1)
     bdir = Path(bundle)
@@ -54,14 +55,7 @@ def _worker(
     )
     index = faiss.read_index(str(bdir / m.index.index_file))
     ids = load_id_map(bdir / m.index.id_map_file)
-    if m.index.nprobe:
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None:
-            ivf.nprobe = int(m.index.nprobe)
-    if m.index.k_factor:
-        ref = faiss.try_extract_index_refine(index) if hasattr(faiss, "try_extract_index_refine") else None
-        if ref is not None:
-            ref.k_factor = float(m.index.k_factor)
+    apply_manifest_params(index, m.index)
 
     def one(q: str) -> list[tuple[str, float]]:
         vec = enc.encode([normalize_text(q)], normalized=True)

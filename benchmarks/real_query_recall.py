@@ -153,9 +153,10 @@ def run_set(name: str, set_dir: Path, model: Path, *, n_queries: int, threads: i
     from core.corpus import load_corpus
     from core.manifest import verify_bundle
     from core.normalize import doc_text
+    from core.search_params import set_search_params
     from index_builder import ops
     from index_builder.build import sample_queries
-    from index_builder.faiss_utils import exact_topk, production_factory, recall_vs_exact, set_search_params
+    from index_builder.faiss_utils import exact_topk, production_factory, recall_vs_exact
     from index_builder.queries import PSEUDO_MARGIN, query_sets, read_query_texts, split_given
     from index_builder.tuning import tune
 

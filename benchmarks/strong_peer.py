@@ -55,6 +55,9 @@ def create_app() -> Any:
         ivf.nprobe = int(sec["nprobe"])
     if sec.get("k_factor") and hasattr(index, "k_factor"):
         index.k_factor = float(sec["k_factor"])
+    graph = faiss.downcast_index(index)
+    if sec.get("ef_search") and isinstance(graph, faiss.IndexHNSW):
+        graph.hnsw.efSearch = int(sec["ef_search"])
     ids = json.loads((bundle / sec["id_map_file"]).read_text())
 
     app = FastAPI()

@@ -217,7 +217,8 @@ def measured_recall(bundle: Path, vec_path: Path, queries: list[str], exclude: s
     import numpy as np
 
     from core.manifest import verify_bundle
-    from index_builder.faiss_utils import exact_topk, recall_vs_exact, set_search_params
+    from core.search_params import set_search_params
+    from index_builder.faiss_utils import exact_topk, recall_vs_exact
 
     qs = [q for q in dict.fromkeys(queries) if q not in exclude][:n_q]
     qv = encode(bundle, qs)

@@ -84,6 +84,7 @@ class IndexSection(BaseModel):
     metric: Literal["ip"] = "ip"
     nprobe: int | None = None
     k_factor: float | None = None
+    ef_search: int | None = None  # HNSW indexes: the graph search's candidate list size
     recall_at_100: float | None = None
     recall_queries: int = 0
     index_file: str = "index.faiss"

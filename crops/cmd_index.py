@@ -19,7 +19,9 @@ def _summary(sec: Any) -> str:
     kind = f" on {extra['recall_queries_kind']} queries" if extra.get("recall_queries_kind") else ""
     report = (f", held-out {sec.recall_at_100_report} ({sec.report_queries} queries)"
               if sec.recall_at_100_report is not None else "")
-    return (f"index {sec.factory}: {sec.ntotal} vectors, nprobe={sec.nprobe}, k_factor={sec.k_factor}, "
+    from core.search_params import describe_point
+
+    return (f"index {sec.factory}: {sec.ntotal} vectors, {describe_point(sec.nprobe, sec.k_factor, sec.ef_search)}, "
             f"recall@100 vs exact={sec.recall_at_100}{kind}{report}{lat}")
 
 

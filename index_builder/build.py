@@ -32,17 +32,9 @@ from core.manifest import (
 )
 from core.normalize import normalize_text
 from core.onnx_encoder import OnnxEncoder
+from core.search_params import apply_manifest_params, ivf_of, refine_of
 from index_builder import ops
-from index_builder.faiss_utils import (
-    choose_factory,
-    exact_topk,
-    gpu_count,
-    ivf_of,
-    production_factory,
-    recall_vs_exact,
-    refine_of,
-    set_search_params,
-)
+from index_builder.faiss_utils import choose_factory, exact_topk, gpu_count, production_factory, recall_vs_exact
 from index_builder.graded import GradedSet, load_graded, recall_by_level
 from index_builder.queries import query_sets
 from index_builder.shards import doc_encoder, encode_rows, load_shards
@@ -205,7 +197,7 @@ def build_from_vectors(
     timings["tune_s"] = round(time.perf_counter() - t0, 2)
     section = IndexSection(
         model_id=manifest.model.model_id, factory=factory, ntotal=int(index.ntotal), dim=dim,
-        nprobe=chosen.nprobe, k_factor=chosen.k_factor,
+        nprobe=chosen.nprobe, k_factor=chosen.k_factor, ef_search=chosen.ef_search,
         # Pseudo-queries are tuned to target + margin and the margin is taken off the recorded
         # figure: on real query sets their recall ran up to ~0.02 above the real queries'.
         recall_at_100=round(chosen.recall - tune_margin, 4),
@@ -239,8 +231,8 @@ def build_from_vectors(
             "threads": 1, "built_on": built_on}
     section.curve_json, section.curve_png = write_curve(bundle_dir, chosen, points, meta)
     _persist(bundle_dir, manifest, index, ids, section, queries)
-    log.info("index %s: ntotal=%d nprobe=%s k_factor=%s recall@100=%.4f (b1 %.3f ms)", factory, n,
-             chosen.nprobe, chosen.k_factor, chosen.recall, chosen.b1_ms_p50)
+    log.info("index %s: ntotal=%d nprobe=%s k_factor=%s ef_search=%s recall@100=%.4f (b1 %.3f ms)", factory, n,
+             chosen.nprobe, chosen.k_factor, chosen.ef_search, chosen.recall, chosen.b1_ms_p50)
     return section
 
 
@@ -349,7 +341,7 @@ def _open_for_update(bundle_dir: Path, out: Path | str | None) -> tuple[Path, Bu
     ids = load_id_map(bundle_dir / manifest.index.id_map_file)
     if len(ids) != index.ntotal:
         raise CropsError(ErrorKind.BUNDLE_INVALID, f"{bundle_dir}: id map has {len(ids)} rows, index {index.ntotal}")
-    set_search_params(index, nprobe=manifest.index.nprobe, k_factor=manifest.index.k_factor)
+    apply_manifest_params(index, manifest.index)
     return bundle_dir, manifest, index, ids
 
 

@@ -1,4 +1,4 @@
-"""faiss helpers: factory choice, search-parameter setting, exact ground truth, recall, GPU detection."""
+"""faiss helpers: factory choice, exact ground truth, recall, GPU detection (search knobs: core.search_params)."""
 
 from __future__ import annotations
 
@@ -85,32 +85,6 @@ def estimate_bytes(index: Any) -> int:
     import faiss
 
     return int(faiss.serialize_index(index).size)
-
-
-def ivf_of(index: Any) -> Any:
-    """The IVF layer of an index (looking through refine/pre-transform wrappers), or None."""
-    import faiss
-
-    return faiss.try_extract_index_ivf(index)
-
-
-def refine_of(index: Any) -> Any:
-    """The top-level refine wrapper (IndexRefine / IndexRefineFlat), or None."""
-    import faiss
-
-    top = faiss.downcast_index(index)
-    return top if isinstance(top, faiss.IndexRefine) else None
-
-
-def set_search_params(index: Any, nprobe: int | None = None, k_factor: float | None = None) -> None:
-    if nprobe is not None:
-        ivf = ivf_of(index)
-        if ivf is not None:
-            ivf.nprobe = int(nprobe)
-    if k_factor is not None:
-        refine = refine_of(index)
-        if refine is not None:
-            refine.k_factor = float(k_factor)
 
 
 def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

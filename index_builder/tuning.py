@@ -1,4 +1,5 @@
-"""Tune search parameters (nprobe, refine k_factor) to a recall target; the latency/recall curve.
+"""Tune search parameters (IVF nprobe, refine k_factor, HNSW efSearch) to a recall target; the
+latency/recall curve.
 
 Every grid point gets recall@k vs exact search on held-out queries and its latency at batch 1
 (per query, median and p99) and batch 32 (per batch), single-threaded: one search thread per
@@ -17,11 +18,15 @@ from typing import Any
 import numpy as np
 
 from core.atomic import atomic_write_bytes, atomic_write_json
-from index_builder.faiss_utils import ivf_of, recall_vs_exact, refine_of, set_search_params
+from core.search_params import hnsw_of, ivf_of, refine_of, set_search_params
+from index_builder.faiss_utils import recall_vs_exact
 
 NPROBE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 # Up to 64: on 1M real-MiniLM-derived vectors PQ48 + k_factor 16 saturated at recall@100 0.94.
 K_FACTOR_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+# HNSW: faiss searches with max(efSearch, k), so for top-100 the grid starts at 100. Up to 4096: on
+# the 1M bench vectors with real queries HNSW32,SQ8 needed ~2000 for recall@100 0.95.
+EF_SEARCH_GRID = (16, 32, 64, 100, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 2560, 3072, 4096)
 MAX_B1_MS = 50.0  # stop raising nprobe past an interactive per-query budget
 
 
@@ -33,6 +38,7 @@ class CurvePoint:
     b1_ms_p50: float
     b1_ms_p99: float
     b32_ms: float
+    ef_search: int | None = None
 
     @property
     def b32_ms_per_query(self) -> float:
@@ -79,7 +85,7 @@ def tune(
     n_latency: int = 100,
     max_b1_ms: float = MAX_B1_MS,
 ) -> tuple[CurvePoint, list[CurvePoint]]:
-    """Walk nprobe (per k_factor) up until recall stops improving or reaches the target + margin.
+    """Walk nprobe or efSearch (per k_factor) up until recall stops improving or reaches the target + margin.
 
     Returns (chosen point, all measured points); leaves the index set to the chosen point.
     """
@@ -87,17 +93,22 @@ def tune(
     ivf = ivf_of(index)
     refine = refine_of(index)
     k_factors: tuple[float | None, ...] = K_FACTOR_GRID if refine is not None else (None,)
-    nprobes: tuple[int | None, ...] = tuple(p for p in NPROBE_GRID if p <= ivf.nlist) if ivf else (None,)
+    # One search-effort axis per index: nprobe (IVF) or efSearch (HNSW); none for flat.
+    efforts: list[tuple[int | None, int | None]] = [(None, None)]
+    if ivf is not None:
+        efforts = [(p, None) for p in NPROBE_GRID if p <= ivf.nlist]
+    elif hnsw_of(index) is not None:
+        efforts = [(None, ef) for ef in EF_SEARCH_GRID if ef >= k]
     before = _omp_threads(threads)
     points: list[CurvePoint] = []
     try:
         for kf in k_factors:
             best = -1.0
             stale = 0
-            for nprobe in nprobes:
-                set_search_params(index, nprobe=nprobe, k_factor=kf)
+            for nprobe, ef in efforts:
+                set_search_params(index, nprobe=nprobe, k_factor=kf, ef_search=ef)
                 rec, p50, p99, b32 = measure_point(index, queries, truth, k, n_latency=n_latency)
-                points.append(CurvePoint(nprobe, kf, round(rec, 5), round(p50, 4), round(p99, 4), round(b32, 4)))
+                points.append(CurvePoint(nprobe, kf, round(rec, 5), round(p50, 4), round(p99, 4), round(b32, 4), ef))
                 # Past the target by a margin, more nprobe only costs time; a flat recall means
                 # this k_factor has saturated (the PQ shortlist, not the lists, is the limit).
                 if rec >= min(1.0, target + 0.03) or rec >= 0.9999:
@@ -110,7 +121,7 @@ def tune(
         _omp_threads(before)
     ok = [p for p in points if p.recall >= target]
     chosen = min(ok, key=lambda p: (p.b1_ms_p50, -p.recall)) if ok else max(points, key=lambda p: p.recall)
-    set_search_params(index, nprobe=chosen.nprobe, k_factor=chosen.k_factor)
+    set_search_params(index, nprobe=chosen.nprobe, k_factor=chosen.k_factor, ef_search=chosen.ef_search)
     return chosen, points
 
 
@@ -138,8 +149,9 @@ def write_curve(
             ax.plot(xs, [p.recall for p in pts], marker="o", ms=3,
                     label=f"k_factor {kf:g}" if kf is not None else "no refine")
             for p, x in zip(pts, xs, strict=True):
-                if p.nprobe is not None:
-                    ax.annotate(str(p.nprobe), (x, p.recall), fontsize=6, alpha=0.7)
+                effort = p.nprobe if p.nprobe is not None else p.ef_search
+                if effort is not None:
+                    ax.annotate(str(effort), (x, p.recall), fontsize=6, alpha=0.7)
         ax.scatter([getattr(chosen, attr)], [chosen.recall], s=90, facecolors="none", edgecolors="red",
                    label="chosen", zorder=5)
         ax.axhline(meta.get("target_recall", 0.95), color="grey", ls="--", lw=0.8)
@@ -149,7 +161,7 @@ def write_curve(
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{meta.get('factory')}  n={meta.get('ntotal')}  ({meta.get('queries')} held-out queries; "
-                 "labels = nprobe)", fontsize=9)
+                 f"labels = {'efSearch' if chosen.ef_search is not None else 'nprobe'})", fontsize=9)
     fig.tight_layout()
     import io
 

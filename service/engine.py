@@ -16,6 +16,7 @@ from core.errors import CropsError, ErrorKind
 from core.manifest import BundleManifest, compute_model_id, load_id_map, verify_bundle
 from core.normalize import normalize_text
 from core.onnx_encoder import OnnxEncoder, available_providers
+from core.search_params import apply_manifest_params, set_search_params
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +118,9 @@ class Retriever:
                 f"{bundle_dir}: id map has {len(self.ids)} rows, index has {index.ntotal}",
             )
         self.nprobe = nprobe if nprobe is not None else index_sec.nprobe
-        ivf: Any = faiss.try_extract_index_ivf(index)
-        self.is_ivf = ivf is not None
-        if self.nprobe is not None and ivf is not None:
-            ivf.nprobe = int(self.nprobe)
-        if index_sec.k_factor is not None and hasattr(index, "k_factor"):
-            index.k_factor = float(index_sec.k_factor)
+        self.is_ivf = faiss.try_extract_index_ivf(index) is not None
+        apply_manifest_params(index, index_sec)  # the tuned point: nprobe, k_factor or efSearch
+        set_search_params(index, nprobe=self.nprobe)
         self._params: dict[int, Any] = {}
         self.on_gpu = False
         if use_gpu is not False and _gpu_count() > 0:

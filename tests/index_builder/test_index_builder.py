@@ -241,3 +241,32 @@ def test_gpu_build_and_cuda_doc_encoding(model_bundle: Path, ivf_data: tuple, ti
     assert gpu_enc.providers[0] == "CUDAExecutionProvider"
     cpu_enc, _ = doc_encoder(model_bundle, use_gpu=False)
     assert np.abs(encode_chunk(gpu_enc, docs64, 32) - encode_chunk(cpu_enc, docs64, 32)).max() < 1e-3
+
+
+def test_hnsw_is_tuned_on_ef_search_and_served_at_that_point(
+    model_bundle: Path, ivf_data: tuple, tmp_path: Path
+) -> None:
+    from core.manifest import read_manifest
+    from index_builder.build import build_from_vectors
+    from service.engine import Retriever
+
+    docs, q = ivf_data
+    out = tmp_path / "hnsw"
+    shutil.copytree(model_bundle, out)
+    ids = [f"s{i:05d}" for i in range(len(docs))]
+    sec = build_from_vectors(out, docs, ids, q, factory="HNSW16,SQ8", n_latency=10, use_gpu=False)
+    assert sec.nprobe is None and sec.k_factor is None and sec.ef_search is not None
+    assert sec.ef_search >= 100  # faiss searches with max(efSearch, k): smaller values are the same point
+    assert sec.target_met and sec.recall_at_100 is not None and sec.recall_at_100 >= 0.95
+    curve = json.loads((out / str(sec.curve_json)).read_text())
+    assert curve["chosen"]["ef_search"] == sec.ef_search
+    assert len({p["ef_search"] for p in curve["points"]}) >= 1
+    assert read_manifest(out).index.ef_search == sec.ef_search  # type: ignore[union-attr]
+
+    r = Retriever(out, use_gpu=False)
+    assert faiss.downcast_index(r.index).hnsw.efSearch == sec.ef_search
+    # the served point gives the recorded recall on the recorded held-out queries
+    queries = np.load(out / str(sec.recall_queries_file))
+    found = [[int(i[1:]) for i in res.ids] for res in r.search_vectors(queries, 100)]
+    fresh = recall_vs_exact(np.array(found), exact_topk(docs, queries, 100))
+    assert round(fresh, 4) == sec.recall_at_100

@@ -401,6 +401,8 @@ def test_operating_point_serves_another_point_of_the_tuning_curve(tmp_path: Path
     assert verify_bundle(bundle, require_index=True).index.nprobe == built.nprobe  # type: ignore[union-attr]
     with pytest.raises(SystemExit, match=r"error: .*not on"):
         operating_point(bundle, "100000/3", tmp_path)
+    with pytest.raises(SystemExit, match=r"error: .*not on"):  # an efSearch point: this is an IVF curve
+        operating_point(bundle, "512", tmp_path)
     with pytest.raises(SystemExit, match="error: --search wants"):
         operating_point(bundle, "fast", tmp_path)
     with pytest.raises(SystemExit, match=r"error: .*no tuned index"):
