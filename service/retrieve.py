@@ -33,6 +33,7 @@ from core.errors import CropsError, ErrorKind
 from core.logs import ExposureRecord
 from core.normalize import normalize_text
 from service.cache import embedding_key, result_key
+from service.runtime import Job
 from service.state import ServiceState
 
 DEADLINE_HEADER = "x-crops-deadline-ms"
@@ -153,7 +154,7 @@ class RetrieveUseCase:
         self.metrics = state.metrics
         self.admission = Admission(state)
         self.deadline_s = state.settings.deadline_ms / 1000.0
-        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._pending: dict[str, Job] = {}  # single flight: the queued job of each result key
         self._ok = {e: self.metrics.requests.labels(endpoint=e, status="200") for e in ("/retrieve", "/retrieve/batch")}
 
     def deadline(self, t0: float, asked_ms: str | None, extra_s: float = 0.0) -> float:
@@ -275,28 +276,34 @@ class RetrieveUseCase:
 
         ``places``: the item of an admitted batch takes one of its places instead of being checked."""
         state = self.state
-        fut = self._pending.get(key)
-        owner = fut is None
+        job = self._pending.get(key)
+        owner = job is None
         ekey = embedding_key(rt.content_id, norm)
         vec = None
         bulk = places is not None
-        if fut is None:
+        if job is None:
             if places is None:
                 self.admission.enter(deadline_at)
             else:
                 places.take()
             vec = state.cache.get_embedding(ekey)
-            fut = rt.submit(norm, vec, nprobe, bulk=bulk)
-            self._pending[key] = fut
-            fut.add_done_callback(lambda f: self._done(key, f, bulk))
-        elif places is not None:
-            places.give_back()  # another request computes this query: no place of its own
+            job = rt.submit(norm, vec, nprobe, bulk=bulk, deadline=deadline_at)
+            self._pending[key] = job
+            job.future.add_done_callback(lambda f: self._done(key, f, bulk))
+        else:
+            job.deadline = max(job.deadline, deadline_at)  # the batcher computes it while anyone waits
+            if places is not None:
+                places.give_back()  # another request computes this query: no place of its own
         try:
             # shield: one waiter's deadline must not cancel the others' shared future
-            jr = await asyncio.wait_for(asyncio.shield(fut), deadline_at - time.perf_counter())
+            jr = await asyncio.wait_for(asyncio.shield(job.future), deadline_at - time.perf_counter())
         except asyncio.TimeoutError:
             self.metrics.shed.labels(reason="deadline").inc()
             raise CropsError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded while queued; retry shortly") from None
+        except CropsError as exc:
+            if exc.kind is ErrorKind.DEADLINE_EXCEEDED:  # the batcher dropped it past every deadline
+                self.metrics.shed.labels(reason="deadline").inc()
+            raise
         if owner:
             if vec is None:
                 state.cache.put_embedding(ekey, jr.vector)

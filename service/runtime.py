@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -42,6 +43,9 @@ class Job:
     loop: asyncio.AbstractEventLoop
     enqueued: float
     bulk: bool = False  # an item of /retrieve/batch: yields to single queries
+    # perf_counter after which no waiter wants the answer (the latest deadline of the requests sharing
+    # it); the batcher drops a job past it instead of computing an answer nobody will read
+    deadline: float = math.inf
 
 
 @dataclass
@@ -103,6 +107,7 @@ class BundleRuntime:
         # Jobs waiting for a batch (touched by the batcher thread only): single queries, /retrieve/batch items.
         self._pending: list[Job] = []
         self._bulk: list[Job] = []
+        self.cost_s = 0.0  # per-query wall time of encode + search, moving average over batches
         self.loaded_at = time.time()
 
     @property
@@ -138,28 +143,40 @@ class BundleRuntime:
         self._q.put(None)
 
     def submit(
-        self, query: str, vector: np.ndarray | None, nprobe: int | None, *, bulk: bool = False
-    ) -> asyncio.Future[Any]:
-        """Queue one query; ``bulk`` (an item of /retrieve/batch) lets single queries go first."""
+        self, query: str, vector: np.ndarray | None, nprobe: int | None, *, bulk: bool = False,
+        deadline: float = math.inf,
+    ) -> Job:
+        """Queue one query; ``bulk`` (an item of /retrieve/batch) lets single queries go first. The
+        caller awaits ``job.future`` and may push ``job.deadline`` later for another waiter."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        job = Job(query, vector, nprobe, fut, loop, time.perf_counter(), bulk)
+        job = Job(query, vector, nprobe, fut, loop, time.perf_counter(), bulk, deadline)
         if self._stopped or self._thread is None:
             # A request that picked this runtime just before a swap: serve it anyway.
             loop.run_in_executor(None, self._process, [job])
         else:
             self._q.put(job)
-        return fut
+        return job
 
     def _add(self, job: Job) -> None:
         (self._bulk if job.bulk else self._pending).append(job)
 
     def _take(self) -> list[Job]:
-        """The next batch: single queries first (up to max_batch), then at most ``bulk_slice`` bulk items.
+        """The next batch: single queries first (up to max_batch), then at most ``bulk_slice`` bulk items,
+        cut to what can finish inside its items' deadlines.
 
         A /retrieve/batch of 16 misses is 16 encodes; run as one batch it would stall every single query
         behind it for that long. In slices, singles that arrive meanwhile go ahead at the next batch.
+
+        Deadlines: every item of a batch is answered when the whole batch is done, so a batch of n takes
+        about n x cost for each of them. Under overload the batch filled to max_batch (16 x 3.4 ms on the
+        1M bench index) and outlasted the 50 ms deadline, so nearly every computed answer came too late
+        (one worker offered 400 req/s answered 26 of them). Jobs that cannot finish even alone are
+        dropped uncomputed (their requests get 503); the batch is cut so that its last item still
+        meets the earliest deadline in it; the rest wait for the next batch.
         """
+        now = time.perf_counter()
+        self._drop_doomed(now)
         n = min(len(self._pending), self.max_batch)
         batch = self._pending[:n]
         del self._pending[:n]
@@ -167,7 +184,34 @@ class BundleRuntime:
         if room > 0 and self._bulk:
             batch += self._bulk[:room]
             del self._bulk[:room]
+        fit = len(batch)
+        if self.cost_s > 0:
+            earliest = math.inf
+            for k, job in enumerate(batch, 1):
+                earliest = min(earliest, job.deadline)
+                if now + k * self.cost_s > earliest:
+                    fit = max(1, k - 1)
+                    break
+        if fit < len(batch):  # back to the front of their lanes, in order
+            rest = batch[fit:]
+            self._pending[:0] = [j for j in rest if not j.bulk]
+            self._bulk[:0] = [j for j in rest if j.bulk]
+            batch = batch[:fit]
         return batch
+
+    def _drop_doomed(self, now: float) -> None:
+        """Answer 503 now to queued jobs that would miss their deadline even in a batch of one."""
+        if not math.isfinite(min((j.deadline for j in self._pending + self._bulk), default=math.inf)):
+            return
+        err = CropsError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded while queued; retry shortly")
+        for lane in (self._pending, self._bulk):
+            keep = []
+            for job in lane:
+                if job.deadline < now + self.cost_s:
+                    job.loop.call_soon_threadsafe(_resolve, job.future, None, err)
+                else:
+                    keep.append(job)
+            lane[:] = keep
 
     def _run(self) -> None:
         """Block for work, gather what else is queued (up to max_wait_ms), run the next batch."""
@@ -194,7 +238,9 @@ class BundleRuntime:
                     stop = True  # finish what is queued, then end
                 else:
                     self._add(nxt)
-            self._process(self._take())
+            batch = self._take()
+            if batch:  # empty when every queued job was past saving
+                self._process(batch)
 
     def _process(self, batch: list[Job]) -> None:
         t0 = time.perf_counter()
@@ -230,6 +276,8 @@ class BundleRuntime:
             self.on_batch(len(todo))
         enc_ms = (t1 - t0) * 1e3 if todo else 0.0
         search_ms = (t2 - t1) * 1e3
+        per_query = (t2 - t0) / len(batch)
+        self.cost_s = per_query if self.cost_s == 0 else self.cost_s + 0.2 * (per_query - self.cost_s)
         for i, j in enumerate(batch):
             res = results[i]
             out = JobResult(

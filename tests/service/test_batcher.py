@@ -52,3 +52,36 @@ def test_singles_go_first_and_bulk_runs_in_slices(runtime: BundleRuntime) -> Non
     for r in results:
         assert len(r.ids) == 100 and r.scores == sorted(r.scores, reverse=True)
         assert np.isfinite(r.vector).all()
+
+
+async def _queue_with_deadlines(rt: BundleRuntime, deadlines: list[float]) -> list[Any]:
+    from service.runtime import Job
+
+    loop = asyncio.get_running_loop()
+    futs = []
+    for i, d in enumerate(deadlines):
+        fut = loop.create_future()
+        rt._q.put(Job(f"query {i}", None, None, fut, loop, 0.0, False, d))
+        futs.append(fut)
+    rt.start()
+    return list(await asyncio.gather(*futs, return_exceptions=True))
+
+
+def test_batches_fit_their_deadlines_and_doomed_jobs_are_not_computed(runtime: BundleRuntime) -> None:
+    """A batch answers all its items at its end: it is cut to what meets the earliest deadline in it,
+    and a job that would miss its deadline even alone gets DEADLINE_EXCEEDED without being computed."""
+    import time
+
+    from core.errors import CropsError, ErrorKind
+
+    runtime.sizes.clear()  # type: ignore[attr-defined]
+    runtime.cost_s = 1.0  # as if measured: 1 s a query, so the deadlines below are in units of it
+    now = time.perf_counter()
+    # job 0 is doomed (0.5 s left < one query's cost); jobs 1-2 have 2.5 s (two queries' worth fit,
+    # not three; 0.5 s of slack for a slow start); jobs 3-5 have no deadline
+    deadlines = [now + 0.5, now + 2.5, now + 2.5] + [float("inf")] * 3
+    results = asyncio.run(_queue_with_deadlines(runtime, deadlines))
+    assert isinstance(results[0], CropsError) and results[0].kind is ErrorKind.DEADLINE_EXCEEDED
+    assert all(len(r.ids) == 100 for r in results[1:]), results
+    # 5 computed, never 6; the first batch was cut to the 2 queries that fit the 2.5 s deadline
+    assert sum(runtime.sizes) == 5 and runtime.sizes[0] == 2, runtime.sizes  # type: ignore[attr-defined]
