@@ -1,13 +1,14 @@
 """Does `crops serve` recover after an overload? The same fixed rate on a fresh server and after one.
 
-Two servers, one after the other (`crops serve --workers N`, default 2, cache off, the bundle given): the first
-gets ``--rate`` (≈ its capacity) fresh; the second gets ``--factor`` (default 2) × ``--rate`` first, then
-``--rate`` twice and ``--rate`` / 2 (``--factor 1`` is the control: a second server without the overload). Each point is ``loadtest.openloop``'s open loop from ``--connections`` keep-alive
-connections, distinct queries. Reported per point: answered req/s (goodput), share refused, p99; and
-how the connections were spread over the workers (established sockets per worker pid, read mid-point),
-to tell a worker imbalance from a server-wide state; and, from the server's ``/metrics``, where an
-answered miss spent its time (queued, encoding, searching), how many queries were computed and why
-requests were refused.
+Two servers, one after the other (`crops serve --workers N`, default 2, cache off, the bundle given):
+the first gets ``--rate`` (≈ its capacity) fresh; the second gets ``--factor`` (default 2) × ``--rate``
+first, then ``--rate`` twice and ``--rate`` / 2 (``--factor 1`` is the control: a second server
+without the overload). Each point is ``loadtest.openloop``'s open loop from ``--connections``
+keep-alive connections, distinct queries. Reported per point: answered req/s (goodput), share
+refused, p99; how the connections were spread over the workers (established sockets per worker pid,
+read mid-point), to tell a worker imbalance from a server-wide state; and, from the server's
+``/metrics``, where an answered miss spent its time (queued, encoding, searching), how many queries
+were computed and why requests were refused.
 
     python -m benchmarks.overload_recovery --bundle runs/realq/bundle_IVF1024_PQ48_Refine_SQ8__np32_k8 \\
         --rate 200 --out docs/results/overload_recovery.md
