@@ -108,9 +108,9 @@ def app_from_env() -> FastAPI:
 
     limit_native_threads(1)
     # The batcher thread needs the GIL back after every onnxruntime/faiss call; while the event loop
-    # is busy it waited up to the default 5 ms switch interval each time. At 0.5 ms one worker at
-    # 200 req/s on the 1M bench index spent 1.1 ms queued, 2.3 encoding and 2.6 searching per request,
-    # against 3.5 / 3.3 / 3.7 ms at 5 ms (`python -m benchmarks.overload_recovery --workers 1`).
+    # is busy it waited up to the default 5 ms switch interval each time. One fresh worker at 200 req/s
+    # on the 1M bench index: 2.4 ms queued, 2.7 encoding, 2.8 searching per request, against 3.7 / 3.8
+    # / 4.2 ms before (docs/results/overload_recovery_1worker{,_before}.md).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
