@@ -125,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{factory}: built and tuned in {time.perf_counter() - t0:.0f} s", flush=True)
         sec = verify_bundle(target, require_index=True).index
         assert sec is not None
+        # the tuning curve beside the report: the recall/latency of every grid point, not only the chosen
+        for name in (sec.curve_json, sec.curve_png):
+            if name:
+                slug = "".join(c if c.isalnum() else "_" for c in factory)
+                shutil.copyfile(target / name, a.out.parent / f"{a.out.stem}_curve_{slug}{Path(name).suffix}")
         procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(target), str(qfile)], cwd=ROOT,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                  for _ in range(a.workers)]
