@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 min=1,
                 max=64,
-                help="worker processes on this box (uvicorn's own); behind a balancer run one per core or pod",
+                help="worker processes on this box, each on its own SO_REUSEPORT socket; behind a balancer "
+                "run one per core or pod",
             ),
         ] = 1,
         redis_url: Annotated[str | None, typer.Option(envvar="CROPS_REDIS_URL")] = None,
@@ -37,11 +38,11 @@ def register(app: typer.Typer) -> None:
 
         # Before numpy/faiss load anywhere (workers inherit it): one BLAS/OpenMP thread per worker.
         limit_native_threads(1)
-        import socket
         import sys
         import tempfile
 
         from core.errors import CropsError, ErrorKind
+        from service.protocol import TimedHttpToolsProtocol
 
         if (
             bundle is None
@@ -51,7 +52,9 @@ def register(app: typer.Typer) -> None:
         ):
             raise CropsError(ErrorKind.INVALID_INPUT, "give --bundle or --experiments (or CROPS_BUNDLE)")
         if balance is not None:  # scripts written for the removed dispatcher keep running
-            typer.echo(f"warning: --balance {balance} is ignored (workers share uvicorn's socket)", err=True)
+            typer.echo(
+                f"warning: --balance {balance} is ignored (the kernel spreads connections over the workers)", err=True
+            )
         # Settings travel by environment so every worker process builds the same app.
         if bundle is not None:
             os.environ["CROPS_BUNDLE"] = str(bundle.resolve())
@@ -67,51 +70,46 @@ def register(app: typer.Typer) -> None:
         if workers > 1 and not os.environ.get("CROPS_REDIS_URL") and not os.environ.get("CROPS_STATE_DIR"):
             # Without Redis the workers share the desired state (and report convergence) through a folder.
             os.environ["CROPS_STATE_DIR"] = tempfile.mkdtemp(prefix="crops-state-")
-        # Bind first: a port clash is one error line, and "serving on" is printed only once we hold the port.
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        from crops.workers import listen_socket, run_workers
+
+        # Bind first: a port clash is one error line, and "serving on" is printed only once the port is
+        # ours. Several workers each bind their own SO_REUSEPORT socket (crops.workers); this plain
+        # socket, closed before they start, also refuses a port another server shares by SO_REUSEPORT.
         try:
-            sock.bind((host, port))
+            sock = listen_socket(host, port, reuse_port=False)
         except OSError as exc:
-            sock.close()
             raise CropsError(ErrorKind.INVALID_INPUT, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        sock.listen(2048)
-        sock.set_inheritable(True)
 
         from service.app import app_from_env  # fail fast in this process on a bad bundle/config
 
         checked = app_from_env()
-        # one worker serves the app already loaded here; several load their own (uvicorn's factory)
-        target: object = checked if workers == 1 else "service.app:app_from_env"
-        if workers > 1:  # the workers load their own copy: free this one (a 1M index is GBs) before spawning
-            import asyncio
-            import gc
-
-            asyncio.run(checked.state.crops.stop())
-            del checked
-            gc.collect()
-        import uvicorn
-        from uvicorn.supervisors import Multiprocess
-
-        from service.protocol import TimedHttpToolsProtocol
-
-        config = uvicorn.Config(
-            target,  # type: ignore[arg-type]
-            factory=workers > 1,
-            workers=workers,
-            http=TimedHttpToolsProtocol,
-            log_level=log_level,
-            access_log=False,
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=30,
-        )
+        stop_timeout_s = checked.state.crops.settings.drain_s + 35.0  # drain, then uvicorn's graceful 30 s
+        config_kwargs: dict[str, object] = {
+            "http": TimedHttpToolsProtocol,
+            "log_level": log_level,
+            "access_log": False,
+            "timeout_keep_alive": 5,
+            "timeout_graceful_shutdown": 30,
+        }
         typer.echo(
             f"serving on http://{host}:{port} with {workers} worker(s)  (try: curl -s {host}:{port}/retrieve "
             "-H 'content-type: application/json' -d '{\"query\":\"cat video\"}')",
         )
         sys.stdout.flush()
-        if workers > 1:
-            Multiprocess(config, sockets=[sock]).run()
-        else:
-            uvicorn.Server(config).run(sockets=[sock])
+        if workers == 1:  # serve the app already loaded here
+            import uvicorn
+
+            uvicorn.Server(uvicorn.Config(checked, **config_kwargs)).run(sockets=[sock])  # type: ignore[arg-type]
+            return
+        # The workers load their own copy: free this one (a 1M index is GBs) and the port before spawning.
+        import asyncio
+        import gc
+
+        asyncio.run(checked.state.crops.stop())
+        del checked
+        gc.collect()
+        sock.close()
+        config_kwargs.update(app="service.app:app_from_env", factory=True)
+        code = run_workers(config_kwargs, host, port, workers, stop_timeout_s=stop_timeout_s)
+        if code:
+            raise typer.Exit(code)

@@ -213,3 +213,74 @@ def test_nginx_least_conn_spreads_fresh_connections_over_replicas(served: type[S
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# connections over workers -------------------------------------------------------------------------
+def test_keepalive_connections_opened_at_once_land_on_every_worker(served: type[Served]) -> None:
+    """A client pool opens its connections in a burst, before any worker wakes up to accept. Each
+    worker accepts on its own SO_REUSEPORT socket, so the kernel spreads them; with one shared socket
+    the first worker to wake took every pending connection (31 of 32 seen under load)."""
+    import http.client
+    import json
+
+    srv = served(workers=2)
+    conns = [http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10) for _ in range(32)]
+    try:
+        for c in conns:  # all handshakes done by the kernel before any request is read
+            c.connect()
+        workers = []
+        for c in conns:
+            c.request("GET", "/info", headers=ADMIN)
+            workers.append(json.loads(c.getresponse().read())["worker"])
+        counts = sorted(workers.count(w) for w in set(workers))
+        # hashing 32 connections over 2 sockets: fewer than 6 on one has probability < 1e-4
+        assert len(counts) == 2 and counts[0] >= 6, counts
+        for c, w in zip(conns, workers, strict=True):  # keep-alive: a connection stays with its worker
+            c.request("GET", "/info", headers=ADMIN)
+            assert json.loads(c.getresponse().read())["worker"] == w
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_a_worker_that_dies_is_replaced(served: type[Served]) -> None:
+    import psutil
+
+    srv = served(workers=2)
+    children = psutil.Process(srv.proc.pid).children()
+    workers = [p for p in children if p.cmdline() and "multiprocessing" in " ".join(p.cmdline())
+               and "resource_tracker" not in " ".join(p.cmdline())]
+    assert len(workers) == 2, [p.cmdline() for p in children]
+    workers[0].kill()
+    deadline = time.time() + 120
+    while True:  # a new worker starts, loads the bundle and answers
+        alive = [p for p in psutil.Process(srv.proc.pid).children()
+                 if p.pid != workers[0].pid and "resource_tracker" not in " ".join(p.cmdline())]
+        seen: set[str] = set()
+        for _ in range(20):
+            with httpx.Client(timeout=5) as c:
+                r = c.get(f"{srv.url}/info", headers=ADMIN)
+                if r.status_code == 200:
+                    seen.add(r.json()["worker"])
+        if len(alive) == 2 and len(seen) == 2:
+            break
+        assert time.time() < deadline, (alive, seen)
+        time.sleep(0.5)
+    assert srv.proc.poll() is None
+
+
+def test_a_port_shared_by_so_reuseport_is_a_clash_too(tiny_bundle: Path) -> None:
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "crops", "serve", "--bundle", str(tiny_bundle), "--port", str(port),
+             "--workers", "2"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert lines[-1].startswith("error: ") and str(port) in lines[-1], proc.stderr
