@@ -83,10 +83,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="exported bundle with its int8 variant (default: crops export into runs/realq/model)")
     ap.add_argument("--factories", default=";".join(FACTORIES), help="faiss factories, ;-separated")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--ef-construction", type=int, default=None,
+                    help="build HNSW graphs at this efConstruction instead of the builder's "
+                         "(index_builder.ops.HNSW_EF_CONSTRUCTION); the bundle folder is named for it")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "index_memory_1M.md")
     a = ap.parse_args(argv)
     import faiss
 
+    from index_builder import ops
+
+    if a.ef_construction:
+        ops.HNSW_EF_CONSTRUCTION = a.ef_construction  # what new_index reads for every HNSW graph
     faiss.omp_set_num_threads(2)  # build + exact truth; tuning and the workers time one thread
     base = base_vectors()
     a.model = ensure_model_bundle(a.model, WORK)
@@ -114,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = [f"v{i:07d}" for i in range(a.n)]
     rows = []
     for factory in [f.strip() for f in a.factories.split(";") if f.strip()]:
-        target = WORK / ("bundle_" + "".join(c if c.isalnum() else "_" for c in factory))
+        target = WORK / ("bundle_" + "".join(c if c.isalnum() else "_" for c in factory)
+                         + (f"_efc{a.ef_construction}" if a.ef_construction else ""))
         if not (target / "index.faiss").is_file():
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(a.model, target)

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 # faiss' default 256 per centroid, at 40 % of the k-means cost (the dominant build cost on CPU).
 MAX_TRAIN = 100_000
 # HNSW graph build effort (faiss' default is 40). On the 1M bench vectors with real (MIMICS) queries,
-# HNSW32,SQ8 built at 40 reached recall@100 0.905 at efSearch 1024; built at 160 (2.7x the build
-# time, 146 s on 2 cores) it reached 0.963 at the same efSearch and latency.
+# HNSW32,SQ8 built at 40 (62 s on 2 cores) needed efSearch 2560 for recall@100 0.95: 8.9 ms p50 a
+# query end to end; built at 160 (144 s) it needs 1024: 4.3 ms (docs/results/index_memory_1M*.md).
 HNSW_EF_CONSTRUCTION = 160
 
 

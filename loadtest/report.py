@@ -67,6 +67,7 @@ def run_stats(samples: Iterable[Sample], seconds: float, *, warmup_s: float = 0.
     span = seconds - warmup_s
     if span <= 0:
         raise ValueError(f"warm-up {warmup_s} s leaves nothing of a {seconds} s run")
+    samples = list(samples)  # read twice: by send time (requests) and by arrival time (goodput)
     held = [s for s in samples if warmup_s <= s.t < seconds]
     ok = [s.latency_ms for s in held if s.ok]
     return {

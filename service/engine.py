@@ -120,7 +120,8 @@ class Retriever:
         self.nprobe = nprobe if nprobe is not None else index_sec.nprobe
         self.is_ivf = faiss.try_extract_index_ivf(index) is not None
         apply_manifest_params(index, index_sec)  # the tuned point: nprobe, k_factor or efSearch
-        set_search_params(index, nprobe=self.nprobe)
+        if nprobe is not None:
+            set_search_params(index, nprobe=nprobe)
         self._params: dict[int, Any] = {}
         self.on_gpu = False
         if use_gpu is not False and _gpu_count() > 0:

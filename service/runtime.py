@@ -201,17 +201,14 @@ class BundleRuntime:
 
     def _drop_doomed(self, now: float) -> None:
         """Answer 503 now to queued jobs that would miss their deadline even in a batch of one."""
-        if not math.isfinite(min((j.deadline for j in self._pending + self._bulk), default=math.inf)):
-            return
-        err = CropsError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded while queued; retry shortly")
+        cutoff = now + self.cost_s
         for lane in (self._pending, self._bulk):
-            keep = []
-            for job in lane:
-                if job.deadline < now + self.cost_s:
-                    job.loop.call_soon_threadsafe(_resolve, job.future, None, err)
-                else:
-                    keep.append(job)
-            lane[:] = keep
+            if any(job.deadline < cutoff for job in lane):
+                err = CropsError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded while queued; retry shortly")
+                for job in lane:
+                    if job.deadline < cutoff:
+                        job.loop.call_soon_threadsafe(_resolve, job.future, None, err)
+                lane[:] = [job for job in lane if job.deadline >= cutoff]
 
     def _run(self) -> None:
         """Block for work, gather what else is queued (up to max_wait_ms), run the next batch."""

@@ -75,5 +75,6 @@ def test_run_stats_counts_the_window_and_its_rate() -> None:
     assert st["p50_ms"] == 2.0 and st["max_ms"] == 40.0 and st["p999_ms"] == 40.0
     assert st["mean_ms"] == pytest.approx((198 * 2.0 + 40.0) / 199, abs=1e-3)
     assert run_stats(samples, 2.0)["requests"] == 200  # samples sent after the end are not counted
+    assert run_stats(iter(samples), 3.0, warmup_s=1.0) == st  # a one-pass iterable reads the same
     with pytest.raises(ValueError):
         run_stats(samples, 1.0, warmup_s=1.0)
