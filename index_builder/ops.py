@@ -33,6 +33,13 @@ MAX_TRAIN = 100_000
 # HNSW32,SQ8 built at 40 (62 s on 2 cores) needed efSearch 2560 for recall@100 0.95: 8.9 ms p50 a
 # query end to end; built at 160 (144 s) it needs 1024: 4.3 ms (docs/results/index_memory_1M*.md).
 HNSW_EF_CONSTRUCTION = 160
+# A graph index's rows are stored grouped by a coarse k-means cluster (``locality_order``): a node's
+# graph neighbours, mostly in its own cluster, then lie close in memory, and a search that is bound
+# by memory latency touches fewer pages. On the 1M bench vectors HNSW32,SQ8 searched 10-14 % faster
+# at the same recall (efSearch 768: 1.75-1.89 ms -> 1.58-1.63 ms p50, 4 interleaved rounds, one
+# thread); below ~10k rows the index fits in cache and the order does not matter.
+LOCALITY_MIN_ROWS = 10_000
+LOCALITY_ROWS_PER_CLUSTER = 500
 
 
 def _parts(index: Any) -> tuple[Any, Any, Any]:
@@ -75,6 +82,23 @@ def _train_sample(vectors: np.ndarray, seed: int) -> np.ndarray:
         return vectors
     rng = np.random.default_rng(seed)
     return vectors[np.sort(rng.choice(len(vectors), MAX_TRAIN, replace=False))]
+
+
+def is_graph(factory: str) -> bool:
+    """True for a factory whose top level is an HNSW graph (not an IVF with an HNSW quantizer)."""
+    return factory.split(",")[0].startswith("HNSW")
+
+
+def locality_order(vectors: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """A permutation of the rows that groups them by spherical k-means cluster (stable within one)."""
+    import faiss
+
+    n, dim = vectors.shape
+    k = max(1, min(2048, n // LOCALITY_ROWS_PER_CLUSTER))
+    km = faiss.Kmeans(dim, k, niter=10, seed=seed, spherical=True)
+    km.train(_train_sample(vectors, seed))
+    _, cluster = km.index.search(vectors, 1)
+    return np.argsort(cluster[:, 0], kind="stable")
 
 
 def _gpu_train_add(

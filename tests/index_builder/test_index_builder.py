@@ -39,12 +39,38 @@ def test_ivfpq_is_tuned_to_target_with_curve_in_manifest(ivf_bundle: Path) -> No
     assert sec.curve_json in m.files and sec.curve_png in m.files
     curve = json.loads((ivf_bundle / str(sec.curve_json)).read_text())
     assert curve["chosen"]["nprobe"] == sec.nprobe and curve["chosen"]["k_factor"] == sec.k_factor
-    # the chosen point is the fastest (batch 1) of those reaching the target
-    ok = [p for p in curve["points"] if p["recall"] >= 0.95]
-    assert curve["chosen"]["b1_ms_p50"] == min(p["b1_ms_p50"] for p in ok)
+    # the chosen point is the least nprobe reaching the target at its k_factor (grid, then bisection)
+    ok = [p for p in curve["points"] if p["recall"] >= 0.95 and p["k_factor"] == sec.k_factor]
+    assert sec.nprobe == min(p["nprobe"] for p in ok)
     assert len({p["k_factor"] for p in curve["points"]}) >= 2  # refine factor is tuned, not fixed
     assert (ivf_bundle / str(sec.curve_png)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sec.chosen is not None and sec.chosen["b1_ms_p50"] > 0 and sec.built_on == "cpu"
+
+
+def test_tuning_bisects_the_effort_between_grid_points(ivf_data: tuple) -> None:
+    from index_builder.tuning import NPROBE_GRID, tune
+
+    docs, q = ivf_data
+    index = faiss.index_factory(docs.shape[1], "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(docs)
+    index.add(docs)
+    truth = exact_topk(docs, q, 100)
+    ivf = faiss.extract_index_ivf(index)
+
+    def recall_at(nprobe: int) -> float:
+        ivf.nprobe = nprobe
+        return recall_vs_exact(index.search(q, 100)[1], truth)
+
+    lo_rec, hi_rec = recall_at(8), recall_at(12)
+    assert hi_rec > lo_rec + 0.005  # a target strictly between two grid points exists
+    target = (lo_rec + hi_rec) / 2
+    chosen, points = tune(index, q, truth, target, n_latency=5)
+    assert chosen.recall >= target and 8 < chosen.nprobe <= 12  # type: ignore[operator]
+    assert any(p.nprobe not in NPROBE_GRID for p in points)  # efforts off the grid were measured
+    below = [p for p in points if p.nprobe is not None and p.nprobe < chosen.nprobe]  # type: ignore[operator]
+    assert max(below, key=lambda p: p.nprobe or 0).nprobe == chosen.nprobe - 1  # type: ignore[operator]
+    assert max(below, key=lambda p: p.nprobe or 0).recall < target  # and it is the least that reaches it
+    assert ivf.nprobe == chosen.nprobe  # the index is left at the chosen point
 
 
 def test_manifest_recall_matches_a_fresh_measurement(ivf_bundle: Path, ivf_data: tuple) -> None:
@@ -270,3 +296,28 @@ def test_hnsw_is_tuned_on_ef_search_and_served_at_that_point(
     found = [[int(i[1:]) for i in res.ids] for res in r.search_vectors(queries, 100)]
     fresh = recall_vs_exact(np.array(found), exact_topk(docs, queries, 100))
     assert round(fresh, 4) == sec.recall_at_100
+
+
+def test_graph_rows_are_stored_in_cluster_order_and_the_id_map_follows(model_bundle: Path, tmp_path: Path) -> None:
+    from index_builder.build import build_from_vectors
+    from index_builder.ops import LOCALITY_MIN_ROWS
+
+    docs = clustered(LOCALITY_MIN_ROWS + 2000, seed=3)
+    rng = np.random.default_rng(4)
+    q = docs[rng.choice(len(docs), 60, replace=False)] + 0.3 * rng.normal(size=(60, 384)).astype(np.float32)
+    ids = [f"d{i:05d}" for i in range(len(docs))]
+    out = tmp_path / "graph"
+    shutil.copytree(model_bundle, out)
+    sec = build_from_vectors(out, docs, ids, q / np.linalg.norm(q, axis=1, keepdims=True),
+                             factory="HNSW16,Flat", n_latency=5, use_gpu=False)
+    stored = load_id_map(out / sec.id_map_file)
+    assert sorted(stored) == ids and stored != ids  # the same documents, regrouped
+    assert sec.timings is not None and sec.timings["order_s"] > 0
+    rows = np.array([int(d[1:]) for d in stored])
+    # neighbouring rows are now mostly from one cluster: consecutive rows are far more alike
+    assert float((docs[rows[1:]] * docs[rows[:-1]]).sum(1).mean()) > float((docs[1:] * docs[:-1]).sum(1).mean()) + 0.2
+    # and a search still names the right document: each probe finds itself through the id map
+    index = faiss.read_index(str(out / sec.index_file))
+    probe = rng.choice(len(docs), 50, replace=False)
+    _, found = index.search(docs[probe], 1)
+    assert [stored[r] for r in found[:, 0]] == [ids[i] for i in probe]
