@@ -136,7 +136,8 @@ def http_row(name: str, url: str, bodies: Bodies, a: argparse.Namespace, *, ceil
     else:
         def measure(rate: float) -> dict[str, Any]:
             need = int(rate * a.seconds) + 10
-            return h.measure_open(url, bodies.take(need), rate=rate, seconds=a.seconds, connections=a.connections)
+            return h.measure_open(url, bodies.take(need), rate=rate, seconds=a.seconds, connections=a.connections,
+                                  server_pids=pids)
 
         found = h.max_rate_within_slo(measure, start=a.rate, ceiling=ceiling, slo_ms=a.slo_p99_ms, steps=a.steps,
                                       name=name)
@@ -194,6 +195,10 @@ def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: 
         "service_over_naive": ratio(service_rps, naive_rps, 1),
         "service_over_naive_any_latency": ratio(svc.get("max_rps_any_latency"), naive_rps, 1),
         "peak_rss_mib": {"limit": limits[0].get("peak_rss_mib"), **{k: r.get("peak_rss_mib") for k, r in rows.items()}},
+        # Where the cores went at the fixed rate: the serving path alone needs rate x (2 cores / limit).
+        "compute_cores_at_rate": round(a.rate * 2 / limit_rps, 3),
+        "service_cores_at_rate": at.get("server_cores"),
+        "generator_cores_at_rate": at.get("generator_cores"),
     }
 
 
@@ -241,6 +246,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"service / naive = {f(result['service_over_naive'], 1)}× (goal ≥ 10×; the naive peer's number is "
         f"its best closed loop at any latency"
         + (f", {nv['connections']} connections, p99 {f(nv['p99_ms'])} ms" if nv else "") + ").",
+        f"- **Cores at {rate:g} req/s** (of {m['cores']}): encode + search alone need "
+        f"{f(result.get('compute_cores_at_rate'), 2)} ({rate:g} × {m['cores']} / the limit); the service's "
+        f"processes used {f(result.get('service_cores_at_rate'), 2)} and the load generator "
+        f"{f(result.get('generator_cores_at_rate'), 2)}. Each row's fixed-rate table below has its own split.",
         f"- The limit: {f(lim[0]['rps'])} req/s before the HTTP rows, "
         + (f"{f(lim[1]['rps'])} after" if len(lim) > 1 else "not measured after")
         + "; the ratios use their mean.",
@@ -282,9 +291,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         pts = ([r["at_rate"]] if r.get("at_rate") else []) + r.get("search", [])
         if pts:
             lines += [f"### {name}: fixed-rate points ({result['seconds']:g} s each)", "",
-                      *h.markdown_table(["rate", "achieved", "p50 ms", "p99 ms", "p99.9 ms", "failures", "within SLO"],
+                      *h.markdown_table(["rate", "achieved", "p50 ms", "p99 ms", "p99.9 ms", "failures", "within SLO",
+                                         "server cores", "generator cores"],
                                         [[f(p["rate"], 0), f(p["rps"]), f(p["p50_ms"], 2), f(p["p99_ms"], 2),
-                                          f(p["p999_ms"], 2), p["failures"], "yes" if p["within_slo"] else "no"]
+                                          f(p["p999_ms"], 2), p["failures"], "yes" if p["within_slo"] else "no",
+                                          f(p.get("server_cores"), 2), f(p.get("generator_cores"), 2)]
                                          for p in pts]), ""]
         closed = r.get("closed_loop", [])
         if closed:

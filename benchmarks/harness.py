@@ -242,15 +242,39 @@ def tree_pss_mib(pid: int) -> float:
     return round(sum(found) / 1024, 1) if found else float("nan")
 
 
+def tree_cpu_s(pids: Sequence[int]) -> float:
+    """CPU seconds (user + system) used so far by the live processes in the trees of ``pids``."""
+    import psutil
+
+    total = 0.0
+    for root in pids:
+        for p in tree_pids(root):
+            with contextlib.suppress(psutil.Error):
+                t = psutil.Process(p).cpu_times()
+                total += t.user + t.system
+    return total
+
+
 # --------------------------------------------------------------------------- load
 
 
 def measure_open(
-    url: str, bodies: Sequence[bytes], *, rate: float, seconds: float, connections: int = 32, warmup_s: float = 1.0
+    url: str, bodies: Sequence[bytes], *, rate: float, seconds: float, connections: int = 32, warmup_s: float = 1.0,
+    server_pids: Sequence[int] = (),
 ) -> Point:
-    """One fixed-rate open-loop run; ``run_stats`` over ``[warmup_s, seconds)`` plus the rate asked."""
+    """One fixed-rate open-loop run; ``run_stats`` over ``[warmup_s, seconds)`` plus the rate asked.
+
+    With ``server_pids``, also where the cores went over the whole run: ``server_cores`` (the server
+    trees' CPU seconds per wall second) and ``generator_cores`` (this process, which runs the load
+    generator), so a report can tell a slow server from a box that had no core left."""
+    cpu0, gen0, t0 = tree_cpu_s(server_pids), time.process_time(), time.perf_counter()
     samples = open_loop(url, bodies, rate=rate, duration=seconds, connections=connections)
-    return {"rate": rate, **run_stats(samples, seconds, warmup_s=warmup_s)}
+    wall = time.perf_counter() - t0
+    point: Point = {"rate": rate, **run_stats(samples, seconds, warmup_s=warmup_s)}
+    if server_pids:
+        point["server_cores"] = round((tree_cpu_s(server_pids) - cpu0) / wall, 3)
+        point["generator_cores"] = round((time.process_time() - gen0) / wall, 3)
+    return point
 
 
 def measure_closed(

@@ -3,8 +3,10 @@ modes, against synthetic measurements and a tiny local HTTP server; the limit sc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -226,6 +228,28 @@ def test_server_waits_for_readyz_measures_the_tree_and_stops_the_group(tmp_path:
     assert math.isnan(h.tree_peak_rss_mib(proc.pid)) and math.isnan(h.tree_pss_mib(proc.pid))
 
 
+def test_tree_cpu_counts_the_cpu_a_process_tree_spends() -> None:
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(30)"
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    parent = subprocess.Popen([sys.executable, "-c",
+                               f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {busy!r}]); "
+                               "time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while h.tree_cpu_s([parent.pid]) < 0.6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(h.tree_pids(parent.pid)) == 2
+        assert 0.6 <= h.tree_cpu_s([parent.pid]) < 3.0  # the busy child's 0.6 s counted through its parent
+        assert h.tree_cpu_s([idle.pid]) < 0.5
+        assert h.tree_cpu_s([parent.pid, idle.pid]) >= 0.6
+    finally:
+        for p in [*h.tree_pids(parent.pid)[::-1], idle.pid]:
+            with contextlib.suppress(OSError):
+                os.kill(p, 9)
+        parent.wait()
+        idle.wait()
+
+
 def test_server_that_exits_names_its_log(tmp_path: Path) -> None:
     with pytest.raises(NotReady, match=r"exited with 3.*t\.log"), h.server(
         [sys.executable, "-c", "print('boom'); raise SystemExit(3)"], port=h.free_port(), name="t", log_dir=tmp_path
@@ -274,7 +298,8 @@ def test_machine_info_and_other_cores() -> None:
 
 
 def _result() -> dict[str, Any]:
-    point = {"rate": 400.0, "rps": 399.0, "ok_rps": 398.0, "failures": 0, "p50_ms": 3.0, "p99_ms": 8.5, "p999_ms": 12.0}
+    point = {"rate": 400.0, "rps": 399.0, "ok_rps": 398.0, "failures": 0, "p50_ms": 3.0, "p99_ms": 8.5, "p999_ms": 12.0,
+             "server_cores": 1.5, "generator_cores": 0.3}
     row = {"title": "crops serve, 2 workers", "workers": 2, "at_rate": {**point, "within_slo": True},
            "search": [{**point, "rate": 440.0, "ok_rps": 420.0, "p99_ms": 11.0, "within_slo": False}],
            "max_rps_within_slo": 400.0,
@@ -295,6 +320,7 @@ def _result() -> dict[str, Any]:
         "skipped": {"nginx": "nginx is not installed (apt-get install nginx-light)"}, "failed": {},
         "core_split": "2 cores", "other_cores_at_start": 0.0, "loadavg_start": [0.1], "loadavg_end": [1.9],
         "noisy": False, "started": "2026-01-01T00:00:00+00:00", "command": "python -m benchmarks.fleet --publish",
+        "compute_cores_at_rate": 1.667, "service_cores_at_rate": 1.5, "generator_cores_at_rate": 0.3,
         "machine": {"cpu": "cpu", "cores": 2, "mem_gib": 8.0, "kernel": "6", "git": "abc", "python": "3.11",
                     "versions": {"numpy": "2"}},
     }
@@ -308,7 +334,9 @@ def test_report_renders_every_row_and_says_what_was_not_measured(tmp_path: Path)
     assert "| naive | naive peer | – | – | – | n/a | – | 6.8 | 4000.0 | 3900.0 |" in md
     assert "| nginx | nginx least_conn + 2 single-worker replicas | not measured: nginx is not installed" in md
     assert "**service / limit = 0.833**" in md and "470.0 req/s before the HTTP rows, 490.0 after" in md
-    assert "| 440 | 399.0 | 3.00 | 11.00 | 12.00 | 0 | no |" in md  # the search point over the SLO
+    assert "| 440 | 399.0 | 3.00 | 11.00 | 12.00 | 0 | no | 1.50 | 0.30 |" in md  # the search point over the SLO
+    assert "**Cores at 400 req/s** (of 2): encode + search alone need 1.67" in md
+    assert "the service's processes used 1.50 and the load generator 0.30" in md
     assert "`python -m benchmarks.fleet --publish`" in md
     noisy = render_markdown({**_result(), "noisy": True, "service_rps": None, "service_over_limit": None})
     assert "numbers are noisy" in noisy and "**service / limit = n/a**" in noisy
