@@ -9,7 +9,7 @@ Rows, one after another on the same box, bundle and queries, never two at once:
 1. limit: ``benchmarks.limit``, the serving path (normalise + tokenise + ONNX + faiss + ids) in a loop
    with no HTTP, one process pinned per core: the most the box can answer. Measured before and after
    the HTTP rows (the box's speed drifts); the limit is their mean.
-2. service: ``crops serve --workers 2`` (least-conn), cache off.
+2. service: ``crops serve --workers 2`` (a SO_REUSEPORT socket per worker), cache off.
 3. nginx: ``deploy/nginx/nginx.conf`` (least_conn) in front of 2 single-worker ``crops serve`` replicas;
    only when nginx is installed (``apt-get install nginx-light``), else the row is skipped and says so.
 4. granian: the same FastAPI app (``benchmarks.granian_app``) under granian, 2 workers.
@@ -86,8 +86,7 @@ def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str],
     url = f"http://127.0.0.1:{port}"
 
     def serve(p: int, workers: int) -> list[str]:
-        return [py, "-m", "crops", "serve", "--bundle", str(bundle), "--port", str(p), "--workers", str(workers),
-                "--balance", "least-conn"]
+        return [py, "-m", "crops", "serve", "--bundle", str(bundle), "--port", str(p), "--workers", str(workers)]
 
     if name == "service":
         with h.server(serve(port, 2), port=port, name=name, env=env, log_dir=logs) as proc:

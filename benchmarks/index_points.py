@@ -56,7 +56,7 @@ def main() -> None:
         faiss.omp_set_num_threads(1)
         chosen, _curve = tune(index, tq, t_truth, a.target, n_latency=100)
         set_search_params(index, nprobe=chosen.nprobe, k_factor=chosen.k_factor)
-        recall, p50, p99, b32 = measure_point(index, hq, h_truth, 100, n_latency=300)
+        recall, _, p50, p99, b32 = measure_point(index, hq, h_truth, 100, n_latency=300)
         faiss.omp_set_num_threads(2)
         rows[factory] = {
             "nprobe": chosen.nprobe, "k_factor": chosen.k_factor, "tune_recall": round(chosen.recall, 4),

@@ -38,7 +38,7 @@ from index_builder.faiss_utils import choose_factory, exact_topk, gpu_count, pro
 from index_builder.graded import GradedSet, load_graded, recall_by_level
 from index_builder.queries import query_sets
 from index_builder.shards import doc_encoder, encode_rows, load_shards
-from index_builder.tuning import NPROBE_GRID, tune, write_curve
+from index_builder.tuning import NPROBE_GRID, reaches, tune, write_curve
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def build_from_vectors(
         build_seconds=round(sum(timings.values()), 2),
     )
     section.target_recall = target_recall
-    section.target_met = chosen.recall - tune_margin >= target_recall
+    section.target_met = reaches(chosen, min(0.9999, target_recall + tune_margin))  # as the tuner judged it
     # What the recall figure is about (extra fields of the index section, schema unchanged).
     section.recall_queries_kind = queries_kind or "given vectors"  # type: ignore[attr-defined]
     section.recall_queries_source = queries_source  # type: ignore[attr-defined]

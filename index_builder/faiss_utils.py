@@ -97,6 +97,15 @@ def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return ids
 
 
+def recall_per_query(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Each query's share of its exact top-k found by the index (ids < 0 are misses)."""
+    out = np.zeros(len(truth))
+    for i, (f, t) in enumerate(zip(found, truth, strict=True)):
+        want = t[t >= 0]
+        out[i] = len(set(f[f >= 0].tolist()).intersection(want.tolist())) / max(1, len(want))
+    return out
+
+
 def recall_vs_exact(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of the exact top-k found by the index (ids < 0 are misses)."""
     hits = 0
