@@ -181,15 +181,15 @@ def build_from_vectors(
     timings = dict(timings or {})
     pick = production_factory if ann else choose_factory
     factory = factory or pick(n, dim, memory_budget_bytes=memory_budget_bytes, opq=opq, refine=refine)
-    if ops.is_graph(factory) and n >= ops.LOCALITY_MIN_ROWS:
-        t0 = time.perf_counter()
-        order = ops.locality_order(vectors, seed=seed)  # rows (and the id map) in cluster order
-        vectors, ids = vectors[order], [ids[i] for i in order]
-        timings["order_s"] = round(time.perf_counter() - t0, 2)
     log.info("building %s over %d vectors", factory, n)
     t0 = time.perf_counter()
     index, built_on = ops.train_and_add(factory, vectors, seed=seed, use_gpu=use_gpu)
     timings["train_add_s"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    order = ops.store_in_locality_order(index, vectors, seed=seed)
+    if order is not None:  # a graph's rows now lie in cluster order: the id map and vectors follow
+        vectors, ids = vectors[order], [ids[i] for i in order]
+        timings["order_s"] = round(time.perf_counter() - t0, 2)
 
     import faiss
 

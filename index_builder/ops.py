@@ -33,11 +33,12 @@ MAX_TRAIN = 100_000
 # HNSW32,SQ8 built at 40 (62 s on 2 cores) needed efSearch 2560 for recall@100 0.95: 8.9 ms p50 a
 # query end to end; built at 160 (144 s) it needs 1024: 4.3 ms (docs/results/index_memory_1M*.md).
 HNSW_EF_CONSTRUCTION = 160
-# A graph index's rows are stored grouped by a coarse k-means cluster (``locality_order``): a node's
-# graph neighbours, mostly in its own cluster, then lie close in memory, and a search that is bound
-# by memory latency touches fewer pages. On the 1M bench vectors HNSW32,SQ8 searched 10-14 % faster
-# at the same recall (efSearch 768: 1.75-1.89 ms -> 1.58-1.63 ms p50, 4 interleaved rounds, one
-# thread); below ~10k rows the index fits in cache and the order does not matter.
+# A graph index's stored rows are permuted into the order of a coarse k-means clustering after the
+# build (``store_in_locality_order``): the graph is the same, but a node's neighbours, mostly in its
+# own cluster, now lie close in memory, and a search bound by memory latency touches fewer pages. On
+# the 1M bench HNSW32,SQ8 searched 1.11-1.14x faster at the same recall; building the graph with the
+# rows inserted in cluster order was about as fast but lost up to 0.008 recall (docs/results/graph_order_1M.md).
+# Below ~10k rows the index fits in cache and the order does not matter.
 LOCALITY_MIN_ROWS = 10_000
 LOCALITY_ROWS_PER_CLUSTER = 500
 
@@ -84,13 +85,9 @@ def _train_sample(vectors: np.ndarray, seed: int) -> np.ndarray:
     return vectors[np.sort(rng.choice(len(vectors), MAX_TRAIN, replace=False))]
 
 
-def is_graph(factory: str) -> bool:
-    """True for a factory whose top level is an HNSW graph (not an IVF with an HNSW quantizer)."""
-    return factory.split(",")[0].startswith("HNSW")
-
-
 def locality_order(vectors: np.ndarray, *, seed: int = 0) -> np.ndarray:
-    """A permutation of the rows that groups them by spherical k-means cluster (stable within one)."""
+    """A permutation of the rows that groups them by spherical k-means cluster (stable within one):
+    new row ``i`` is old row ``order[i]``."""
     import faiss
 
     n, dim = vectors.shape
@@ -99,6 +96,20 @@ def locality_order(vectors: np.ndarray, *, seed: int = 0) -> np.ndarray:
     km.train(_train_sample(vectors, seed))
     _, cluster = km.index.search(vectors, 1)
     return np.argsort(cluster[:, 0], kind="stable")
+
+
+def store_in_locality_order(index: Any, vectors: np.ndarray, *, seed: int = 0) -> np.ndarray | None:
+    """Permute an HNSW index's rows (codes and graph) into ``locality_order``; returns the order, which
+    the caller applies to the id map, or None (not a graph over flat codes, or fewer rows than
+    ``LOCALITY_MIN_ROWS``). The graph's links are renumbered, not rebuilt: search results are the same."""
+    import faiss
+
+    top = faiss.downcast_index(index)
+    if not isinstance(top, faiss.IndexHNSW) or top.ntotal < LOCALITY_MIN_ROWS:
+        return None
+    order = locality_order(vectors, seed=seed)
+    top.permute_entries(np.ascontiguousarray(order, dtype=np.int64))
+    return order
 
 
 def _gpu_train_add(

@@ -338,3 +338,20 @@ def test_graph_rows_are_stored_in_cluster_order_and_the_id_map_follows(model_bun
     probe = rng.choice(len(docs), 50, replace=False)
     _, found = index.search(docs[probe], 1)
     assert [stored[r] for r in found[:, 0]] == [ids[i] for i in probe]
+
+
+def test_permuting_a_graph_into_cluster_order_changes_no_result() -> None:
+    from index_builder import ops
+
+    docs = clustered(ops.LOCALITY_MIN_ROWS + 500, dim=64, seed=5)
+    index, _ = ops.train_and_add("HNSW16,SQ8", docs, seed=0, use_gpu=False)
+    q = docs[:40] + 0.2 * np.random.default_rng(6).normal(size=(40, 64)).astype(np.float32)
+    before_d, before = index.search(q, 20)
+    order = ops.store_in_locality_order(index, docs)
+    assert order is not None and sorted(order.tolist()) == list(range(len(docs))) and (order != np.arange(len(docs))).any()
+    after_d, after = index.search(q, 20)
+    assert (order[after] == before).all() and np.allclose(after_d, before_d)  # the same graph, renumbered
+    small, _ = ops.train_and_add("HNSW16,SQ8", docs[:1000], seed=0, use_gpu=False)
+    assert ops.store_in_locality_order(small, docs[:1000]) is None  # fits in cache: left as built
+    flat, _ = ops.train_and_add("Flat", docs, seed=0, use_gpu=False)
+    assert ops.store_in_locality_order(flat, docs) is None  # not a graph
