@@ -211,13 +211,17 @@ def ensure_bench_bundle(
 
 def measured_recall(bundle: Path, vec_path: Path, queries: list[str], exclude: set[str], n_q: int = 300
                     ) -> tuple[float, int]:
-    """(recall@100 of the bundle's index at its nprobe/k_factor against exact search, queries used):
-    on the first ``n_q`` distinct ``queries`` not in ``exclude`` (the tuning queries)."""
+    """(recall@100 of the bundle's index at its tuned point against exact search, queries used):
+    on the first ``n_q`` distinct ``queries`` not in ``exclude`` (the tuning queries).
+
+    The index's labels are rows of the bundle's id map, which a graph index keeps in its own (cluster)
+    order; the bench's ids name the row of ``vec_path`` (``v0000042`` is row 42), so labels are mapped
+    through the id map before they are compared with exact search over ``vec_path``."""
     import faiss
     import numpy as np
 
-    from core.manifest import verify_bundle
-    from core.search_params import set_search_params
+    from core.manifest import load_id_map, verify_bundle
+    from core.search_params import apply_manifest_params
     from index_builder.faiss_utils import exact_topk, recall_vs_exact
 
     qs = [q for q in dict.fromkeys(queries) if q not in exclude][:n_q]
@@ -225,7 +229,8 @@ def measured_recall(bundle: Path, vec_path: Path, queries: list[str], exclude: s
     m = verify_bundle(bundle, require_index=True, check_checksums=False).index
     assert m is not None
     index = faiss.read_index(str(bundle / m.index_file))
-    set_search_params(index, nprobe=m.nprobe, k_factor=m.k_factor)
+    apply_manifest_params(index, m)
     _, found = index.search(qv, 100)
+    vec_row = np.array([int(i[1:]) for i in load_id_map(bundle / m.id_map_file)])
     truth = exact_topk(np.load(vec_path), qv, 100)
-    return round(recall_vs_exact(found, truth), 4), len(qs)
+    return round(recall_vs_exact(np.where(found >= 0, vec_row[found], -1), truth), 4), len(qs)
