@@ -166,6 +166,17 @@ def ratio(a: float | None, b: float | None, nd: int = 3) -> float | None:
     return round(a / b, nd) if a and b else None
 
 
+def cpu_ms_per_request(row: dict[str, Any]) -> float | None:
+    """The server processes' CPU per request at the row's highest fixed rate that refused nothing (a busy
+    server whose CPU all went to answers; at low rates each request also pays for caches gone cold)."""
+    pts = [p for p in [row.get("at_rate"), *row.get("search", [])]
+           if p and p.get("server_cores") is not None and not p.get("failures")]
+    if not pts:
+        return None
+    top = max(pts, key=lambda p: p["rate"])
+    return round(top["server_cores"] * 1e3 / top["rate"], 2)
+
+
 def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: argparse.Namespace
               ) -> dict[str, Any]:
     """The flat numbers of bench.json from the rows."""
@@ -198,6 +209,9 @@ def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: 
         "compute_cores_at_rate": round(a.rate * 2 / limit_rps, 3),
         "service_cores_at_rate": at.get("server_cores"),
         "generator_cores_at_rate": at.get("generator_cores"),
+        # CPU per request: the tight loop's (2 cores / the limit) against each HTTP row's, measured
+        "limit_cpu_ms_per_query": round(2e3 / limit_rps, 2),
+        "cpu_ms_per_request": {k: cpu_ms_per_request(r) for k, r in rows.items() if cpu_ms_per_request(r)},
     }
 
 
@@ -249,6 +263,12 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{f(result.get('compute_cores_at_rate'), 2)} ({rate:g} × {m['cores']} / the limit); the service's "
         f"processes used {f(result.get('service_cores_at_rate'), 2)} and the load generator "
         f"{f(result.get('generator_cores_at_rate'), 2)}. Each row's fixed-rate table below has its own split.",
+        f"- **CPU per request**: the limit's loop spends {f(result.get('limit_cpu_ms_per_query'), 2)} ms a query; "
+        "over HTTP, at each row's highest fixed rate without a refusal, the server's processes spent "
+        + ", ".join(f"{k} {f(v, 2)}" for k, v in (result.get("cpu_ms_per_request") or {}).items())
+        + f" ms a request, so {rate:g} req/s would need "
+        + ", ".join(f"{f(v * rate / 1e3, 2)}" for v in (result.get("cpu_ms_per_request") or {}).values())
+        + f" of the {m['cores']} cores.",
         f"- The limit: {f(lim[0]['rps'])} req/s before the HTTP rows, "
         + (f"{f(lim[1]['rps'])} after" if len(lim) > 1 else "not measured after")
         + "; the ratios use their mean.",

@@ -301,7 +301,7 @@ def _result() -> dict[str, Any]:
     point = {"rate": 400.0, "rps": 399.0, "ok_rps": 398.0, "failures": 0, "p50_ms": 3.0, "p99_ms": 8.5, "p999_ms": 12.0,
              "server_cores": 1.5, "generator_cores": 0.3}
     row = {"title": "crops serve, 2 workers", "workers": 2, "at_rate": {**point, "within_slo": True},
-           "search": [{**point, "rate": 440.0, "ok_rps": 420.0, "p99_ms": 11.0, "within_slo": False}],
+           "search": [{**point, "rate": 440.0, "ok_rps": 420.0, "p99_ms": 11.0, "failures": 5, "within_slo": False}],
            "max_rps_within_slo": 400.0,
            "closed_loop": [{"connections": 32, "rps": 455.0, "p50_ms": 60.0, "p99_ms": 90.0, "failures": 0}],
            "max_rps_any_latency": 455.0, "rss_mib_per_worker": 700.0, "pss_mib_per_worker": 650.0}
@@ -321,6 +321,7 @@ def _result() -> dict[str, Any]:
         "core_split": "2 cores", "other_cores_at_start": 0.0, "loadavg_start": [0.1], "loadavg_end": [1.9],
         "noisy": False, "started": "2026-01-01T00:00:00+00:00", "command": "python -m benchmarks.fleet --publish",
         "compute_cores_at_rate": 1.667, "service_cores_at_rate": 1.5, "generator_cores_at_rate": 0.3,
+        "limit_cpu_ms_per_query": 4.17, "cpu_ms_per_request": {"service": 3.75},
         "machine": {"cpu": "cpu", "cores": 2, "mem_gib": 8.0, "kernel": "6", "git": "abc", "python": "3.11",
                     "versions": {"numpy": "2"}},
     }
@@ -334,9 +335,17 @@ def test_report_renders_every_row_and_says_what_was_not_measured(tmp_path: Path)
     assert "| naive | naive peer | – | – | – | n/a | – | 6.8 | 4000.0 | 3900.0 |" in md
     assert "| nginx | nginx least_conn + 2 single-worker replicas | not measured: nginx is not installed" in md
     assert "**service / limit = 0.833**" in md and "470.0 req/s before the HTTP rows, 490.0 after" in md
-    assert "| 440 | 399.0 | 3.00 | 11.00 | 12.00 | 0 | no | 1.50 | 0.30 |" in md  # the search point over the SLO
+    assert "| 440 | 399.0 | 3.00 | 11.00 | 12.00 | 5 | no | 1.50 | 0.30 |" in md  # the search point over the SLO
     assert "**Cores at 400 req/s** (of 2): encode + search alone need 1.67" in md
     assert "the service's processes used 1.50 and the load generator 0.30" in md
+    assert "spends 4.17 ms a query" in md and "service 3.75 ms a request, so 400 req/s would need 1.50 of the 2" in md
+    from benchmarks.fleet import cpu_ms_per_request
+
+    row = _result()["rows"]["service"]
+    assert cpu_ms_per_request(row) == 3.75  # 1.5 cores at 400 req/s: 440 req/s was faster, but not all answered
+    row["search"][0]["failures"] = 0
+    assert cpu_ms_per_request(row) == round(1.5e3 / 440, 2)
+    assert cpu_ms_per_request(_result()["rows"]["naive"]) is None
     assert "`python -m benchmarks.fleet --publish`" in md
     noisy = render_markdown({**_result(), "noisy": True, "service_rps": None, "service_over_limit": None})
     assert "numbers are noisy" in noisy and "**service / limit = n/a**" in noisy
