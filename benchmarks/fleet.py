@@ -167,14 +167,14 @@ def ratio(a: float | None, b: float | None, nd: int = 3) -> float | None:
 
 
 def cpu_ms_per_request(row: dict[str, Any]) -> float | None:
-    """The server processes' CPU per request at the row's highest fixed rate that refused nothing (a busy
-    server whose CPU all went to answers; at low rates each request also pays for caches gone cold)."""
+    """The server processes' CPU per answered request at the row's busiest fixed-rate point (the most
+    answers a second; CPU spent on refusals counts against the answers)."""
     pts = [p for p in [row.get("at_rate"), *row.get("search", [])]
-           if p and p.get("server_cores") is not None and not p.get("failures")]
+           if p and p.get("server_cores") is not None and p.get("ok_rps")]
     if not pts:
         return None
-    top = max(pts, key=lambda p: p["rate"])
-    return round(top["server_cores"] * 1e3 / top["rate"], 2)
+    top = max(pts, key=lambda p: p["ok_rps"])
+    return round(top["server_cores"] * 1e3 / top["ok_rps"], 2)
 
 
 def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: argparse.Namespace
@@ -264,9 +264,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"processes used {f(result.get('service_cores_at_rate'), 2)} and the load generator "
         f"{f(result.get('generator_cores_at_rate'), 2)}. Each row's fixed-rate table below has its own split.",
         f"- **CPU per request**: the limit's loop spends {f(result.get('limit_cpu_ms_per_query'), 2)} ms a query; "
-        "over HTTP, at each row's highest fixed rate without a refusal, the server's processes spent "
+        "over HTTP, at each row's busiest fixed-rate point, the server's processes spent "
         + ", ".join(f"{k} {f(v, 2)}" for k, v in (result.get("cpu_ms_per_request") or {}).items())
-        + f" ms a request, so {rate:g} req/s would need "
+        + f" ms an answered request, so {rate:g} answers a second would need "
         + ", ".join(f"{f(v * rate / 1e3, 2)}" for v in (result.get("cpu_ms_per_request") or {}).values())
         + f" of the {m['cores']} cores.",
         f"- The limit: {f(lim[0]['rps'])} req/s before the HTTP rows, "
@@ -306,7 +306,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "sent once per pool pass, so no cache or single-flight merges requests (the service's cache is off).",
         "",
     ]
-    for name, r in rows.items():
+    for name, r in sorted(rows.items(), key=lambda kv: ROWS.index(kv[0]) if kv[0] in ROWS else len(ROWS)):
         pts = ([r["at_rate"]] if r.get("at_rate") else []) + r.get("search", [])
         if pts:
             lines += [f"### {name}: fixed-rate points ({result['seconds']:g} s each)", "",

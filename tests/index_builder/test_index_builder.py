@@ -348,7 +348,8 @@ def test_permuting_a_graph_into_cluster_order_changes_no_result() -> None:
     q = docs[:40] + 0.2 * np.random.default_rng(6).normal(size=(40, 64)).astype(np.float32)
     before_d, before = index.search(q, 20)
     order = ops.store_in_locality_order(index, docs)
-    assert order is not None and sorted(order.tolist()) == list(range(len(docs))) and (order != np.arange(len(docs))).any()
+    assert order is not None and sorted(order.tolist()) == list(range(len(docs)))
+    assert (order != np.arange(len(docs))).any()
     after_d, after = index.search(q, 20)
     assert (order[after] == before).all() and np.allclose(after_d, before_d)  # the same graph, renumbered
     small, _ = ops.train_and_add("HNSW16,SQ8", docs[:1000], seed=0, use_gpu=False)
