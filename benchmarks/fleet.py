@@ -174,7 +174,7 @@ def cpu_ms_per_request(row: dict[str, Any]) -> float | None:
     if not pts:
         return None
     top = max(pts, key=lambda p: p["ok_rps"])
-    return round(top["server_cores"] * 1e3 / top["ok_rps"], 2)
+    return round(float(top["server_cores"]) * 1e3 / float(top["ok_rps"]), 2)
 
 
 def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: argparse.Namespace
