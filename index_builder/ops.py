@@ -108,7 +108,11 @@ def store_in_locality_order(index: Any, vectors: np.ndarray, *, seed: int = 0) -
     if not isinstance(top, faiss.IndexHNSW) or top.ntotal < LOCALITY_MIN_ROWS:
         return None
     order = locality_order(vectors, seed=seed)
-    top.permute_entries(np.ascontiguousarray(order, dtype=np.int64))
+    try:
+        top.permute_entries(np.ascontiguousarray(order, dtype=np.int64))
+    except RuntimeError as exc:  # a storage faiss cannot permute: serve the graph as built
+        log.warning("graph rows left in build order (%s)", str(exc).strip().splitlines()[-1])
+        return None
     return order
 
 
