@@ -36,8 +36,9 @@ HNSW_EF_CONSTRUCTION = 160
 # A graph index's stored rows are permuted into the order of a coarse k-means clustering after the
 # build (``store_in_locality_order``): the graph is the same, but a node's neighbours, mostly in its
 # own cluster, now lie close in memory, and a search bound by memory latency touches fewer pages. On
-# the 1M bench HNSW32,SQ8 searched 1.11-1.14x faster at the same recall; building the graph with the
-# rows inserted in cluster order was about as fast but lost up to 0.008 recall (docs/results/graph_order_1M.md).
+# the 1M bench HNSW32,SQ8 searched 1.11-1.29x faster at the same recall (two runs); building the
+# graph with the rows inserted in cluster order was about as fast but lost up to 0.008 recall
+# (docs/results/graph_order_1M.md).
 # Below ~10k rows the index fits in cache and the order does not matter.
 LOCALITY_MIN_ROWS = 10_000
 LOCALITY_ROWS_PER_CLUSTER = 500
