@@ -211,7 +211,7 @@ def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: 
         "generator_cores_at_rate": at.get("generator_cores"),
         # CPU per request: the tight loop's (2 cores / the limit) against each HTTP row's, measured
         "limit_cpu_ms_per_query": round(2e3 / limit_rps, 2),
-        "cpu_ms_per_request": {k: cpu_ms_per_request(r) for k, r in rows.items() if cpu_ms_per_request(r)},
+        "cpu_ms_per_request": {k: ms for k, r in rows.items() if (ms := cpu_ms_per_request(r)) is not None},
     }
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness import DATA, ROOT
-from benchmarks.vectors import catalog_texts, expand
+from benchmarks.vectors import bench_ids, catalog_texts, expand
 
 WORK = ROOT / "runs" / "bench"
 
@@ -94,7 +94,7 @@ def run(bundle: Path, n: int, out_md: Path | None) -> None:
     target = WORK / f"bundle_{n}"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(bundle, target)
-    ids = [f"v{i:07d}" for i in range(n)]
+    ids = bench_ids(n)
     t1 = time.perf_counter()
     sec = build_from_vectors(target, vectors, ids, tune_q, report_queries=report_q, corpus="bench:expanded")
     build_s = time.perf_counter() - t1

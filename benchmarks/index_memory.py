@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import harness as h
-from benchmarks.vectors import ensure_model_bundle, expand, real_query_split
+from benchmarks.vectors import bench_ids, ensure_model_bundle, expand, real_query_split
 from core.atomic import atomic_write_bytes, atomic_write_json
 from core.search_params import describe_point
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     rep_v = enc.encode_batched(report_q, 64, normalized=True)
     qfile = WORK / "held_out_queries.json"
     qfile.write_text(json.dumps(report_q))
-    ids = [f"v{i:07d}" for i in range(a.n)]
+    ids = bench_ids(a.n)
     rows = []
     for factory in [f.strip() for f in a.factories.split(";") if f.strip()]:
         target = WORK / ("bundle_" + "".join(c if c.isalnum() else "_" for c in factory)

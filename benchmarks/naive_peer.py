@@ -41,6 +41,7 @@ def create_app(vectors_path: Path, model_dir: Path | None = None) -> Any:
     from fastapi import FastAPI
     from sentence_transformers import SentenceTransformer
 
+    from benchmarks.vectors import bench_ids
     from core.tokenizer import default_model_dir
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -50,7 +51,7 @@ def create_app(vectors_path: Path, model_dir: Path | None = None) -> Any:
     index = faiss.IndexFlatIP(vectors.shape[1])
     for s in range(0, vectors.shape[0], 100_000):
         index.add(np.ascontiguousarray(vectors[s : s + 100_000], dtype=np.float32))
-    ids = [f"v{i:07d}" for i in range(index.ntotal)]
+    ids = bench_ids(index.ntotal)
 
     app = FastAPI()
 

@@ -32,6 +32,17 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+def bench_ids(n: int) -> list[str]:
+    """The bench's document ids: ``v0000042`` names row 42 of the vector file (whatever row of the
+    index it ends up in: a graph bundle stores its rows in cluster order)."""
+    return [f"v{i:07d}" for i in range(n)]
+
+
+def bench_row(doc_id: str) -> int:
+    """The vector-file row a bench id names (the inverse of ``bench_ids``)."""
+    return int(doc_id[1:])
+
+
 def ensure_model_bundle(path: Path | None, work: Path = RUNS) -> Path:
     """An exported model bundle (no index): ``path`` if given, else ``crops export`` (with its variants,
     int8 included) into ``work/model``, once."""
@@ -203,7 +214,7 @@ def ensure_bench_bundle(
         shutil.rmtree(bundle, ignore_errors=True)
         shutil.copytree(model, bundle)
         vectors = np.load(vec_path)
-        build_from_vectors(bundle, vectors, [f"v{i:07d}" for i in range(len(vectors))], encode(model, tune_texts),
+        build_from_vectors(bundle, vectors, bench_ids(len(vectors)), encode(model, tune_texts),
                            corpus=f"bench:expanded:{n}", factory=factory, target_recall=target_recall,
                            queries_kind="given", queries_source=tune_source)
     return bundle, vec_path, f"{len(base)} real embeddings ({source}) expanded to {n}"
@@ -215,8 +226,8 @@ def measured_recall(bundle: Path, vec_path: Path, queries: list[str], exclude: s
     on the first ``n_q`` distinct ``queries`` not in ``exclude`` (the tuning queries).
 
     The index's labels are rows of the bundle's id map, which a graph index keeps in its own (cluster)
-    order; the bench's ids name the row of ``vec_path`` (``v0000042`` is row 42), so labels are mapped
-    through the id map before they are compared with exact search over ``vec_path``."""
+    order; they are mapped through it to rows of ``vec_path`` (``bench_row``) before they are compared
+    with exact search over ``vec_path``."""
     import faiss
     import numpy as np
 
@@ -231,6 +242,6 @@ def measured_recall(bundle: Path, vec_path: Path, queries: list[str], exclude: s
     index = faiss.read_index(str(bundle / m.index_file))
     apply_manifest_params(index, m)
     _, found = index.search(qv, 100)
-    vec_row = np.array([int(i[1:]) for i in load_id_map(bundle / m.id_map_file)])
+    vec_row = np.array([bench_row(i) for i in load_id_map(bundle / m.id_map_file)])
     truth = exact_topk(np.load(vec_path), qv, 100)
     return round(recall_vs_exact(np.where(found >= 0, vec_row[found], -1), truth), 4), len(qs)

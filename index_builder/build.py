@@ -39,8 +39,8 @@ from index_builder.faiss_utils import (
     exact_topk,
     gpu_count,
     production_factory,
-    recall_per_query,
     recall_vs_exact,
+    recall_with_error,
 )
 from index_builder.graded import GradedSet, load_graded, recall_by_level
 from index_builder.queries import query_sets
@@ -395,15 +395,13 @@ def _remeasure(bundle_dir: Path, section: IndexSection, index: Any) -> None:
         return
     queries = np.load(bundle_dir / qfile)
     _, found = index.search(queries, 100)
-    per_query = recall_per_query(found, exact_topk(base, queries, 100))
-    measured = float(per_query.mean())
+    measured, se = recall_with_error(found, exact_topk(base, queries, 100))
     margin = float((section.model_extra or {}).get("tune_margin") or 0.0)
     section.recall_at_100 = round(measured - margin, 4)
     if margin:
         section.recall_at_100_measured = round(measured, 4)  # type: ignore[attr-defined]
     section.recall_stale = False
     if section.target_recall is not None:  # judged as the tuner judges: the 95 % lower bound
-        se = float(per_query.std(ddof=1) / np.sqrt(len(per_query))) if len(per_query) > 1 else 0.0
         section.target_met = measured - Z_LOWER * se - margin >= section.target_recall
 
 

@@ -97,18 +97,24 @@ def exact_topk(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return ids
 
 
-def recall_per_query(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Each query's share of its exact top-k found by the index (ids < 0 are misses)."""
-    out = np.zeros(len(truth))
+def hit_counts(found: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: how many of its exact top-k the index found, and how many there are (ids < 0 skipped)."""
+    hits = np.zeros(len(truth), dtype=np.int64)
+    want = np.zeros(len(truth), dtype=np.int64)
     for i, (f, t) in enumerate(zip(found, truth, strict=True)):
-        want = t[t >= 0]
-        out[i] = len(set(f[f >= 0].tolist()).intersection(want.tolist())) / max(1, len(want))
-    return out
+        t = t[t >= 0]
+        hits[i], want[i] = len(set(f[f >= 0].tolist()).intersection(t.tolist())), len(t)
+    return hits, want
 
 
 def recall_vs_exact(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of the exact top-k found by the index (ids < 0 are misses)."""
-    hits = 0
-    for f, t in zip(found, truth, strict=True):
-        hits += len(set(f[f >= 0].tolist()).intersection(t[t >= 0].tolist()))
-    return hits / max(1, int((truth >= 0).sum()))
+    return recall_with_error(found, truth)[0]
+
+
+def recall_with_error(found: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(``recall_vs_exact``, the standard error of the per-query recall's mean), in one pass."""
+    hits, want = hit_counts(found, truth)
+    per_query = hits / np.maximum(1, want)
+    se = float(per_query.std(ddof=1) / np.sqrt(len(per_query))) if len(per_query) > 1 else 0.0
+    return int(hits.sum()) / max(1, int(want.sum())), se

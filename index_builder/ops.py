@@ -31,12 +31,13 @@ log = logging.getLogger(__name__)
 MAX_TRAIN = 100_000
 # HNSW graph build effort (faiss' default is 40). On the 1M bench vectors with real (MIMICS) queries,
 # HNSW32,SQ8 built at 40 (62 s on 2 cores) needed efSearch 2560 for recall@100 0.95: 8.9 ms p50 a
-# query end to end; built at 160 (144 s) it needs 1024: 4.3 ms (docs/results/index_memory_1M*.md).
+# query end to end; built at 160 it reads 0.963 at efSearch 1024, where the graph built at 40 reads
+# 0.905 (docs/results/index_memory_1M*.md).
 HNSW_EF_CONSTRUCTION = 160
 # A graph index's stored rows are permuted into the order of a coarse k-means clustering after the
 # build (``store_in_locality_order``): the graph is the same, but a node's neighbours, mostly in its
 # own cluster, now lie close in memory, and a search bound by memory latency touches fewer pages. On
-# the 1M bench HNSW32,SQ8 searched 1.11-1.29x faster at the same recall (two runs); building the
+# the 1M bench HNSW32,SQ8 searched 1.20-1.29x faster at the same recall; building the
 # graph with the rows inserted in cluster order was about as fast but lost up to 0.008 recall
 # (docs/results/graph_order_1M.md).
 # Below ~10k rows the index fits in cache and the order does not matter.

@@ -76,14 +76,17 @@ def test_tuning_bisects_the_effort_between_grid_points(ivf_data: tuple) -> None:
 
 
 def test_a_point_reaches_the_target_only_when_its_lower_confidence_bound_does() -> None:
-    from index_builder.faiss_utils import recall_per_query
+    from index_builder.faiss_utils import hit_counts, recall_with_error
     from index_builder.tuning import CurvePoint, reaches
 
     truth = np.arange(400).reshape(4, 100)
     found = truth.copy()
     found[0, :10] = -1  # query 0 finds 90 of its 100; the others all
-    assert recall_per_query(found, truth).tolist() == [0.9, 1.0, 1.0, 1.0]
+    hits, want = hit_counts(found, truth)
+    assert (hits / want).tolist() == [0.9, 1.0, 1.0, 1.0]
     assert recall_vs_exact(found, truth) == 0.975
+    recall, se = recall_with_error(found, truth)
+    assert recall == 0.975 and se == pytest.approx(np.std([0.9, 1, 1, 1], ddof=1) / 2)
     exact = CurvePoint(None, None, 0.96, 1.0, 1.0, 1.0, None, 0.0)
     assert reaches(exact, 0.95) and not reaches(exact, 0.97)
     noisy = CurvePoint(None, None, 0.96, 1.0, 1.0, 1.0, None, 0.01)  # 0.96 - 1.645 x 0.01 < 0.95
