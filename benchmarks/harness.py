@@ -5,7 +5,8 @@
   config made local), :func:`nginx_exe`, :func:`nginx` (started with it, like :func:`server`);
 - memory of a process tree: :func:`tree_peak_rss_mib` (VmHWM), :func:`tree_pss_mib`;
 - load: :func:`measure_open` (fixed rate, open loop) and :func:`measure_closed` (closed loop), both
-  ``loadtest.openloop`` summarised by ``loadtest.report.run_stats``; :func:`distinct_queries`;
+  ``loadtest.openloop`` summarised by ``loadtest.report.run_stats``; :func:`search_queries` (the
+  fleet's load), :func:`distinct_queries`;
 - the SLO: :func:`meets_slo` (one point) and :func:`max_rate_within_slo` (bisection over rates);
 - the machine: :func:`machine_info`, :func:`other_processes_cores`;
 - reports: :func:`fmt`, :func:`markdown_table`, :func:`write_report` (markdown + JSON + PNG through
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -286,22 +288,55 @@ def measure_closed(
     return {"connections": connections, **run_stats(samples, seconds, warmup_s=warmup_s)}
 
 
+SEARCH_SETS = ("microlens_mimics", "trec_session")  # queries people typed into a search box
+
+
+def set_queries(name: str, sets_dir: Path | None = REAL_QUERY_SETS) -> list[str]:
+    """The distinct queries of one real query set under ``sets_dir`` ([] when it is not there)."""
+    from index_builder.queries import read_query_texts
+
+    f = sets_dir / name / "queries.jsonl" if sets_dir is not None else None
+    return list(dict.fromkeys(read_query_texts(f))) if f is not None and f.is_file() else []
+
+
+def search_queries(sets_dir: Path | None = REAL_QUERY_SETS, seed: int = 0) -> tuple[list[str], str]:
+    """The load of a search service: the distinct real search queries (MIMICS-Manual Bing queries, TREC
+    Session queries), shuffled with ``seed`` so that any slice of the list has the same mix; the
+    generated query mix when those sets are not there. Returns (queries, where they came from).
+
+    The query sets' other members are not search queries (ActivityNet caption sentences, SciFact
+    claims): about four times as many tokens as a typed query, which the encoder pays for."""
+    from loadtest.querymix import load_mix
+
+    out: dict[str, None] = {}
+    used = []
+    for name in SEARCH_SETS:
+        before = len(out)
+        out.update(dict.fromkeys(set_queries(name, sets_dir)))
+        if len(out) > before:
+            used.append(f"{name} {len(out) - before}")
+    if not out:
+        out = dict.fromkeys(load_mix(None).queries)
+        used = [f"the generated query mix {len(out)}"]
+    queries = list(out)
+    random.Random(seed).shuffle(queries)
+    return queries, f"{len(queries)} distinct search queries ({', '.join(used)}), shuffled"
+
+
 def distinct_queries(n: int, sets_dir: Path | None = REAL_QUERY_SETS) -> tuple[list[str], str]:
     """``n`` queries, none repeated (so no cache or single-flight merges any): the real query sets under
     ``sets_dir`` first (MIMICS-Manual, ActivityNet captions, TREC Session, SciFact, from
     ``benchmarks.real_query_recall``), then the generated query mix made distinct by a number.
     Returns (queries, where they came from)."""
-    from index_builder.queries import read_query_texts
     from loadtest.querymix import load_mix
 
     out: dict[str, None] = {}
     used = []
     for name in ("microlens_mimics", "activitynet", "trec_session", "scifact"):
-        f = sets_dir / name / "queries.jsonl" if sets_dir is not None else None
-        if f is not None and f.is_file() and len(out) < n:
+        found = set_queries(name, sets_dir) if len(out) < n else []
+        if found:
             before = len(out)
-            for q in read_query_texts(f):
-                out.setdefault(q, None)
+            out.update(dict.fromkeys(found))
             used.append(f"{name} {len(out) - before}")
     real = min(n, len(out))
     mix = load_mix(None).queries

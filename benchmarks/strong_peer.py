@@ -58,6 +58,7 @@ def create_app() -> Any:
     graph = faiss.downcast_index(index)
     if sec.get("ef_search") and isinstance(graph, faiss.IndexHNSW):
         graph.hnsw.efSearch = int(sec["ef_search"])
+        graph.hnsw.search_bounded_queue = False  # type: ignore[attr-defined]  # as the service searches: the same cost, the same results
     ids = json.loads((bundle / sec["id_map_file"]).read_text())
 
     app = FastAPI()

@@ -23,9 +23,10 @@ from core.manifest import (
     write_manifest,
 )
 from core.tokenizer import DEFAULT_MODEL_NAME, default_model_dir
-from model_export.onnx_export import DEFAULT_OPSET, PROBE_QUERIES, check_parity, export_tower, parity_error
+from model_export.onnx_export import PROBE_QUERIES, check_parity, export_tower, parity_error
 from model_export.variants import DEFAULT_MAX_RECALL_LOSS, build_variants
 from towers.checkpoint import load_adapters, resolve_checkpoint
+from towers.onnx import DEFAULT_OPSET
 from towers.st_config import read_st_config
 
 log = logging.getLogger(__name__)

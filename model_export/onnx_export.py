@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from core.atomic import atomic_path
 from core.errors import CropsError, ErrorKind
 from core.normalize import normalize_text
 from core.onnx_encoder import OnnxEncoder
 from core.tokenizer import encode_batch, load_tokenizer
 from towers.encoder import Adapter, SentenceEncoder
+from towers.onnx import DEFAULT_OPSET, export_onnx
 
 log = logging.getLogger(__name__)
-
-DEFAULT_OPSET = 17
 
 # Fixed probe set: short head queries, long tail queries, non-ASCII, punctuation, typos.
 PROBE_QUERIES: tuple[str, ...] = (
@@ -40,27 +37,8 @@ PROBE_QUERIES: tuple[str, ...] = (
 def export_tower(
     model_dir: Path, out_path: Path, *, opset: int = DEFAULT_OPSET, adapter: Adapter | None = None
 ) -> None:
-    """Export ``SentenceEncoder(model_dir, adapter)`` with dynamic batch and sequence axes."""
-    model = SentenceEncoder(model_dir, adapter).eval()
-    ids = torch.ones((2, 8), dtype=torch.int64)
-    mask = torch.ones((2, 8), dtype=torch.int64)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path) as tmp, warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (ids, mask),
-            str(tmp),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["embedding"],
-            dynamic_axes={
-                "input_ids": {0: "batch", 1: "seq"},
-                "attention_mask": {0: "batch", 1: "seq"},
-                "embedding": {0: "batch"},
-            },
-            opset_version=opset,
-            dynamo=False,
-        )
+    """Export ``SentenceEncoder(model_dir, adapter)``, fused for ONNX Runtime (``towers.onnx``)."""
+    export_onnx(SentenceEncoder(model_dir, adapter), out_path, opset=opset)
 
 
 def parity_error(

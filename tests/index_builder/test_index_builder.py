@@ -310,7 +310,9 @@ def test_hnsw_is_tuned_on_ef_search_and_served_at_that_point(
     assert read_manifest(out).index.ef_search == sec.ef_search  # type: ignore[union-attr]
 
     r = Retriever(out, use_gpu=False)
-    assert faiss.downcast_index(r.index).hnsw.efSearch == sec.ef_search
+    graph = faiss.downcast_index(r.index).hnsw
+    assert graph.efSearch == sec.ef_search
+    assert not graph.search_bounded_queue  # the unbounded heap: same results, less time (core.search_params)
     # the served point gives the recorded recall on the recorded held-out queries
     queries = np.load(out / str(sec.recall_queries_file))
     found = [[int(i[1:]) for i in res.ids] for res in r.search_vectors(queries, 100)]

@@ -77,6 +77,25 @@ def test_export_refuses_a_corrupted_graph_and_leaves_nothing(
     assert not out.exists() and not list(tmp_path.glob(".bundle.*"))
 
 
+def _op_types(path: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_exported_towers_are_fused_for_onnx_runtime(model_bundle: Path) -> None:
+    """Traced with eager attention, every layer fuses into ONNX Runtime's Attention (towers.onnx)."""
+    import onnx
+
+    for name in ("query_encoder.onnx", "doc_encoder.onnx"):
+        path = model_bundle / name
+        if path.is_file():
+            ops = _op_types(path)
+            assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= ops, ops
+            assert "Softmax" not in ops and "IsNaN" not in ops  # no unfused attention left
+            assert len(onnx.load(str(path)).graph.node) < 100
+
+
 def test_int8_variant_is_measured_recorded_and_servable(model_bundle: Path, tmp_path: Path) -> None:
     from model_export.variants import build_variants
 
@@ -96,6 +115,7 @@ def test_int8_variant_is_measured_recorded_and_servable(model_bundle: Path, tmp_
     ref = OnnxEncoder(b / "query_encoder.onnx", b / "tokenizer.json", 32, use_gpu=False)
     q = ["funny cat compilation", "how to fix a leaking tap"]
     assert float(np.min(np.sum(enc.encode(q) * ref.encode(q), axis=1))) > 0.97
+    assert "QAttention" in _op_types(path)  # the fused attention's QKV projection is int8 too
     # MatMul weights are int8; the 47 MB token-embedding table stays fp32 (Gather lookups are cheap)
     assert path.stat().st_size < 0.7 * (b / "query_encoder.onnx").stat().st_size
     # fp16 needs CUDA: on CPU hosts it is skipped with the reason, never silently "accepted"

@@ -10,7 +10,6 @@ embeddings (one-time cost).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +24,13 @@ def export_int8(model_dir: Path | None, out_dir: Path) -> Path:
     out = out_dir / "theta_encoder.int8.onnx"
     if out.is_file():
         return out
-    import torch
-
     from core.onnx_quant import quantize_int8
+    from towers.onnx import export_onnx
     from training.encoder import TextEncoder
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    enc = TextEncoder(model_dir).eval()
     fp32 = out_dir / ".theta_encoder.fp32.onnx"
-    ids = torch.ones((2, 8), dtype=torch.int64)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            enc,
-            (ids, ids.clone()),
-            str(fp32),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["embedding"],
-            dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}, "embedding": {0: "b"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    export_onnx(TextEncoder(model_dir), fp32)
     quantize_int8(fp32, out)
     fp32.unlink(missing_ok=True)
     return out
