@@ -482,10 +482,10 @@ def main(argv: list[str] | None = None) -> int:
         if held_out:
             recall, recall_n = bv.measured_recall(bundle, vec_path, held_out, set(tune), n_q=len(held_out))
             recall_how = (f"on {recall_n} real queries (MIMICS-Manual) no tuning saw; on {mix_n} of the "
-                          f"generated load queries: {recall_mix}")
+                          f"load queries, none of them a tuning query: {recall_mix}")
         else:
             recall, recall_n = recall_mix, mix_n
-            recall_how = f"on {recall_n} of the bench's generated queries, none of them a tuning query"
+            recall_how = f"on {recall_n} of the load queries, none of them a tuning query"
     else:
         recall, recall_n = man.index.recall_at_100_report or man.index.recall_at_100, 0
         recall_how = "the manifest's, no vectors given"

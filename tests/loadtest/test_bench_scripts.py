@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from benchmarks import harness as h
-from benchmarks.fleet import render_markdown
+from benchmarks.fleet import Bodies, render_markdown
 from core.errors import CropsError
 from loadtest.openloop import closed_loop, open_loop
 from loadtest.ready import NotReady, wait_ready
@@ -286,6 +286,31 @@ def test_distinct_queries_never_repeat(tmp_path: Path) -> None:
     assert "2 from the real query sets (scifact 2)" in source and "4998 from the generated" in source
     qs, source = h.distinct_queries(10, None)
     assert len(set(qs)) == 10 and "real" not in source
+
+
+def test_search_queries_are_the_search_sets_shuffled(tmp_path: Path) -> None:
+    def write(name: str, texts: list[str]) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "queries.jsonl").write_text(
+            "".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+
+    write("microlens_mimics", [f"bing {i}" for i in range(50)] + ["bing 3"])
+    write("trec_session", [f"trec {i}" for i in range(10)])
+    write("activitynet", ["a caption sentence, not a search query"])
+    qs, source = h.search_queries(tmp_path)
+    assert sorted(qs) == sorted({f"bing {i}" for i in range(50)} | {f"trec {i}" for i in range(10)})
+    assert qs != [f"bing {i}" for i in range(50)] + [f"trec {i}" for i in range(10)]  # shuffled
+    assert h.search_queries(tmp_path)[0] == qs and h.search_queries(tmp_path, seed=1)[0] != qs  # by the seed
+    assert source.startswith("60 distinct search queries (microlens_mimics 50, trec_session 10)")
+    generated, source = h.search_queries(None)
+    assert generated and len(set(generated)) == len(generated) and "generated query mix" in source
+
+
+def test_bodies_cycle_through_the_pool_across_runs() -> None:
+    b = Bodies(["a", "b", "c"])
+    first, second = b.take(2), b.take(5)
+    assert [json.loads(x)["query"] for x in first + second] == ["a", "b", "c", "a", "b", "c", "a"]
+    assert json.loads(b.take(1)[0])["query"] == "b"  # the next run continues where the last stopped
 
 
 def test_machine_info_and_other_cores() -> None:
