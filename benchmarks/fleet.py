@@ -162,6 +162,11 @@ def limit_run(bundle: Path, queries: list[str], onnx_file: str | None, seconds: 
         return pool.run(seconds, warmup_s=2.0)
 
 
+def mean_words(queries: list[str]) -> float:
+    """Words per query on average (the encoder's cost grows with the query's tokens)."""
+    return round(statistics.mean(len(q.split()) for q in queries), 1) if queries else 0.0
+
+
 def ratio(a: float | None, b: float | None, nd: int = 3) -> float | None:
     return round(a / b, nd) if a and b else None
 
@@ -272,8 +277,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"- The limit: {f(lim[0]['rps'])} req/s before the HTTP rows, "
         + (f"{f(lim[1]['rps'])} after" if len(lim) > 1 else "not measured after")
         + "; the ratios use their mean."
-        + (f" On ActivityNet caption sentences instead of search queries (about four times the tokens) the "
-           f"limit is {f(result['caption_limit']['rps'])} req/s: the encoder's cost grows with the query."
+        + (f" On ActivityNet caption sentences instead of search queries ({f(result['caption_limit'].get('words'))} "
+           f"words a query on average against {f(result.get('load_words'))}) the limit is "
+           f"{f(result['caption_limit']['rps'])} req/s: the encoder's cost grows with the query."
            if result.get("caption_limit") else ""),
         f"- Cores: {result['core_split']}",
         f"- Other processes used {f(result['other_cores_at_start'], 2)} cores in a 2 s sample at the start "
@@ -515,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     captions = h.set_queries("activitynet")
     caption_limit = limit_run(bundle, captions, onnx_file, a.seconds) if captions else None
     if caption_limit:
+        caption_limit["words"] = mean_words(captions)
         h.log(f"limit on {len(captions)} caption sentences: {caption_limit['rps']} req/s")
 
     result: dict[str, Any] = {
@@ -548,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": h.machine_info(),
         "limit": limits,
         "caption_limit": caption_limit,
+        "load_words": mean_words(queries),
         "skipped": skipped,
         "failed": failed,
         "rows": rows,

@@ -305,7 +305,7 @@ def search_queries(sets_dir: Path | None = REAL_QUERY_SETS, seed: int = 0) -> tu
     generated query mix when those sets are not there. Returns (queries, where they came from).
 
     The query sets' other members are not search queries (ActivityNet caption sentences, SciFact
-    claims): about four times as many tokens as a typed query, which the encoder pays for."""
+    claims): several times the words of a typed query, which the encoder pays for."""
     from loadtest.querymix import load_mix
 
     out: dict[str, None] = {}

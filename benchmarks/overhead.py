@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,6 @@ from typing import Any
 
 from benchmarks import harness as h
 from benchmarks.limit import run_limit
-from loadtest.querymix import load_mix
 
 
 def stage_totals(url: str) -> dict[str, float]:
@@ -76,10 +74,8 @@ def main() -> None:
     m = verify_bundle(a.bundle, require_index=True)
     assert m.model is not None
     onnx = m.model.variants[a.precision].file if a.precision in m.model.variants else None
-    mix = load_mix(None)
-    rng = random.Random(0)
-    queries = [mix.sample(rng)[0] for _ in range(4000)]
-    bodies = mix.request_bodies(4000, seed=1)
+    queries, _ = h.search_queries()  # the fleet bench's load
+    bodies = [json.dumps({"query": q}).encode() for q in queries]
 
     h.log("limit: 1 process on core 0")
     lim = run_limit(a.bundle, queries, seconds=a.seconds, cpus=[0], onnx_file=onnx)
