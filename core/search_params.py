@@ -49,11 +49,11 @@ def set_search_params(
             refine.k_factor = float(k_factor)
     hnsw = hnsw_of(index)
     if hnsw is not None:
-        # faiss' default bounded candidate queue pops its minimum by a scan of the whole queue, which
-        # at the efSearch real queries need (~900) cost a third of the search; the unbounded heap
-        # returns the same top-100 in 0.65-0.70x the time for every efSearch ≥ k, and below k it
-        # still searches with max(efSearch, k) where the bounded queue loses recall
-        # (`python -m benchmarks.hnsw_queue`, docs/results/hnsw_queue_1M.md).
+        # faiss' default bounded candidate queue finds the next candidate by a scan that grows with
+        # efSearch; the unbounded heap returns the same top-100 in 0.94x the time at efSearch 896 and
+        # 0.77x at 2048 (no gain at 512 and below), and below k it still searches with max(efSearch,
+        # k) where the bounded queue loses recall (`python -m benchmarks.hnsw_queue`,
+        # docs/results/hnsw_queue_1M.md).
         hnsw.search_bounded_queue = False
         if ef_search is not None:
             hnsw.efSearch = int(ef_search)
