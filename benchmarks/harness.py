@@ -432,8 +432,10 @@ def machine_info(tools: Sequence[str] = ("nginx",)) -> dict[str, Any]:
             out = subprocess.run([path, "-v"], capture_output=True, text=True, check=False)
             text = (out.stdout + out.stderr).strip()
             versions[tool] = text.splitlines()[0].split(": ", 1)[-1] if text else "?"  # "nginx version: nginx/1.22.1"
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                         check=False).stdout.strip()
+    # `git describe --dirty`: a report measured with uncommitted changes says so instead of naming a
+    # commit whose code it did not run.
+    git = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT, capture_output=True,
+                         text=True, check=False).stdout.strip()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
