@@ -50,8 +50,8 @@ def set_search_params(
     hnsw = hnsw_of(index)
     if hnsw is not None:
         # faiss' default bounded candidate queue finds the next candidate by a scan that grows with
-        # efSearch; the unbounded heap returns the same top-100 in 0.94x the time at efSearch 896 and
-        # 0.77x at 2048 (no gain at 512 and below), and below k it still searches with max(efSearch,
+        # efSearch; the unbounded heap returns the same top-100 in 0.90x the time at efSearch 896 and
+        # 0.80x at 2048 (0.90-1.04x at 512 and below), and below k it still searches with max(efSearch,
         # k) where the bounded queue loses recall (`python -m benchmarks.hnsw_queue`,
         # docs/results/hnsw_queue_1M.md).
         hnsw.search_bounded_queue = False
