@@ -7,9 +7,8 @@ once, as ``benchmarks.vectors.measured_recall`` does; batch 1, one faiss thread)
 queue kind searches every query in a pass of its own, and the passes alternate over ``--rounds``
 rounds (bounded first, then unbounded first, ...), so drift falls on both alike and neither is timed
 right after the other searched the same query (a second search of the same query finds the nodes it
-needs already in the CPU caches: timed that way, with the bounded queue first, the unbounded heap
-read 0.54-0.65x instead of 0.80-1.04x). Reports the search time of each and its recall@100 against
-exact search over the bench vectors.
+needs already in the CPU caches and would be timed too fast). Reports the search time of each and
+its recall@100 against exact search over the bench vectors.
 """
 
 from __future__ import annotations

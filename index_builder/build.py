@@ -45,7 +45,7 @@ from index_builder.faiss_utils import (
 from index_builder.graded import GradedSet, load_graded, recall_by_level
 from index_builder.queries import query_sets
 from index_builder.shards import doc_encoder, encode_rows, load_shards
-from index_builder.tuning import NPROBE_GRID, Z_LOWER, reaches, tune, write_curve
+from index_builder.tuning import NPROBE_GRID, lower_bound, reaches, tune, write_curve
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ def _remeasure(bundle_dir: Path, section: IndexSection, index: Any) -> None:
         section.recall_at_100_measured = round(measured, 4)  # type: ignore[attr-defined]
     section.recall_stale = False
     if section.target_recall is not None:  # judged as the tuner judges: the 95 % lower bound
-        section.target_met = measured - Z_LOWER * se - margin >= section.target_recall
+        section.target_met = lower_bound(measured, se) - margin >= section.target_recall
 
 
 def _finish_update(

@@ -57,9 +57,14 @@ class CurvePoint:
         return self.b32_ms / 32
 
 
+def lower_bound(recall: float, se: float) -> float:
+    """The one-sided 95 % lower confidence bound of a mean recall with standard error ``se``."""
+    return recall - Z_LOWER * se
+
+
 def reaches(point: CurvePoint, target: float) -> bool:
     """Whether the point's recall reaches ``target`` with 95 % confidence (one-sided lower bound)."""
-    return point.recall - Z_LOWER * point.recall_se >= target
+    return lower_bound(point.recall, point.recall_se) >= target
 
 
 def _omp_threads(n: int) -> int:
