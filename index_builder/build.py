@@ -45,7 +45,7 @@ from index_builder.faiss_utils import (
 from index_builder.graded import GradedSet, load_graded, recall_by_level
 from index_builder.queries import query_sets
 from index_builder.shards import doc_encoder, encode_rows, load_shards
-from index_builder.tuning import NPROBE_GRID, lower_bound, reaches, tune, write_curve
+from index_builder.tuning import NPROBE_GRID, lower_bound, reaches, tune, tune_goal, write_curve
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,8 @@ def build_from_vectors(
     t0 = time.perf_counter()
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     truth = exact_topk(vectors, queries, 100)
-    chosen, points = tune(index, queries, truth, min(0.9999, target_recall + tune_margin), n_latency=n_latency)
+    goal = tune_goal(target_recall, tune_margin)
+    chosen, points = tune(index, queries, truth, goal, n_latency=n_latency)
     timings["tune_s"] = round(time.perf_counter() - t0, 2)
     section = IndexSection(
         model_id=manifest.model.model_id, factory=factory, ntotal=int(index.ntotal), dim=dim,
@@ -217,7 +218,7 @@ def build_from_vectors(
         build_seconds=round(sum(timings.values()), 2),
     )
     section.target_recall = target_recall
-    section.target_met = reaches(chosen, min(0.9999, target_recall + tune_margin))  # as the tuner judged it
+    section.target_met = reaches(chosen, goal)  # as the tuner judged it
     # What the recall figure is about (extra fields of the index section, schema unchanged).
     section.recall_queries_kind = queries_kind or "given vectors"  # type: ignore[attr-defined]
     section.recall_queries_source = queries_source  # type: ignore[attr-defined]
@@ -402,7 +403,7 @@ def _remeasure(bundle_dir: Path, section: IndexSection, index: Any) -> None:
         section.recall_at_100_measured = round(measured, 4)  # type: ignore[attr-defined]
     section.recall_stale = False
     if section.target_recall is not None:  # judged as the tuner judges: the 95 % lower bound
-        section.target_met = lower_bound(measured, se) - margin >= section.target_recall
+        section.target_met = lower_bound(measured, se) >= tune_goal(section.target_recall, margin)
 
 
 def _finish_update(

@@ -62,6 +62,13 @@ def lower_bound(recall: float, se: float) -> float:
     return recall - Z_LOWER * se
 
 
+def tune_goal(target_recall: float, margin: float) -> float:
+    """The recall the tuner aims at: the target plus the pseudo-query margin, capped below 1.0 (a
+    sampled recall of exactly 1.0 has no lower bound that reaches it). The build and every later
+    re-measure judge an index against this one figure."""
+    return min(0.9999, target_recall + margin)
+
+
 def reaches(point: CurvePoint, target: float) -> bool:
     """Whether the point's recall reaches ``target`` with 95 % confidence (one-sided lower bound)."""
     return lower_bound(point.recall, point.recall_se) >= target

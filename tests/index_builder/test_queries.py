@@ -97,6 +97,28 @@ def test_build_records_which_queries_the_recall_is_about(
     assert sec2.target_met == (chosen["recall"] - 1.645 * chosen["recall_se"] >= 0.95 + PSEUDO_MARGIN)
 
 
+def test_a_remeasure_judges_the_target_as_the_build_did(
+    model_bundle: Path, tiny_corpus: Path, tmp_path: Path
+) -> None:
+    """A target within the margin of 1.0: the build aims at the capped goal; re-measuring the
+    unchanged index (what index add/remove do) must reach the same verdict, not demand recall > 1."""
+    import faiss
+
+    from core.manifest import read_manifest
+    from index_builder.build import _remeasure, build_index
+
+    b = tmp_path / "b"
+    shutil.copytree(model_bundle, b)
+    sec = build_index(b, tiny_corpus, ann=True, progress=False, n_recall_queries=40, target_recall=0.99)
+    assert sec.target_met is not None
+    again = read_manifest(b).index
+    assert again is not None
+    index = faiss.read_index(str(b / again.index_file))
+    _remeasure(b, again, index)
+    assert not again.recall_stale
+    assert again.target_met == sec.target_met
+
+
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"public data sets not found at {DATA}")
 def test_real_query_sets_are_beir_layout(tmp_path: Path) -> None:
     from benchmarks import real_query_recall as bench
