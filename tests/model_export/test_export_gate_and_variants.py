@@ -164,3 +164,27 @@ def test_fp16_variant_and_cuda_encoder_on_gpu(model_bundle: Path, tmp_path: Path
     cpu = OnnxEncoder(b / "query_encoder.onnx", b / "tokenizer.json", 32, use_gpu=False)
     q = ["funny cat compilation", "how to fix a leaking tap"]
     assert np.abs(enc.encode(q) - cpu.encode(q)).max() < 1e-3
+
+
+def test_a_tower_traced_with_sdpa_attention_does_not_fuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why the export switches to eager attention: traced as it trains (SDPA), ONNX Runtime's
+    optimiser finds no attention to fuse and the graph keeps its unfused softmax and NaN masking."""
+    import contextlib
+
+    from core.tokenizer import default_model_dir
+    from towers import onnx as tower_onnx
+    from towers.encoder import SentenceEncoder
+
+    module = SentenceEncoder(default_model_dir())
+    hf = module.transformer
+    assert hf.config._attn_implementation == "sdpa"  # what training runs
+
+    @contextlib.contextmanager
+    def as_trained(mod):  # type: ignore[no-untyped-def]
+        yield getattr(getattr(mod, "transformer", None), "config", None)
+
+    monkeypatch.setattr(tower_onnx, "_eager_attention", as_trained)
+    path = tmp_path / "sdpa.onnx"
+    tower_onnx.export_onnx(module, path)
+    ops = _op_types(path)
+    assert "Attention" not in ops and "Softmax" in ops, ops
