@@ -41,7 +41,7 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def _work(bundle: Path) -> dict[str, Callable[[int], None]]:
+def _work(bundle: Path) -> dict[str, Callable[[int], object]]:
     """The three kinds of work, each a function of the call's number."""
     from service.engine import Retriever
 
@@ -62,7 +62,7 @@ def _work(bundle: Path) -> dict[str, Callable[[int], None]]:
     }
 
 
-def _run(fn: Callable[[int], None], start: int, n: int, gap_s: float) -> tuple[list[float], list[float]]:
+def _run(fn: Callable[[int], object], start: int, n: int, gap_s: float) -> tuple[list[float], list[float]]:
     wall, cpu = [], []
     for i in range(start, start + n):
         if gap_s:
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in KINDS:
         for gap in GAPS_MS:
             wall, cpu = samples[(kind, gap)]
-            row = {"work": kind, "gap_ms": gap, "calls": len(wall)}
+            row: dict[str, Any] = {"work": kind, "gap_ms": gap, "calls": len(wall)}
             for name, xs in (("wall", wall), ("cpu", cpu)):
                 row[f"{name}_p50_ms"] = round(statistics.median(xs), 3)
                 row[f"{name}_p99_ms"] = round(_pct(xs, 99), 3)
