@@ -60,8 +60,10 @@ RUN python -m venv /opt/venv \
 # ---------------------------------------------------------------- serving runtime (shared by cpu and gpu)
 FROM base AS runtime
 WORKDIR /home/crops
+# GLIBC_TUNABLES: the heap's large allocations (index, model) on transparent huge pages (service/heap.py).
 ENV CROPS_BUNDLE=/bundle \
     PORT=8000 \
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/crops-metrics
 EXPOSE 8000
 USER 10001:10001

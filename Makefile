@@ -43,8 +43,9 @@ $(BUNDLE)/.complete: | $(VENV)/.stamp-serve
 
 bundle: $(BUNDLE)/.complete
 
+# GLIBC_TUNABLES: the index and model on transparent huge pages (service/heap.py).
 serve: install-serve bundle
-	$(BIN)/crops serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
+	GLIBC_TUNABLES=$${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1} $(BIN)/crops serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
 lint: install-dev
 	$(BIN)/ruff check .

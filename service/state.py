@@ -30,7 +30,7 @@ from service.experiments import (
     single_bundle_config,
 )
 from service.exposure import FEEDBACK_STREAM, STREAM, DurableLog
-from service.heap import freeze_heap, frozen_objects
+from service.heap import freeze_heap, frozen_objects, huge_page_mib
 from service.metrics import Metrics
 from service.recall import RecallMonitor
 from service.redis_link import RedisLink
@@ -418,6 +418,7 @@ class ServiceState:
             "online_recall": self.recall.summary(),
             "worker": self.worker,  # which worker answered (each keep-alive connection stays on one)
             "gc_frozen_objects": frozen_objects(),
+            "huge_page_mib": huge_page_mib(),  # 0 without GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (service.heap)
             "limits": {
                 "max_queue": self.settings.max_queue,
                 "deadline_ms": self.settings.deadline_ms,
