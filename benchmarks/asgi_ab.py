@@ -1,0 +1,101 @@
+"""uvicorn (``crops serve``) against granian on the same app, over repeated fleet runs in alternating order.
+
+    python -m benchmarks.asgi_ab [--runs 4]   # -> docs/results/asgi_ab.{md,json}
+
+One fleet run (``benchmarks.fleet``) measures its rows one after the other, minutes apart, and this
+VM's speed drifts by more than the difference between two ASGI servers over that time. So the two
+rows run ``--runs`` times, the first of each pair alternating, on the fleet's bench bundle and load
+(400 req/s open loop from 32 connections, the bisection for p99 <= 10 ms). Reported per row: the
+p99 at 400 req/s, the highest rate within the SLO, and the server's CPU per answered request at
+400 req/s (its processes' CPU time over the answers; the same rate on both, so the same batching).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks import fleet
+from benchmarks import harness as h
+
+WORK = h.ROOT / "runs" / "realq"
+ROWS = ("service", "granian")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", type=Path, default=WORK / "bundle_HNSW32_SQ8")
+    ap.add_argument("--vectors", type=Path, default=WORK / "vectors_1000000.npy")
+    ap.add_argument("--runs", type=int, default=4)
+    ap.add_argument("--work", type=Path, default=h.RUNS / "asgi_ab")
+    ap.add_argument("--out", type=Path, default=h.ROOT / "docs" / "results" / "asgi_ab.md")
+    a = ap.parse_args(argv)
+    if not a.bundle.is_dir():
+        raise SystemExit(f"error: {a.bundle} not found (python -m benchmarks.index_memory --n 1000000 builds it)")
+    if a.runs < 2:
+        raise SystemExit("error: --runs must be at least 2 (each row first once)")
+    per_run: list[dict[str, Any]] = []
+    for i in range(a.runs):
+        order = ROWS if i % 2 == 0 else tuple(reversed(ROWS))
+        out = a.work / f"run{i + 1}" / "bench.md"
+        h.log(f"run {i + 1}/{a.runs}: {', '.join(order)}")
+        code = fleet.main(["--bundle", str(a.bundle), "--vectors", str(a.vectors), "--rows", ",".join(order),
+                           "--out", str(out)])
+        if code:
+            raise SystemExit(f"error: fleet run {i + 1} failed ({code})")
+        res = json.loads(out.with_suffix(".json").read_text())
+        run: dict[str, Any] = {"order": list(order), "limit_rps": res["limit_rps"]}
+        for name in ROWS:
+            row = res["rows"][name]
+            at = row["at_rate"]
+            run[name] = {
+                "p99_ms_at_400": at["p99_ms"], "p50_ms_at_400": at["p50_ms"], "failures_at_400": at["failures"],
+                "rps_within_slo": row["max_rps_within_slo"],
+                "cpu_ms_per_answer_at_400": round(at["server_cores"] * 1e3 / at["ok_rps"], 3) if at["ok_rps"] else None,
+            }
+        per_run.append(run)
+    summary: dict[str, dict[str, Any]] = {}
+    for name in ROWS:
+        runs = [r[name] for r in per_run]
+        summary[name] = {key: statistics.median(v for r in runs if (v := r[key]) is not None)
+                         for key in ("p99_ms_at_400", "rps_within_slo", "cpu_ms_per_answer_at_400")}
+        summary[name]["within_slo_at_400"] = sum(r["p99_ms_at_400"] <= 10.0 and r["failures_at_400"] == 0 for r in runs)
+    m = h.machine_info(tools=())
+
+    def cells(name: str, key: str, nd: int) -> str:
+        return " / ".join(h.fmt(float(r[name][key]), nd) for r in per_run)
+
+    md = "\n".join([
+        "# uvicorn (`crops serve`) vs granian, the same app, repeated",
+        "",
+        f"{m['cpu']} · {m['cores']} cores · git {m['git']} · {a.runs} fleet runs, rows in alternating order · "
+        f"bundle {a.bundle.name}.",
+        "",
+        "    python -m benchmarks.asgi_ab",
+        "",
+        "Per run (in run order; the first row of run 1 is " + per_run[0]["order"][0] + "):",
+        "",
+        *h.markdown_table(
+            ["row", "p99 ms at 400 req/s", "failures at 400", "max req/s, p99 ≤ 10 ms",
+             "CPU ms per answer at 400 req/s", "median p99 / SLO rate / CPU ms", "runs within the SLO at 400"],
+            [[name, cells(name, "p99_ms_at_400", 2), " / ".join(str(r[name]["failures_at_400"]) for r in per_run),
+              cells(name, "rps_within_slo", 0), cells(name, "cpu_ms_per_answer_at_400", 2),
+              f"{h.fmt(float(summary[name]['p99_ms_at_400']), 2)} / {h.fmt(float(summary[name]['rps_within_slo']), 0)}"
+              f" / {h.fmt(float(summary[name]['cpu_ms_per_answer_at_400']), 2)}",
+              f"{summary[name]['within_slo_at_400']} of {a.runs}"] for name in ROWS],
+        ),
+        "",
+        "The in-process limit of each run (req/s, mean of before and after its rows): "
+        + ", ".join(h.fmt(float(r["limit_rps"]), 0) for r in per_run) + ".",
+        "",
+    ])
+    h.write_report(a.out, md, {"machine": m, "runs": per_run, "summary": summary})
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
