@@ -13,8 +13,8 @@ vectors); on 4 KiB pages nearly each is a TLB miss. Where the kernel gives trans
 only to memory that asks (``transparent_hugepage=madvise``, the common default), glibc asks for its
 large allocations when the process starts with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
 (:data:`HUGE_PAGES_TUNABLE`): then ~720 MiB of a worker's heap sits on 2 MiB pages and encode + search
-take 0.89-0.94x the time back to back, 0.88-0.91x with 10 ms between queries
-(``python -m benchmarks.hugepages``). glibc reads the variable once, at start, so it is set where
+take 0.92x the time, back to back and with 10 ms between queries, with a lower p99 too
+(``python -m benchmarks.hugepages``, docs/results/hugepages.md). glibc reads the variable once, at start, so it is set where
 processes start: the image, ``make serve``, the benchmarks. ``/info`` reports what a worker got.
 """
 
