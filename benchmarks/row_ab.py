@@ -1,13 +1,16 @@
-"""uvicorn (``crops serve``) against granian on the same app, over repeated fleet runs in alternating order.
+"""Two rows of the fleet bench over repeated runs in alternating order, e.g. uvicorn against granian.
 
-    python -m benchmarks.asgi_ab [--runs 4]   # -> docs/results/asgi_ab.{md,json}
+    python -m benchmarks.row_ab [--rows service,granian] [--runs 4]   # -> docs/results/row_ab_A_B.{md,json}
 
 One fleet run (``benchmarks.fleet``) measures its rows one after the other, minutes apart, and this
-VM's speed drifts by more than the difference between two ASGI servers over that time. So the two
-rows run ``--runs`` times, the first of each pair alternating, on the fleet's bench bundle and load
-(400 req/s open loop from 32 connections, the bisection for p99 <= 10 ms). Reported per row: the
-p99 at 400 req/s, the highest rate within the SLO, and the server's CPU per answered request at
-400 req/s (its processes' CPU time over the answers; the same rate on both, so the same batching).
+VM's speed drifts by more than the difference between two servers over that time. So the two rows
+run ``--runs`` times, the first of each pair alternating, on the fleet's bench bundle and load (400
+req/s open loop from 32 connections, the bisection for p99 <= 10 ms). Reported per row: the p99 and
+the failures at 400 req/s, the highest rate within the SLO, and the server's CPU per answered
+request at 400 req/s (its processes' CPU time over the answers; the same rate on both, so the same
+batching). ``service,granian``: the same app under uvicorn (``crops serve``) and granian;
+``service,nginx``: ``crops serve --workers 2`` against the deployed topology, nginx least_conn in
+front of one-worker replicas.
 """
 
 from __future__ import annotations
@@ -22,25 +25,31 @@ from benchmarks import fleet
 from benchmarks import harness as h
 
 WORK = h.ROOT / "runs" / "realq"
-ROWS = ("service", "granian")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, default=WORK / "bundle_HNSW32_SQ8")
     ap.add_argument("--vectors", type=Path, default=WORK / "vectors_1000000.npy")
+    ap.add_argument("--rows", default="service,granian", help=f"two of {','.join(fleet.ROWS[:-1])}")
     ap.add_argument("--runs", type=int, default=4)
-    ap.add_argument("--work", type=Path, default=h.RUNS / "asgi_ab")
-    ap.add_argument("--out", type=Path, default=h.ROOT / "docs" / "results" / "asgi_ab.md")
+    ap.add_argument("--work", type=Path, default=None, help="fleet reports (default runs/perf/row_ab_A_B)")
+    ap.add_argument("--out", type=Path, default=None, help="default docs/results/row_ab_A_B.md")
     a = ap.parse_args(argv)
+    rows = tuple(r.strip() for r in a.rows.split(",") if r.strip())
+    if len(rows) != 2 or len(set(rows)) != 2 or not set(rows) <= set(fleet.ROWS) - {"naive"}:
+        raise SystemExit(f"error: --rows takes two different rows of {', '.join(fleet.ROWS[:-1])}")
+    tag = "row_ab_" + "_".join(rows)
+    work = a.work or h.RUNS / tag
+    out_md = a.out or h.ROOT / "docs" / "results" / f"{tag}.md"
     if not a.bundle.is_dir():
         raise SystemExit(f"error: {a.bundle} not found (python -m benchmarks.index_memory --n 1000000 builds it)")
     if a.runs < 2:
         raise SystemExit("error: --runs must be at least 2 (each row first once)")
     per_run: list[dict[str, Any]] = []
     for i in range(a.runs):
-        order = ROWS if i % 2 == 0 else tuple(reversed(ROWS))
-        out = a.work / f"run{i + 1}" / "bench.md"
+        order = rows if i % 2 == 0 else tuple(reversed(rows))
+        out = work / f"run{i + 1}" / "bench.md"
         h.log(f"run {i + 1}/{a.runs}: {', '.join(order)}")
         code = fleet.main(["--bundle", str(a.bundle), "--vectors", str(a.vectors), "--rows", ",".join(order),
                            "--out", str(out)])
@@ -48,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: fleet run {i + 1} failed ({code})")
         res = json.loads(out.with_suffix(".json").read_text())
         run: dict[str, Any] = {"order": list(order), "limit_rps": res["limit_rps"]}
-        for name in ROWS:
+        for name in rows:
             row = res["rows"][name]
             at = row["at_rate"]
             run[name] = {
@@ -58,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         per_run.append(run)
     summary: dict[str, dict[str, Any]] = {}
-    for name in ROWS:
+    for name in rows:
         runs = [r[name] for r in per_run]
         summary[name] = {key: statistics.median(v for r in runs if (v := r[key]) is not None)
                          for key in ("p99_ms_at_400", "rps_within_slo", "cpu_ms_per_answer_at_400")}
@@ -69,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         return " / ".join(h.fmt(float(r[name][key]), nd) for r in per_run)
 
     md = "\n".join([
-        "# uvicorn (`crops serve`) vs granian, the same app, repeated",
+        f"# {rows[0]} vs {rows[1]}, repeated fleet runs",
         "",
         f"{m['cpu']} · {m['cores']} cores · git {m['git']} · {a.runs} fleet runs, rows in alternating order · "
         f"bundle {a.bundle.name}.",
         "",
-        "    python -m benchmarks.asgi_ab",
+        f"    python -m benchmarks.row_ab --rows {','.join(rows)} --runs {a.runs}",
         "",
         "Per run (in run order; the first row of run 1 is " + per_run[0]["order"][0] + "):",
         "",
@@ -85,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
               cells(name, "rps_within_slo", 0), cells(name, "cpu_ms_per_answer_at_400", 2),
               f"{h.fmt(float(summary[name]['p99_ms_at_400']), 2)} / {h.fmt(float(summary[name]['rps_within_slo']), 0)}"
               f" / {h.fmt(float(summary[name]['cpu_ms_per_answer_at_400']), 2)}",
-              f"{summary[name]['within_slo_at_400']} of {a.runs}"] for name in ROWS],
+              f"{summary[name]['within_slo_at_400']} of {a.runs}"] for name in rows],
         ),
         "",
         "The in-process limit of each run (req/s, mean of before and after its rows): "
         + ", ".join(h.fmt(float(r["limit_rps"]), 0) for r in per_run) + ".",
         "",
     ])
-    h.write_report(a.out, md, {"machine": m, "runs": per_run, "summary": summary})
+    h.write_report(out_md, md, {"machine": m, "runs": per_run, "summary": summary})
     print(md)
     return 0
 
