@@ -14,8 +14,9 @@ only to memory that asks (``transparent_hugepage=madvise``, the common default),
 large allocations when the process starts with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
 (:data:`HUGE_PAGES_TUNABLE`): then ~720 MiB of a worker's heap sits on 2 MiB pages and encode + search
 take 0.92x the time, back to back and with 10 ms between queries, with a lower p99 too
-(``python -m benchmarks.hugepages``, docs/results/hugepages.md). glibc reads the variable once, at start, so it is set where
-processes start: the image, ``make serve``, the benchmarks. ``/info`` reports what a worker got.
+(``python -m benchmarks.hugepages``, docs/results/hugepages.md). glibc reads the variable once, at
+start, so it is set where processes start: the image, ``make serve``, the benchmarks. ``/info``
+reports what a worker got.
 """
 
 from __future__ import annotations
