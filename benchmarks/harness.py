@@ -436,9 +436,16 @@ def machine_info(tools: Sequence[str] = ("nginx",)) -> dict[str, Any]:
     # commit whose code it did not run.
     git = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT, capture_output=True,
                          text=True, check=False).stdout.strip()
+    thp = "unknown"
+    with contextlib.suppress(OSError):
+        thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        # what the processes a benchmark starts get for their heap (service.heap): glibc's setting
+        # and the kernel's transparent huge page mode
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "transparent_hugepage": thp,
         "kernel": platform.release(),
         "python": platform.python_version(),
         "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

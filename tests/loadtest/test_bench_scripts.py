@@ -316,6 +316,11 @@ def test_bodies_cycle_through_the_pool_across_runs() -> None:
 def test_machine_info_and_other_cores() -> None:
     m = h.machine_info(tools=())
     assert m["cores"] >= 1 and m["mem_gib"] > 0 and "numpy" in m["versions"]
+    # the benchmarks start their processes with the served heap setting and report it
+    from service.heap import HUGE_PAGES_TUNABLE
+
+    assert m["glibc_tunables"] == os.environ["GLIBC_TUNABLES"] and HUGE_PAGES_TUNABLE in m["glibc_tunables"]
+    assert m["transparent_hugepage"]
     assert h.other_processes_cores(0.2) >= 0.0
 
 
