@@ -79,9 +79,10 @@ class Bodies:
 
 
 @contextlib.contextmanager
-def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str], logs: Path
-            ) -> Iterator[tuple[str, list[int], int]]:
-    """Start a row's server(s); yield (URL, the pids whose process trees are its memory, workers)."""
+def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str], logs: Path, *,
+            max_conns: int | None = None) -> Iterator[tuple[str, list[int], int]]:
+    """Start a row's server(s); yield (URL, the pids whose process trees are its memory, workers).
+    ``max_conns``: the nginx row's per-replica limit instead of the shipped one."""
     py, port = sys.executable, h.free_port()
     url = f"http://127.0.0.1:{port}"
 
@@ -98,7 +99,7 @@ def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str],
         with contextlib.ExitStack() as stack:
             replicas = [stack.enter_context(h.server(serve(p, 1), port=p, name=f"nginx-replica{i}", env=env,
                                                      log_dir=logs)) for i, p in enumerate(ports)]
-            stack.enter_context(h.nginx(ports, port=port, log_dir=logs))
+            stack.enter_context(h.nginx(ports, port=port, log_dir=logs, max_conns=max_conns))
             yield url, [r.pid for r in replicas], 2
     elif name == "granian":
         cmd = [py, "-m", "granian", "--interface", "asgi", "--factory", "--workers", "2", "--host", "127.0.0.1",
