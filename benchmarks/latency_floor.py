@@ -15,8 +15,7 @@ req/s at one worker). Rounds alternate the order of the kinds, so drift falls on
 Wall time above CPU time is time the thread was not running (preempted, descheduled by the
 hypervisor); CPU time above its back-to-back value is the same work run slower (cold caches, a
 core clocked down after idling). The p99 / p50 of identical work is the machine's floor under any
-latency goal: a request whose p50 is 6.5 ms cannot keep its p99 under 10 ms on a machine whose
-identical work shows p99 / p50 above 1.5.
+tail-latency goal: p99 <= 10 ms needs a p50 below 10 ms divided by it.
 """
 
 from __future__ import annotations
