@@ -185,14 +185,21 @@ def cpu_ms_per_request(row: dict[str, Any]) -> float | None:
 
 def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: argparse.Namespace
               ) -> dict[str, Any]:
-    """The flat numbers of bench.json from the rows."""
+    """The flat numbers of bench.json from the rows.
+
+    ``service_*``: the service as deployed, nginx in front of one-worker replicas (deploy/: compose and
+    Kubernetes), when that row was measured; else ``crops serve --workers 2``. ``service_row`` says which;
+    ``crops_serve_*`` are always the one-box process model's."""
     limit_rps = round(statistics.mean(x["rps"] for x in limits), 1)
-    svc, peer, naive = rows.get("service", {}), rows.get("peer", {}), rows.get("naive", {})
+    service_row = "nginx" if "nginx" in rows else "service"
+    svc, peer, naive = rows.get(service_row, {}), rows.get("peer", {}), rows.get("naive", {})
     at = svc.get("at_rate") or {}
+    one_box = rows.get("service", {})
     service_rps = svc.get("max_rps_within_slo")
     naive_rps = naive.get("max_rps_any_latency")
     return {
         "limit_rps": limit_rps,
+        "service_row": service_row,
         "service_rps": service_rps,
         "connections": a.connections,
         "p99_ms_at_400": at.get("p99_ms"),
@@ -202,6 +209,8 @@ def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: 
         "pss_mib_per_worker": svc.get("pss_mib_per_worker"),
         "nginx_rps": rows.get("nginx", {}).get("max_rps_within_slo"),
         "granian_rps": rows.get("granian", {}).get("max_rps_within_slo"),
+        "crops_serve_rps": one_box.get("max_rps_within_slo"),
+        "crops_serve_p99_ms_at_400": (one_box.get("at_rate") or {}).get("p99_ms"),
         "service_p99_ms_at_400": at.get("p99_ms"),
         "service_p50_ms_at_400": at.get("p50_ms"),
         "service_rps_any_latency": svc.get("max_rps_any_latency"),
@@ -260,7 +269,11 @@ def render_markdown(result: dict[str, Any]) -> str:
              "answered req/s, closed loop", "RSS MiB / worker",
              "PSS MiB / worker"], table),
         "",
-        f"- **service / limit = {f(result['service_over_limit'], 3)}** within the SLO (goal ≥ 0.9); "
+        f"- **service / limit = {f(result['service_over_limit'], 3)}** within the SLO (goal ≥ 0.9); the service "
+        f"is the `{result.get('service_row', 'service')}` row"
+        + (" (the deployed topology: nginx in front of one-worker replicas)"
+           if result.get("service_row") == "nginx" else " (nginx not measured: `crops serve --workers 2`)")
+        + "; "
         f"service / strong peer = {f(result['service_over_peer'], 2)}; "
         f"service / naive = {f(result['service_over_naive'], 1)}× (goal ≥ 10×; the naive peer's number is "
         f"its best closed loop at any latency"

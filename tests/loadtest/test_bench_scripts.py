@@ -475,3 +475,23 @@ def test_operating_point_serves_another_point_of_the_tuning_curve(tmp_path: Path
         operating_point(bundle, "fast", tmp_path)
     with pytest.raises(SystemExit, match=r"error: .*no tuned index"):
         operating_point(model_bundle, "32/8", tmp_path)
+
+
+def test_the_headline_is_the_deployed_topology_when_nginx_was_measured() -> None:
+    import argparse
+
+    from benchmarks.fleet import summarize
+
+    res = _result()
+    one_box = res["rows"]["service"]
+    nginx = {**one_box, "title": "nginx", "max_rps_within_slo": 350.0, "at_rate": {**one_box["at_rate"], "p99_ms": 9.1},
+             "rss_mib_per_worker": 690.0}
+    a = argparse.Namespace(connections=32, rate=400.0)
+    both = summarize({"service": one_box, "nginx": nginx}, res["limit"][:1], a)
+    assert both["service_row"] == "nginx" and both["service_rps"] == 350.0 and both["p99_ms_at_400"] == 9.1
+    assert both["rss_mib_per_worker"] == 690.0 and both["service_over_limit"] == round(350 / 470, 3)
+    assert both["crops_serve_rps"] == 400.0 and both["crops_serve_p99_ms_at_400"] == 8.5
+    alone = summarize({"service": one_box}, res["limit"][:1], a)
+    assert alone["service_row"] == "service" and alone["service_rps"] == 400.0 and alone["p99_ms_at_400"] == 8.5
+    md = render_markdown({**res, **both})
+    assert "the service is the `nginx` row (the deployed topology" in md
