@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from index_builder.faiss_utils import exact_topk
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bundles", default=f"{WORK / 'bundle_HNSW32_SQ8'},{WORK / 'bundle_HNSW32_SQ8_efc400'}",
+    ap.add_argument("--bundles", default=f"{WORK / 'bundle_HNSW32_SQ8_efc160'},{WORK / 'bundle_HNSW32_SQ8_efc400'}",
                     help="graph bundles over the same vectors, comma-separated")
     ap.add_argument("--vectors", type=Path, default=WORK / "vectors_1000000.npy")
     ap.add_argument("--rounds", type=int, default=4, help="passes per graph, alternating which goes first")
