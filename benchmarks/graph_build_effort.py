@@ -31,6 +31,17 @@ WORK = h.ROOT / "runs" / "realq"
 GRID = (512, 640, 768, 896, 1024)
 
 
+def level0_degree(hnsw: Any) -> float:
+    """Mean number of links per node on the graph's bottom layer (unused slots hold -1)."""
+    import faiss
+
+    neighbors = faiss.vector_to_array(hnsw.neighbors)
+    offsets = faiss.vector_to_array(hnsw.offsets)
+    width = int(hnsw.nb_neighbors(0))
+    level0 = neighbors[offsets[:-1, None] + np.arange(width)]
+    return round(float((level0 >= 0).sum(axis=1).mean()), 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     import faiss
 
@@ -67,20 +78,24 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: {b} holds no HNSW index")
         rows_of = np.array([bench_row(i) for i in load_id_map(b / man.index.id_map_file)])
         graphs.append({"bundle": b, "index": index, "hnsw": hnsw, "rows_of": rows_of, "tuned": man.index.ef_search,
-                       "ef_construction": int(hnsw.efConstruction), "build_s": man.index.build_seconds})
+                       "ef_construction": int(hnsw.efConstruction), "build_s": man.index.build_seconds,
+                       "degree": level0_degree(hnsw)})
     q = encode(bundles[0], held_out)
     h.log(f"exact top-100 of {len(q)} queries over {a.vectors}")
     exact = exact_topk(np.load(a.vectors), q, 100)
+    stats: Any = faiss.cvar.hnsw_stats  # type: ignore[attr-defined]  # faiss' search counters (SWIG global)
     efs = sorted(set(GRID) | {int(g["tuned"]) for g in graphs if g["tuned"]})
     points: list[dict[str, Any]] = []
     for ef in efs:
         ms: list[list[float]] = [[] for _ in graphs]
         hits: list[list[float]] = [[] for _ in graphs]
+        ndis: list[float] = [0.0 for _ in graphs]
         for r in range(a.rounds):
             order = list(range(len(graphs))) if r % 2 == 0 else list(reversed(range(len(graphs))))
             for g in order:
                 graph = graphs[g]
                 graph["hnsw"].efSearch = ef
+                stats.reset()
                 for i in range(len(q)):
                     t0 = time.perf_counter()
                     _, lab = graph["index"].search(q[i : i + 1], 100)
@@ -88,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
                     if r == 0:
                         found = set(graph["rows_of"][lab[0][lab[0] >= 0]])
                         hits[g].append(len(found & set(exact[i])) / 100)
+                ndis[g] = stats.ndis / len(q)  # the same every pass: the search is deterministic
         for g, graph in enumerate(graphs):
             point = {"ef_construction": graph["ef_construction"], "build_s": graph["build_s"], "ef_search": ef,
                      "tuned": ef == graph["tuned"],
                      "p50_ms": round(statistics.median(ms[g]), 3),
                      "p99_ms": round(float(np.percentile(ms[g], 99)), 3),
-                     "recall": round(float(np.mean(hits[g])), 4)}
+                     "recall": round(float(np.mean(hits[g])), 4), "distances_per_query": round(ndis[g])}
             h.log(str(point))
             points.append(point)
     m = h.machine_info(tools=())
@@ -116,16 +132,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{h.fmt(p['p50_ms'], 3)} / {h.fmt(p['p99_ms'], 3)}", h.fmt(p["recall"], 4)]
              for p in tuned]),
         "",
-        "Every point:",
+        "Mean links per node on the bottom layer (of at most 64): "
+        + ", ".join(f"efC {g['ef_construction']}: {h.fmt(g['degree'], 1)}" for g in graphs)
+        + ". Every point (distances: vectors scored per query, faiss' hnsw_stats):",
         "",
         *h.markdown_table(
-            ["efSearch", *[f"efC {g['ef_construction']}: p50 ms / recall" for g in graphs]],
-            [[ef, *[f"{h.fmt(p['p50_ms'], 3)} / {h.fmt(p['recall'], 4)}"
+            ["efSearch", *[f"efC {g['ef_construction']}: p50 ms / recall / distances" for g in graphs]],
+            [[ef, *[f"{h.fmt(p['p50_ms'], 3)} / {h.fmt(p['recall'], 4)} / {p['distances_per_query']}"
                     for g in graphs for p in points if p["ef_search"] == ef
                     and p["ef_construction"] == g["ef_construction"]]] for ef in efs]),
         "",
     ])
     h.write_report(a.out, md, {"bundles": [str(b) for b in bundles], "queries": len(q), "machine": m,
+                               "level0_degree": {g["ef_construction"]: g["degree"] for g in graphs},
                                "points": points})
     print(md)
     return 0

@@ -34,7 +34,7 @@ MAX_TRAIN = 100_000
 # query end to end; built at 160 it reads 0.963 at efSearch 1024, where the graph built at 40 reads
 # 0.905 (docs/results/index_memory_1M*.md). Built at 400 (2.4x the build time of 160) the graph reads
 # 0.957 at efSearch 512, where the one built at 160 reads 0.927; tuned to the same target, both search
-# in about the same time (2.25 vs 2.33 ms) and the graph built at 400 holds 0.967 on held-out queries
+# in about the same time (2.26 vs 2.34 ms) and the graph built at 400 holds 0.967 on held-out queries
 # against 0.953 (docs/results/graph_build_effort_1M.md).
 HNSW_EF_CONSTRUCTION = 400
 # A graph index's stored rows are permuted into the order of a coarse k-means clustering after the
