@@ -36,7 +36,7 @@ def level0_degree(hnsw: Any) -> float:
     import faiss
 
     neighbors = faiss.vector_to_array(hnsw.neighbors)
-    offsets = faiss.vector_to_array(hnsw.offsets)
+    offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
     width = int(hnsw.nb_neighbors(0))
     level0 = neighbors[offsets[:-1, None] + np.arange(width)]
     return round(float((level0 >= 0).sum(axis=1).mean()), 2)
