@@ -32,10 +32,10 @@ MAX_TRAIN = 100_000
 # HNSW graph build effort (faiss' default is 40). On the 1M bench vectors with real (MIMICS) queries,
 # HNSW32,SQ8 built at 40 (62 s on 2 cores) needed efSearch 2560 for recall@100 0.95: 8.9 ms p50 a
 # query end to end; built at 160 it reads 0.963 at efSearch 1024, where the graph built at 40 reads
-# 0.905 (docs/results/index_memory_1M*.md). Built at 400 (2.4x the build time of 160) the graph reads
-# 0.957 at efSearch 512, where the one built at 160 reads 0.927; tuned to the same target, both search
-# in about the same time (2.26 vs 2.34 ms) and the graph built at 400 holds 0.967 on held-out queries
-# against 0.953 (docs/results/graph_build_effort_1M.md).
+# 0.905 (docs/results/index_memory_1M*.md). Built at 400 (2.4x the build time of 160) the graph has more
+# links per node, and gives more recall for the same work: 0.957 at efSearch 512 with 0.80x the vectors
+# scored of the graph built at 160 at 0.959. Tuned to the same target, it scores ~11% more vectors a
+# query and holds 0.967 on held-out queries against 0.953 (docs/results/graph_build_effort_1M.md).
 HNSW_EF_CONSTRUCTION = 400
 # A graph index's stored rows are permuted into the order of a coarse k-means clustering after the
 # build (``store_in_locality_order``): the graph is the same, but a node's neighbours, mostly in its
