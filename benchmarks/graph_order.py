@@ -1,7 +1,8 @@
 """Does storing a graph index's rows in cluster order make its search faster? Side by side on 1M.
 
 Three ``HNSW32,SQ8`` indexes over the 1M bench vectors (``runs/realq/vectors_1000000.npy``, from
-``benchmarks.index_memory``), each built by the builder's ``train_and_add`` (efConstruction 160):
+``benchmarks.index_memory``), each built by the builder's ``train_and_add`` (at
+``index_builder.ops.HNSW_EF_CONSTRUCTION``; the published report's graphs were built at 160):
 
 - ``own order``: the rows as they come;
 - ``inserted in cluster order``: the rows reordered by ``index_builder.ops.locality_order`` before the
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         "# A graph index's rows in cluster order: side by side on 1M vectors", "",
         f"{FACTORY} over {result['ntotal']:,} bench vectors, built with the builder's `train_and_add` "
-        f"(efConstruction 160) in the vectors' own order and with the rows inserted in `locality_order` "
+        f"(efConstruction {ops.HNSW_EF_CONSTRUCTION}) in the vectors' own order and with the rows inserted in "
+        f"`locality_order` "
         f"(spherical k-means, {result['order_s']:g} s); the third is the own-order graph with its rows permuted "
         f"into that order after the build (`IndexHNSW.permute_entries`, what the builder does). "
         f"{len(held)} held-out MIMICS queries, int8 query tower, batch 1, one faiss "
