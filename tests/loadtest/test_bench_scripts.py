@@ -495,3 +495,20 @@ def test_the_headline_is_the_deployed_topology_when_nginx_was_measured() -> None
     assert alone["service_row"] == "service" and alone["service_rps"] == 400.0 and alone["p99_ms_at_400"] == 8.5
     md = render_markdown({**res, **both})
     assert "the service is the `nginx` row (the deployed topology" in md
+
+
+def test_level0_degree_counts_the_bottom_layers_links() -> None:
+    import faiss
+    import numpy as np
+
+    from benchmarks.graph_build_effort import level0_degree
+
+    x = np.random.default_rng(0).random((300, 8), dtype=np.float32)
+    index = faiss.IndexHNSWFlat(8, 4)
+    index.add(x)
+    hnsw = index.hnsw
+    neighbors = faiss.vector_to_array(hnsw.neighbors)
+    offsets = faiss.vector_to_array(hnsw.offsets)
+    expected = np.mean([(neighbors[offsets[i] : offsets[i] + hnsw.nb_neighbors(0)] >= 0).sum() for i in range(300)])
+    assert 0 < level0_degree(hnsw) <= 8  # at most 2 x M links on the bottom layer
+    assert level0_degree(hnsw) == round(float(expected), 2)
