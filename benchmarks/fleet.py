@@ -80,9 +80,10 @@ class Bodies:
 
 @contextlib.contextmanager
 def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str], logs: Path, *,
-            max_conns: int | None = None) -> Iterator[tuple[str, list[int], int]]:
+            max_conns: int | None = None, replicas: int = 2) -> Iterator[tuple[str, list[int], int]]:
     """Start a row's server(s); yield (URL, the pids whose process trees are its memory, workers).
-    ``max_conns``: the nginx row's per-replica limit instead of the shipped one."""
+    ``max_conns``: the nginx row's per-replica limit instead of the shipped one; ``replicas``: its
+    one-worker replicas."""
     py, port = sys.executable, h.free_port()
     url = f"http://127.0.0.1:{port}"
 
@@ -95,12 +96,12 @@ def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str],
             yield url, [proc.pid], 2
     elif name == "nginx":
         h.nginx_exe()  # not installed: the row is skipped before any replica starts
-        ports = [h.free_port(), h.free_port()]
+        ports = [h.free_port() for _ in range(replicas)]
         with contextlib.ExitStack() as stack:
-            replicas = [stack.enter_context(h.server(serve(p, 1), port=p, name=f"nginx-replica{i}", env=env,
-                                                     log_dir=logs)) for i, p in enumerate(ports)]
+            procs = [stack.enter_context(h.server(serve(p, 1), port=p, name=f"nginx-replica{i}", env=env,
+                                                  log_dir=logs)) for i, p in enumerate(ports)]
             stack.enter_context(h.nginx(ports, port=port, log_dir=logs, max_conns=max_conns))
-            yield url, [r.pid for r in replicas], 2
+            yield url, [r.pid for r in procs], len(procs)
     elif name == "granian":
         cmd = [py, "-m", "granian", "--interface", "asgi", "--factory", "--workers", "2", "--host", "127.0.0.1",
                "--port", str(port), "--no-ws", "--log-level", "warning", "--working-dir", str(h.ROOT),

@@ -514,3 +514,17 @@ def test_level0_degree_counts_the_bottom_layers_links() -> None:
     expected = np.mean([(neighbors[offsets[i] : offsets[i] + hnsw.nb_neighbors(0)] >= 0).sum() for i in range(300)])
     assert 0 < level0_degree(hnsw) <= 8  # at most 2 x M links on the bottom layer
     assert level0_degree(hnsw) == round(float(expected), 2)
+
+
+@pytest.mark.parametrize("args", [
+    ["--max-conns", "3", "--replicas", "2"],  # one configuration: nothing to compare
+    ["--max-conns", "3", "--replicas", "2,0"],
+    ["--max-conns", "2,x"],
+    ["--max-conns", "2,3", "--rate", "0"],
+])
+def test_nginx_topology_comparison_refuses_what_it_cannot_compare(args: list[str]) -> None:
+    from benchmarks import nginx_max_conns
+
+    with pytest.raises(SystemExit) as e:
+        nginx_max_conns.main([*args, "--bundle", "/nonexistent"])
+    assert str(e.value).startswith("error: ") and "/nonexistent" not in str(e.value)
