@@ -13,7 +13,9 @@ value and round, the values alternating their order over ``--rounds`` rounds so 
 ``--replicas 2,3`` compares replica counts too (every pair of a count and a ``max_conns`` value):
 more one-worker replicas than cores hands the choice of which request runs next to the kernel's
 scheduler, which never leaves a core idle while a replica has work, where with one replica per core
-a request can wait behind another on one replica while the other one idles.
+a request can wait behind another on one replica while the other one idles. The in-process limit
+is measured before and after the rows, as the fleet does, so the report says what share of the box's
+capacity ``--rate`` is (on a slower box, scale ``--rate`` and ``--slo-p99-ms`` to keep the fleet's share).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-conns", default="2,3", help="values to compare, comma-separated (0: no limit)")
     ap.add_argument("--replicas", default="2", help="one-worker replica counts to compare, comma-separated")
     ap.add_argument("--rate", type=float, default=400.0, help="the fixed-rate point (req/s)")
+    ap.add_argument("--slo-p99-ms", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=2, help="bisection points after 400 req/s")
     ap.add_argument("--out", type=Path, default=h.ROOT / "docs" / "results" / "nginx_max_conns.md")
@@ -47,16 +50,19 @@ def main(argv: list[str] | None = None) -> int:
                          f"{a.replicas!r}") from None
     values = [(r, c) for r in counts for c in limits]
     if len(values) < 2 or not limits or not counts or min(limits) < 0 or min(counts) < 1 or a.rounds < 1 \
-            or a.rate <= 0:
+            or a.rate <= 0 or a.slo_p99_ms <= 0:
         raise SystemExit("error: compare two or more configurations (--max-conns values >= 0 times --replicas "
-                         "counts >= 1); --rounds at least 1, --rate above 0")
+                         "counts >= 1); --rounds at least 1, --rate and --slo-p99-ms above 0")
     if not a.bundle.is_dir():
         raise SystemExit(f"error: {a.bundle} not found (python -m benchmarks.index_memory --n 1000000 builds it)")
     h.nginx_exe()
-    fa = fleet.parse_args(["--bundle", str(a.bundle), "--steps", str(a.steps), "--rate", str(a.rate)])
+    fa = fleet.parse_args(["--bundle", str(a.bundle), "--steps", str(a.steps), "--rate", str(a.rate),
+                           "--slo-p99-ms", str(a.slo_p99_ms)])
     queries, q_desc = h.search_queries()
     bodies = fleet.Bodies(queries)
     env = h.server_env(CROPS_ENCODER_PRECISION="int8")
+    # the box's speed at the time, in the fleet's terms: the rate as a share of the in-process limit
+    limits = [fleet.limit_run(a.bundle, queries, "query_encoder.int8.onnx", fa.seconds)["rps"]]
     runs: dict[tuple[int, int], list[dict[str, Any]]] = {v: [] for v in values}
     for r in range(a.rounds):
         for v in values if r % 2 == 0 else list(reversed(values)):
@@ -69,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                             "rps_within_slo": row["max_rps_within_slo"]})
             h.log(f"round {r + 1}: {v[0]} replicas, max_conns {v[1]}: p99 {at['p99_ms']} ms, {at['failures']} refused "
                   f"of {at['requests']}, SLO rate {row['max_rps_within_slo']}")
+    limits.append(fleet.limit_run(a.bundle, queries, "query_encoder.int8.onnx", fa.seconds)["rps"])
+    limit_rps = statistics.mean(limits)
     m = h.machine_info()
     rows = []
     for (count, limit) in values:
@@ -86,10 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{m['cpu']} · {m['cores']} cores · git {m['git']} · bundle {a.bundle.name} (int8 tower) · "
         f"{q_desc} · {a.rounds} rounds, configurations alternating · {fa.seconds:g} s a point, "
-        f"{fa.connections} connections.",
+        f"{fa.connections} connections. In-process limit (`benchmarks.limit`, 2 processes pinned one per core): "
+        f"{h.fmt(float(limits[0]))} req/s before the rows, {h.fmt(float(limits[1]))} after; {rate} req/s is "
+        f"{h.fmt(a.rate / limit_rps, 2)} of their mean.",
         "",
         f"    python -m benchmarks.nginx_max_conns --max-conns {a.max_conns} --replicas {a.replicas} "
-        f"--rate {rate} --rounds {a.rounds}",
+        f"--rate {rate} --slo-p99-ms {a.slo_p99_ms:g} --rounds {a.rounds}",
         "",
         *h.markdown_table(
             ["one-worker replicas", "max_conns per replica", f"p99 ms at {rate} req/s, per round",
@@ -105,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "",
     ])
-    h.write_report(a.out, md, {"bundle": str(a.bundle), "rate": a.rate, "machine": m, "rows": rows})
+    h.write_report(a.out, md, {"bundle": str(a.bundle), "rate": a.rate, "slo_p99_ms": a.slo_p99_ms,
+                               "limit_rps": limits, "machine": m, "rows": rows})
     print(md)
     return 0
 
