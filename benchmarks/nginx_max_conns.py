@@ -39,17 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=400.0, help="the fixed-rate point (req/s)")
     ap.add_argument("--slo-p99-ms", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=2, help="bisection points after 400 req/s")
+    ap.add_argument("--steps", type=int, default=2, help="bisection points after --rate")
     ap.add_argument("--out", type=Path, default=h.ROOT / "docs" / "results" / "nginx_max_conns.md")
     a = ap.parse_args(argv)
     try:
-        limits = [int(v) for v in a.max_conns.split(",") if v.strip()]
+        caps = [int(v) for v in a.max_conns.split(",") if v.strip()]
         counts = [int(v) for v in a.replicas.split(",") if v.strip()]
     except ValueError:
         raise SystemExit(f"error: --max-conns and --replicas take integers, got {a.max_conns!r}, "
                          f"{a.replicas!r}") from None
-    values = [(r, c) for r in counts for c in limits]
-    if len(values) < 2 or not limits or not counts or min(limits) < 0 or min(counts) < 1 or a.rounds < 1 \
+    values = [(r, c) for r in counts for c in caps]
+    if len(values) < 2 or not caps or not counts or min(caps) < 0 or min(counts) < 1 or a.rounds < 1 \
             or a.rate <= 0 or a.slo_p99_ms <= 0:
         raise SystemExit("error: compare two or more configurations (--max-conns values >= 0 times --replicas "
                          "counts >= 1); --rounds at least 1, --rate and --slo-p99-ms above 0")
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     bodies = fleet.Bodies(queries)
     env = h.server_env(CROPS_ENCODER_PRECISION="int8")
     # the box's speed at the time, in the fleet's terms: the rate as a share of the in-process limit
-    limits = [fleet.limit_run(a.bundle, queries, "query_encoder.int8.onnx", fa.seconds)["rps"]]
+    limit_rps = [fleet.limit_run(a.bundle, queries, "query_encoder.int8.onnx", fa.seconds)["rps"]]
     runs: dict[tuple[int, int], list[dict[str, Any]]] = {v: [] for v in values}
     for r in range(a.rounds):
         for v in values if r % 2 == 0 else list(reversed(values)):
@@ -75,14 +75,13 @@ def main(argv: list[str] | None = None) -> int:
                             "rps_within_slo": row["max_rps_within_slo"]})
             h.log(f"round {r + 1}: {v[0]} replicas, max_conns {v[1]}: p99 {at['p99_ms']} ms, {at['failures']} refused "
                   f"of {at['requests']}, SLO rate {row['max_rps_within_slo']}")
-    limits.append(fleet.limit_run(a.bundle, queries, "query_encoder.int8.onnx", fa.seconds)["rps"])
-    limit_rps = statistics.mean(limits)
+    limit_rps.append(fleet.limit_run(a.bundle, queries, "query_encoder.int8.onnx", fa.seconds)["rps"])
     m = h.machine_info()
     rows = []
-    for (count, limit) in values:
-        rs = runs[(count, limit)]
+    for (count, cap) in values:
+        rs = runs[(count, cap)]
         rows.append({
-            "replicas": count, "max_conns": limit, "runs": rs,
+            "replicas": count, "max_conns": cap, "runs": rs,
             "median_p50_ms": statistics.median(x["p50_ms"] for x in rs),
             "median_p99_ms": statistics.median(x["p99_ms"] for x in rs),
             "refused": sum(x["failures"] for x in rs), "requests": sum(x["requests"] for x in rs),
@@ -95,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{m['cpu']} · {m['cores']} cores · git {m['git']} · bundle {a.bundle.name} (int8 tower) · "
         f"{q_desc} · {a.rounds} rounds, configurations alternating · {fa.seconds:g} s a point, "
         f"{fa.connections} connections. In-process limit (`benchmarks.limit`, 2 processes pinned one per core): "
-        f"{h.fmt(float(limits[0]))} req/s before the rows, {h.fmt(float(limits[1]))} after; {rate} req/s is "
-        f"{h.fmt(a.rate / limit_rps, 2)} of their mean.",
+        f"{h.fmt(float(limit_rps[0]))} req/s before the rows, {h.fmt(float(limit_rps[1]))} after; {rate} req/s "
+        f"is {h.fmt(a.rate / statistics.mean(limit_rps), 2)} of their mean.",
         "",
         f"    python -m benchmarks.nginx_max_conns --max-conns {a.max_conns} --replicas {a.replicas} "
         f"--rate {rate} --slo-p99-ms {a.slo_p99_ms:g} --rounds {a.rounds}",
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ])
     h.write_report(a.out, md, {"bundle": str(a.bundle), "rate": a.rate, "slo_p99_ms": a.slo_p99_ms,
-                               "limit_rps": limits, "machine": m, "rows": rows})
+                               "limit_rps": limit_rps, "machine": m, "rows": rows})
     print(md)
     return 0
 
