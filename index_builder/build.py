@@ -160,6 +160,7 @@ def build_from_vectors(
     tune_margin: float = 0.0,
     queries_kind: str | None = None,
     queries_source: str | None = None,
+    progress: bool = True,
 ) -> IndexSection:
     """Build, tune and persist the bundle's index from embeddings already computed.
 
@@ -169,6 +170,7 @@ def build_from_vectors(
     ``ann`` forces the production IVF-PQ recipe even below the Flat threshold.
     ``tune_margin`` is added to the target while tuning (pseudo-queries overstate real recall);
     ``queries_kind``/``queries_source`` say what the tuning queries are, in the manifest.
+    ``progress``: a bar while a large index takes its rows (stderr).
     """
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir)
@@ -190,7 +192,7 @@ def build_from_vectors(
     factory = factory or pick(n, dim, memory_budget_bytes=memory_budget_bytes, opq=opq, refine=refine)
     log.info("building %s over %d vectors", factory, n)
     t0 = time.perf_counter()
-    index, built_on = ops.train_and_add(factory, vectors, seed=seed, use_gpu=use_gpu)
+    index, built_on = ops.train_and_add(factory, vectors, seed=seed, use_gpu=use_gpu, progress=progress)
     timings["train_add_s"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     order = ops.store_in_locality_order(index, vectors, seed=seed)
@@ -329,7 +331,7 @@ def build_index(
         bundle_dir, vectors, ids, qvecs, factory=factory, target_recall=target_recall, report_queries=rvecs,
         graded=_graded_inputs(bundle_dir, manifest, graded), memory_budget_bytes=memory_budget_bytes,
         opq=opq, refine=refine, ann=ann, corpus=str(corpus), seed=seed, use_gpu=use_gpu, timings=timings,
-        tune_margin=qs.margin, queries_kind=qs.kind, queries_source=qs.source,
+        tune_margin=qs.margin, queries_kind=qs.kind, queries_source=qs.source, progress=progress,
     )
 
 
@@ -449,7 +451,7 @@ def add_docs(
         raise CropsError(ErrorKind.INVALID_INPUT, f"{corpus} has duplicate document ids")
     if docs:
         vecs = encode_corpus(bundle_dir, docs, batch_size=batch_size, progress=progress)
-        ops.add_rows(index, vecs, start=len(ids))
+        ops.add_rows(index, vecs, start=len(ids), progress=progress)
         ids = ids + [d.doc_id for d in docs]
     return _finish_update(bundle_dir, manifest, index, ids, {"op": "add", "docs": len(docs), "skipped": len(dup)})
 

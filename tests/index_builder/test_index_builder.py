@@ -361,3 +361,28 @@ def test_permuting_a_graph_into_cluster_order_changes_no_result() -> None:
     assert ops.store_in_locality_order(small, docs[:1000]) is None  # fits in cache: left as built
     flat, _ = ops.train_and_add("Flat", docs, seed=0, use_gpu=False)
     assert ops.store_in_locality_order(flat, docs) is None  # not a graph
+
+
+@pytest.mark.parametrize("factory", ["IVF16,PQ8,RFlat", "HNSW16,SQ8"])
+def test_adding_in_chunks_keeps_every_row_at_its_label(factory: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.search_params import set_search_params
+    from index_builder import ops
+
+    x = clustered(3000, seed=4)
+    whole, _ = ops.train_and_add(factory, x, seed=0, use_gpu=False)
+    monkeypatch.setattr(ops, "ADD_CHUNK", 700)  # 5 chunks, the last one short
+    chunked, _ = ops.train_and_add(factory, x, seed=0, use_gpu=False)
+    assert chunked.ntotal == whole.ntotal == 3000
+    flat = faiss.IndexFlatIP(x.shape[1])
+    flat.add(x)
+    _, truth = flat.search(x[::10], 100)
+    for index in (whole, chunked):
+        set_search_params(index, nprobe=16, k_factor=4.0, ef_search=256)
+    _, found_whole = whole.search(x[::10], 100)
+    _, found_chunked = chunked.search(x[::10], 100)
+    if factory.startswith("IVF"):  # each row encoded on its own: the same index, chunked or not
+        assert (found_chunked == found_whole).all()
+    else:  # a graph built in chunks: each row still under its label, recall as good
+        assert recall_vs_exact(found_chunked, truth) >= recall_vs_exact(found_whole, truth) - 0.02
+        _, top1 = chunked.search(x[:300], 1)
+        assert (top1.ravel() == np.arange(300)).mean() > 0.95
