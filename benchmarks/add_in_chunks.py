@@ -39,23 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=h.ROOT / "docs" / "results" / "add_in_chunks.md")
     a = ap.parse_args(argv)
+
+    def fail(message: str) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
     try:
         efs = [int(x) for x in a.ef.split(",")]
     except ValueError:
-        print(f"error: --ef takes integers, got {a.ef!r}", file=sys.stderr)
-        return 2
+        return fail(f"--ef takes integers, got {a.ef!r}")
     if not a.vectors.is_file():
-        print(f"error: {a.vectors} is missing: run python -m benchmarks.index_memory first", file=sys.stderr)
-        return 2
+        return fail(f"{a.vectors} is missing: run python -m benchmarks.index_memory first")
     from index_builder import ops
 
     if a.n <= ops.ADD_CHUNK:
-        print(f"error: --n must exceed one chunk ({ops.ADD_CHUNK} rows)", file=sys.stderr)
-        return 2
+        return fail(f"--n must exceed one chunk ({ops.ADD_CHUNK} rows)")
     split = real_query_split()
     if split is None:
-        print("error: the MIMICS-Manual queries are missing", file=sys.stderr)
-        return 2
+        return fail("the MIMICS-Manual queries are missing")
     import faiss
 
     from core.normalize import normalize_text
