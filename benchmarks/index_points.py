@@ -6,7 +6,7 @@ reaching it), then measure that point on held-out queries: recall@100 vs exact, 
 p50/p99 (one thread, as each service worker searches), build time and index size.
 
     python -m benchmarks.index_points --vectors runs/perf/n1000000/vectors.npy \
-        --model runs/perf/default_bundle --factories "IVF1024,PQ48,RFlat;IVF1024,PQ48x4fs,RFlat"
+        --model runs/perf/model --factories "IVF1024,PQ48,RFlat;IVF1024,PQ48x4fs,RFlat"
 """
 
 from __future__ import annotations
