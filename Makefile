@@ -50,7 +50,7 @@ serve: install-serve bundle
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy core world towers service index_builder model_export loadtest online crops training \
-		benchmarks/harness.py benchmarks/vectors.py benchmarks/fleet.py benchmarks/overload.py \
+		benchmarks/harness.py benchmarks/vectors.py benchmarks/fleet.py benchmarks/stock_index.py benchmarks/overload.py \
 		benchmarks/overload_client.py benchmarks/overload_report.py benchmarks/schemathesis_run.py
 	$(BIN)/lint-imports
 

@@ -15,7 +15,10 @@ Rows, one after another on the same box, bundle and queries, never two at once:
 4. granian: the same FastAPI app (``benchmarks.granian_app``) under granian, 2 workers.
 5. peer: ``benchmarks.strong_peer``, plain FastAPI + the same int8 ONNX tower, tokenizer and faiss index
    at the same nprobe/k_factor, 2 uvicorn workers.
-6. naive: ``benchmarks.naive_peer``, sentence-transformers (torch) + exact faiss Flat over the same
+6. stock: the same peer app over faiss' own ``HNSW32`` at faiss' defaults, efSearch tuned to the same
+   recall by the same rule (``benchmarks.stock_index`` builds it beside the bundle; skipped until then):
+   what a team that knows faiss but not this project would serve on the same vectors.
+7. naive: ``benchmarks.naive_peer``, sentence-transformers (torch) + exact faiss Flat over the same
    vectors, one uvicorn worker, threads = cores (needs ``--vectors`` or the built bench vectors).
 
 Each HTTP row but the naive one: ``loadtest.openloop`` at ``--rate`` from ``--connections`` keep-alive
@@ -49,16 +52,18 @@ from typing import Any
 from benchmarks import harness as h
 from benchmarks import vectors as bv
 from benchmarks.limit import LimitPool
+from benchmarks.stock_index import stock_bundle_path
 from core.search_params import describe_point
 from loadtest.querymix import load_mix
 from loadtest.ready import wait_workers
 
-ROWS = ("service", "nginx", "granian", "peer", "naive")
+ROWS = ("service", "nginx", "granian", "peer", "stock", "naive")
 TITLES = {
     "service": "crops serve, 2 workers",
     "nginx": "nginx least_conn + 2 single-worker replicas",
     "granian": "same app under granian, 2 workers",
     "peer": "strong peer (FastAPI + int8 ONNX + faiss), 2 workers",
+    "stock": "stock peer (the same app, faiss HNSW32 at its defaults), 2 workers",
     "naive": "naive peer (sentence-transformers + Flat), 1 worker",
 }
 
@@ -109,7 +114,11 @@ def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str],
         with h.server(cmd, port=port, name=name, env={**env, "CROPS_BUNDLE": str(bundle.resolve())},
                       log_dir=logs) as proc:
             yield url, [proc.pid], 2
-    elif name == "peer":
+    elif name in ("peer", "stock"):
+        if name == "stock":
+            bundle = stock_bundle_path(bundle)
+            if not (bundle / "manifest.json").is_file():
+                raise FileNotFoundError(f"no stock peer bundle at {bundle} (python -m benchmarks.stock_index)")
         cmd = [py, "-m", "benchmarks.strong_peer", "--bundle", str(bundle), "--port", str(port), "--workers", "2"]
         with h.server(cmd, port=port, name=name, env=env, log_dir=logs) as proc:
             yield url, [proc.pid], 2
@@ -184,6 +193,13 @@ def cpu_ms_per_request(row: dict[str, Any]) -> float | None:
     return round(float(top["server_cores"]) * 1e3 / float(top["ok_rps"]), 2)
 
 
+def most_answered(row: dict[str, Any]) -> float | None:
+    """The most answers a second a row gave at any latency: its closed loop or its busiest fixed rate."""
+    points = [row.get("at_rate"), *row.get("search", [])]
+    vals = [float(v) for v in [row.get("max_rps_any_latency"), *(p.get("ok_rps") for p in points if p)] if v]
+    return max(vals) if vals else None
+
+
 def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: argparse.Namespace
               ) -> dict[str, Any]:
     """The flat numbers of bench.json from the rows.
@@ -194,6 +210,10 @@ def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: 
     limit_rps = round(statistics.mean(x["rps"] for x in limits), 1)
     service_row = "nginx" if "nginx" in rows else "service"
     svc, peer, naive = rows.get(service_row, {}), rows.get("peer", {}), rows.get("naive", {})
+    stock = rows.get("stock", {})
+    # The stock peer's rate within the SLO, or, when it never met it, the most it answered at any latency
+    stock_within = stock.get("max_rps_within_slo")
+    stock_rps = stock_within or (most_answered(stock) if stock else None)
     at = svc.get("at_rate") or {}
     one_box = rows.get("service", {})
     service_rps = svc.get("max_rps_within_slo")
@@ -218,6 +238,9 @@ def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: 
         "service_over_limit": ratio(service_rps, limit_rps),
         "service_over_limit_any_latency": ratio(svc.get("max_rps_any_latency"), limit_rps),
         "service_over_peer": ratio(service_rps, peer.get("max_rps_within_slo"), 2),
+        "stock_peer_rps": stock_rps,
+        "stock_peer_within_slo": bool(stock_within) if stock else None,
+        "service_over_stock_peer": ratio(service_rps, stock_rps, 2),
         "service_over_naive": ratio(service_rps, naive_rps, 1),
         "service_over_naive_any_latency": ratio(svc.get("max_rps_any_latency"), naive_rps, 1),
         "peak_rss_mib": {"limit": limits[0].get("peak_rss_mib"), **{k: r.get("peak_rss_mib") for k, r in rows.items()}},
@@ -229,6 +252,14 @@ def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: 
         "limit_cpu_ms_per_query": round(2e3 / limit_rps, 2),
         "cpu_ms_per_request": {k: ms for k, r in rows.items() if (ms := cpu_ms_per_request(r)) is not None},
     }
+
+
+def stock_desc(info: dict[str, Any] | None) -> str:
+    """The stock peer's index in words, for the report."""
+    if not info:
+        return "not measured"
+    return (f"{info['factory']} at efConstruction {info['ef_construction']}, efSearch {info['ef_search']}, "
+            f"recall@100 {info['recall_at_100']} ({info['recall_how']})")
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -276,7 +307,11 @@ def render_markdown(result: dict[str, Any]) -> str:
            if result.get("service_row") == "nginx" else " (nginx not measured: `crops serve --workers 2`)")
         + "; "
         f"service / strong peer = {f(result['service_over_peer'], 2)}; "
-        f"service / naive = {f(result['service_over_naive'], 1)}× (goal ≥ 10×; the naive peer's number is "
+        + (f"service / stock peer = {f(result['service_over_stock_peer'], 2)} (the stock peer's "
+           + ("rate within the SLO" if result.get("stock_peer_within_slo") else
+              "most answers a second at any latency: no rate met the SLO")
+           + f"; its index: {stock_desc(result.get('stock_index'))}); " if result.get("stock_peer_rps") else "")
+        + f"service / naive = {f(result['service_over_naive'], 1)}× (goal ≥ 10×; the naive peer's number is "
         f"its best closed loop at any latency"
         + (f", {nv['connections']} connections, p99 {f(nv['p99_ms'])} ms" if nv else "") + ").",
         f"- **Cores at {rate:g} req/s** (of {m['cores']}): encode + search alone need "
@@ -511,6 +546,20 @@ def main(argv: list[str] | None = None) -> int:
         recall, recall_n = man.index.recall_at_100_report or man.index.recall_at_100, 0
         recall_how = "the manifest's, no vectors given"
 
+    stock_index = None
+    stock = stock_bundle_path(bundle)
+    if "stock" in wanted and (stock / "manifest.json").is_file():
+        sm = verify_bundle(stock, require_index=True).index
+        assert sm is not None
+        if vec_path is not None and held_out:
+            s_recall, s_n = bv.measured_recall(stock, vec_path, held_out, set(tune), n_q=len(held_out))
+            s_how = f"on the same {s_n} held-out real queries"
+        else:
+            s_recall, s_how = sm.recall_at_100_report or sm.recall_at_100 or 0.0, "the manifest's"
+        stock_index = {"factory": sm.factory, "ef_search": sm.ef_search, "recall_at_100": s_recall,
+                       "recall_how": s_how, "ef_construction": getattr(sm, "ef_construction", None)}
+        h.log(f"stock peer index: {stock_desc(stock_index)}")
+
     h.log(f"limit: 2 processes pinned to cores 0 and 1, {a.seconds:g} s")
     limits = [limit_run(bundle, queries, onnx_file, a.seconds)]
     h.log(f"limit: {limits[0]['rps']} req/s (p99 {limits[0]['p99_ms']} ms)")
@@ -545,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         "recall_queries": recall_n,
         "recall_how": recall_how,
         "recall_at_100_load_queries": recall_mix,
+        "stock_index": stock_index,
         "tuning_queries": tune_source,
         "n": man.index.ntotal,
         "seconds": a.seconds,

@@ -1,7 +1,7 @@
 """``crops index build``: corpus → doc-tower embeddings → faiss index + id map, recorded in the bundle.
 
 Also the incremental paths (add new videos, remove taken-down ones) and the build from encoded
-shards. Every path ends in ``_persist``: index (CPU form), id map, held-out query vectors, the
+shards. Every path ends in ``persist_index``: index (CPU form), id map, held-out query vectors, the
 latency/recall curve and the manifest, each written atomically, the manifest last.
 """
 
@@ -116,10 +116,12 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _persist(
+def persist_index(
     bundle_dir: Path, manifest: BundleManifest, index: Any, ids: Sequence[str], section: IndexSection,
     queries: np.ndarray | None,
 ) -> None:
+    """Write ``index`` (CPU form), its id map and ``queries`` (the tuning vectors) into the bundle and
+    record ``section`` in its manifest, each file atomically and the manifest last."""
     import faiss
 
     atomic_write_bytes(bundle_dir / section.index_file, faiss.serialize_index(index).tobytes())
@@ -245,7 +247,7 @@ def build_from_vectors(
     meta = {"factory": factory, "ntotal": n, "queries": len(queries), "target_recall": target_recall, "k": 100,
             "threads": 1, "built_on": built_on}
     section.curve_json, section.curve_png = write_curve(bundle_dir, chosen, points, meta)
-    _persist(bundle_dir, manifest, index, ids, section, queries)
+    persist_index(bundle_dir, manifest, index, ids, section, queries)
     log.info("index %s: ntotal=%d nprobe=%s k_factor=%s ef_search=%s recall@100=%.4f (b1 %.3f ms)", factory, n,
              chosen.nprobe, chosen.k_factor, chosen.ef_search, chosen.recall, chosen.b1_ms_p50)
     return section
@@ -421,7 +423,7 @@ def _finish_update(
     # A changed index is a new bundle: caches keyed by bundle_id must not serve old results.
     stem = manifest.bundle_id.rsplit("-", 1)[0] if "-" in manifest.bundle_id else manifest.bundle_id
     manifest.bundle_id = f"{stem}-{uuid.uuid4().hex[:8]}"
-    _persist(bundle_dir, manifest, index, ids, section, None)
+    persist_index(bundle_dir, manifest, index, ids, section, None)
     return section
 
 

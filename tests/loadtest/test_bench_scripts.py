@@ -528,3 +528,68 @@ def test_nginx_topology_comparison_refuses_what_it_cannot_compare(args: list[str
     with pytest.raises(SystemExit) as e:
         nginx_max_conns.main([*args, "--bundle", "/nonexistent"])
     assert str(e.value).startswith("error: ") and "/nonexistent" not in str(e.value)
+
+
+def test_the_stock_peer_counts_at_any_latency_only_when_it_never_met_the_slo() -> None:
+    import argparse
+
+    from benchmarks.fleet import summarize
+
+    res = _result()
+    svc = res["rows"]["service"]
+    late = {**svc, "title": "stock", "max_rps_within_slo": None, "max_rps_any_latency": 150.0,
+            "at_rate": {**svc["at_rate"], "ok_rps": 170.0, "within_slo": False}, "search": []}
+    a = argparse.Namespace(connections=32, rate=400.0)
+    never = summarize({"service": svc, "stock": late}, res["limit"][:1], a)
+    assert never["stock_peer_rps"] == 170.0 and never["stock_peer_within_slo"] is False  # its busiest fixed rate
+    assert never["service_over_stock_peer"] == round(400 / 170, 2)
+    met = summarize({"service": svc, "stock": {**late, "max_rps_within_slo": 100.0}}, res["limit"][:1], a)
+    assert met["stock_peer_rps"] == 100.0 and met["stock_peer_within_slo"] is True
+    assert met["service_over_stock_peer"] == 4.0
+    info = {"factory": "HNSW32", "ef_construction": 40, "ef_search": 2048, "recall_at_100": 0.95,
+            "recall_how": "on the same 300 held-out real queries"}
+    md = render_markdown({**res, **never, "stock_index": info})
+    assert "service / stock peer = 2.35 (the stock peer's most answers a second at any latency" in md
+    assert "HNSW32 at efConstruction 40, efSearch 2048, recall@100 0.95" in md
+    without = summarize({"service": svc}, res["limit"][:1], a)
+    assert without["stock_peer_rps"] is None and "stock peer" not in render_markdown({**res, **without})
+
+
+def test_stock_index_refuses_missing_inputs_with_one_error_line(tiny_bundle: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import stock_index
+
+    assert stock_index.main(["--bundle", str(tmp_path / "none"), "--vectors", str(tmp_path / "v.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert stock_index.main(["--bundle", str(tiny_bundle), "--model", str(tiny_bundle),
+                             "--vectors", str(tmp_path / "v.npy")]) == 2
+    assert "v.npy is missing" in capsys.readouterr().err
+    assert stock_index.stock_bundle_path(Path("runs/realq/b/")) == Path("runs/realq/b_stock")
+
+
+def test_stock_index_builds_faiss_defaults_tuned_to_the_served_target(
+    tiny_bundle: Path, model_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from benchmarks import stock_index
+    from core.manifest import load_id_map, verify_bundle
+
+    served = verify_bundle(tiny_bundle, require_index=True).index
+    assert served is not None
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(served.ntotal, served.dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    np.save(tmp_path / "v.npy", vecs)
+    queries = ["cat video", "how to cook pasta", "guitar cover", "minecraft speedrun", "funny dogs", "news today"]
+    # the query source (the MIMICS-Manual files) replaced by a fixed list: this test is about the build
+    monkeypatch.setattr(stock_index, "real_query_split", lambda n: (queries[:3], queries[3:], "fixed"))
+    out = tmp_path / "stock"
+    assert stock_index.main(["--bundle", str(tiny_bundle), "--model", str(model_bundle),
+                             "--vectors", str(tmp_path / "v.npy"), "--out", str(out)]) == 0
+    sec = verify_bundle(out, require_index=True).index  # checksums hold
+    assert sec is not None and sec.factory == "HNSW32" and sec.ef_search and sec.ef_search >= 100
+    assert sec.model_dump()["ef_construction"] == 40 and sec.target_recall == served.target_recall
+    assert sec.recall_at_100 is not None and sec.recall_at_100 >= (served.target_recall or 0.95)
+    assert load_id_map(out / sec.id_map_file)[:2] == ["v0000000", "v0000001"]  # rows in insertion order
