@@ -73,6 +73,8 @@ BENCH_BUNDLE = $(BENCH_DIR)/bundle_HNSW32_SQ8
 bench: install-dev
 	test -d $(BENCH_DIR)/vectors || $(BIN)/python -m benchmarks.real_query_recall
 	test -f $(BENCH_BUNDLE)/index.faiss || $(BIN)/python -m benchmarks.index_memory --n 1000000
+	test -f $(BENCH_BUNDLE)_stock/index.faiss || \
+		$(BIN)/python -m benchmarks.stock_index --bundle $(BENCH_BUNDLE) --vectors $(BENCH_DIR)/vectors_1000000.npy
 	$(BIN)/python -m benchmarks.fleet --bundle $(BENCH_BUNDLE) --vectors $(BENCH_DIR)/vectors_1000000.npy --publish
 
 clean:
