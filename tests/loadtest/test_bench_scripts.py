@@ -593,3 +593,14 @@ def test_stock_index_builds_faiss_defaults_tuned_to_the_served_target(
     assert sec.model_dump()["ef_construction"] == 40 and sec.target_recall == served.target_recall
     assert sec.recall_at_100 is not None and sec.recall_at_100 >= (served.target_recall or 0.95)
     assert load_id_map(out / sec.id_map_file)[:2] == ["v0000000", "v0000001"]  # rows in insertion order
+
+
+def test_row_ab_medians_what_was_measured_and_refuses_bad_rows(tmp_path: Path) -> None:
+    from benchmarks import row_ab
+
+    assert row_ab.median([None, 2.0, 4.0]) == 3.0 and row_ab.median([None, None]) is None
+    for rows in ("service", "service,service", "service,naive"):
+        with pytest.raises(SystemExit, match="error: --rows takes two different rows"):
+            row_ab.main(["--rows", rows])
+    with pytest.raises(SystemExit, match=r"error: .* not found"):
+        row_ab.main(["--rows", "service,stock", "--bundle", str(tmp_path / "none")])
