@@ -530,7 +530,7 @@ def test_nginx_topology_comparison_refuses_what_it_cannot_compare(args: list[str
     assert str(e.value).startswith("error: ") and "/nonexistent" not in str(e.value)
 
 
-def test_the_stock_peer_counts_at_any_latency_only_when_it_never_met_the_slo() -> None:
+def test_a_peer_counts_at_any_latency_only_when_it_never_met_the_slo() -> None:
     import argparse
 
     from benchmarks.fleet import summarize
@@ -553,6 +553,11 @@ def test_the_stock_peer_counts_at_any_latency_only_when_it_never_met_the_slo() -
     assert "HNSW32 at efConstruction 40, efSearch 2048, recall@100 0.95" in md
     without = summarize({"service": svc}, res["limit"][:1], a)
     assert without["stock_peer_rps"] is None and "stock peer" not in render_markdown({**res, **without})
+    assert without["peer_rps"] is None and without["peer_within_slo"] is None
+    peer_late = summarize({"service": svc, "peer": late}, res["limit"][:1], a)  # the strong peer, same rule
+    assert peer_late["peer_rps"] == 170.0 and peer_late["peer_within_slo"] is False
+    assert "strong peer = 2.35 (the strong peer's most answers a second at any latency" in render_markdown(
+        {**res, **peer_late})
 
 
 def test_stock_index_refuses_missing_inputs_with_one_error_line(tiny_bundle: Path, tmp_path: Path,
