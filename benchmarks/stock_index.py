@@ -70,13 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{a.model} holds model {model.model.model_id}, {a.bundle} was built from {served.index.model_id}")
     if not a.vectors.is_file():
         return fail(f"{a.vectors} is missing: run python -m benchmarks.index_memory first")
+    out = a.out or stock_bundle_path(a.bundle)
+    if out.resolve() in (a.bundle.resolve(), a.model.resolve()):
+        return fail(f"--out {out} would overwrite an input bundle")  # it is emptied before the build
+    try:
+        vectors = np.ascontiguousarray(np.load(a.vectors), dtype=np.float32)
+    except (OSError, ValueError) as exc:
+        return fail(f"{a.vectors} is not a .npy of vectors ({exc})")
+    if vectors.shape != (served.index.ntotal, served.index.dim):
+        return fail(f"{a.vectors} holds {vectors.shape}, the bundle indexes {served.index.ntotal} x {served.index.dim}")
     split = real_query_split(n=served.index.recall_queries or 300)
     if split is None:
         return fail("the MIMICS-Manual queries are missing")
-    out = a.out or stock_bundle_path(a.bundle)
-    vectors = np.ascontiguousarray(np.load(a.vectors), dtype=np.float32)
-    if vectors.shape != (served.index.ntotal, served.index.dim):
-        return fail(f"{a.vectors} holds {vectors.shape}, the bundle indexes {served.index.ntotal} x {served.index.dim}")
     target = served.index.target_recall or 0.95
     goal = tune_goal(target, getattr(served.index, "tune_margin", 0.0) or 0.0)
     tune_v, held_v = encode(a.model, split[0]), encode(a.model, split[1])

@@ -570,6 +570,14 @@ def test_stock_index_refuses_missing_inputs_with_one_error_line(tiny_bundle: Pat
     assert stock_index.main(["--bundle", str(tiny_bundle), "--model", str(tiny_bundle),
                              "--vectors", str(tmp_path / "v.npy")]) == 2
     assert "v.npy is missing" in capsys.readouterr().err
+    (tmp_path / "bad.npy").write_text("not numpy")
+    assert stock_index.main(["--bundle", str(tiny_bundle), "--model", str(tiny_bundle),
+                             "--vectors", str(tmp_path / "bad.npy")]) == 2
+    assert "bad.npy is not a .npy of vectors" in capsys.readouterr().err
+    assert stock_index.main(["--bundle", str(tiny_bundle), "--model", str(tiny_bundle), "--out", str(tiny_bundle),
+                             "--vectors", str(tmp_path / "bad.npy")]) == 2
+    assert "would overwrite an input bundle" in capsys.readouterr().err
+    assert (tiny_bundle / "manifest.json").is_file()
     assert stock_index.stock_bundle_path(Path("runs/realq/b/")) == Path("runs/realq/b_stock")
 
 
