@@ -266,7 +266,8 @@ def stock_desc(info: dict[str, Any] | None) -> str:
     """The stock peer's index in words, for the report."""
     if not info:
         return "not measured"
-    return (f"{info['factory']} at efConstruction {info['ef_construction']}, efSearch {info['ef_search']}, "
+    build = f"efConstruction {info['ef_construction']}" if info.get("ef_construction") else "faiss' default build"
+    return (f"{info['factory']} at {build}, efSearch {info['ef_search']}, "
             f"recall@100 {info['recall_at_100']} ({info['recall_how']})")
 
 
