@@ -47,13 +47,14 @@ RUN python -m venv /opt/venv \
  && ! python -c "import torch" 2>/dev/null
 
 # ---------------------------------------------------------------- GPU serving venv
-# Same service, GPU wheels: onnxruntime-gpu (CUDA execution provider) and faiss-gpu (CUDA 12); the
+# Same service, GPU wheels: onnxruntime-gpu (CUDA execution provider) and faiss-gpu (CUDA 12, with
+# Hopper kernels: faiss-gpu-cu12 has none and fails on an H100/H200); the
 # CUDA runtime libraries come as pip wheels, the driver from the host (NVIDIA container toolkit).
 FROM src AS venv-gpu
 RUN python -m venv /opt/venv \
  && pip install -c constraints.txt -c deploy/constraints-serve.txt ".[serve]" \
  && pip uninstall -y onnxruntime faiss-cpu \
- && pip install "onnxruntime-gpu[cuda,cudnn]>=1.17" "faiss-gpu-cu12>=1.8" \
+ && pip install "onnxruntime-gpu[cuda,cudnn]>=1.17" "faiss-gpu>=1.15.1" \
  && python -c "import onnxruntime, faiss, service.app" \
  && ! python -c "import torch" 2>/dev/null
 

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # GPU checks on a lent CUDA machine that has torch but no package index (see docs/howto/gpu.md).
-# What it needs travels in pieces of at most 60 MiB in `.gpu/` (git-ignored), one piece a call, while
-# the machine stays warm; /tmp survives between calls on a warm machine.
+# What it needs travels in pieces of at most 60 MiB in `.gpu/` (git-ignored; `python -m benchmarks.gpu_pack`
+# fills it for the faiss check), one piece a call, while the machine stays warm; /tmp survives between
+# calls on a warm machine.
 #
 #   benchmarks/gpu_device_run.sh stash          keep this call's pieces: .gpu/* → /tmp/p
-#   benchmarks/gpu_device_run.sh setup          CUDA 12 cuBLAS + runtime for faiss-gpu-cu12 (the machine
-#                                               has CUDA 13 only), wheels → /tmp/site, MiniLM back to fp32
-#   benchmarks/gpu_device_run.sh faiss          1M IVF-PQ build, GPU vs CPU, same recall
-#                                               (benchmarks/gpu_index_build.py)
+#   benchmarks/gpu_device_run.sh setup          wheels and packed trees → /tmp/site, MiniLM back to fp32; for
+#                                               faiss-gpu (CUDA 12; the machine has CUDA 13 only) the CUDA 12
+#                                               runtime wheel and either carried CUDA 12 cuBLAS or, without
+#                                               it, the cuBLAS 12→13 shim (benchmarks/gpu_cublas12_shim.c)
+#   benchmarks/gpu_device_run.sh faiss [ARGS]   1M IVF-PQ build, GPU vs CPU, same recall
+#                                               (benchmarks/gpu_index_build.py; carried X.fp16.npy → /tmp/X.npy)
 #   benchmarks/gpu_device_run.sh train [ARGS]   full fine-tuning: world build + crops experiment --budget gpu
 # Results go to $OUT (the device tool brings them back).
 set -uo pipefail
@@ -15,8 +18,10 @@ OUT=${OUT:-/tmp/crops-gpu}
 mkdir -p "$OUT" /tmp/p /tmp/site
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH=/tmp/site:$ROOT PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export LD_LIBRARY_PATH=/tmp/cuda12/nvidia/cublas/lib:/tmp/cuda12/nvidia/cuda_runtime/lib:${LD_LIBRARY_PATH:-}
-# faiss-gpu-cu12 ships SASS up to sm_89 and PTX: the H200 (sm_90) JIT-compiles kernels once; keep them.
+SHIM=/tmp/cublas12
+CU13=$(cat $SHIM/cu13dir 2>/dev/null)
+export LD_LIBRARY_PATH=/tmp/cuda12/nvidia/cublas/lib:/tmp/cuda12/nvidia/cuda_runtime/lib:/tmp/site/nvidia/cuda_runtime/lib:$SHIM:${CU13:+$CU13:}${LD_LIBRARY_PATH:-}
+# A faiss build without the GPU's own kernels JIT-compiles their PTX once; keep what it compiles.
 export CUDA_CACHE_MAXSIZE=4294967296 CUDA_CACHE_PATH=/tmp/cuda-cache
 
 stage=${1:-}
@@ -38,6 +43,28 @@ setup)
   fi
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ./*.whl \
     2>&1 | grep -v "^WARNING" | tail -3
+  for t in faiss*.tar.xz; do  # faiss-gpu with the H200's kernels only (python -m benchmarks.gpu_pack)
+    [ -f "$t" ] && { tar -C /tmp/site -xJf "$t" || exit 1; }
+  done
+  if [ ! -d /tmp/cuda12/nvidia/cublas ]; then
+    # No CUDA 12 cuBLAS carried: build libcublas.so.12 (+ an empty libcublasLt.so.12) over the
+    # machine's cuBLAS 13; the next stages find it and the cuBLAS 13 folder on LD_LIBRARY_PATH.
+    lib13=$(find /usr/local/cuda*/lib64 /opt /usr/lib -name 'libcublas.so.13' 2>/dev/null | head -1)
+    [ -n "$lib13" ] || { echo "error: neither CUDA 12 cuBLAS nor libcublas.so.13 found"; exit 1; }
+    mkdir -p $SHIM && dirname "$lib13" > $SHIM/cu13dir
+    syms=$(grep -oE '^FORWARD\(cublas[A-Za-z0-9_]+' "$ROOT/benchmarks/gpu_cublas12_shim.c" | cut -c9- | sed 's/$/;/' | tr '\n' ' ')
+    printf 'libcublas.so.12 { global: %s local: *; };\n' "$syms" > $SHIM/v.map
+    cc -O2 -shared -fPIC -o $SHIM/libcublas.so.12 -Wl,-soname,libcublas.so.12 -Wl,--version-script=$SHIM/v.map \
+      "$ROOT/benchmarks/gpu_cublas12_shim.c" -ldl || exit 1
+    echo 'int cublas_lt_12_shim;' | cc -shared -fPIC -x c -o $SHIM/libcublasLt.so.12 -Wl,-soname,libcublasLt.so.12 - || exit 1
+    echo "cuBLAS 12 shim over $lib13 ($(echo "$syms" | wc -w) functions)"
+    export LD_LIBRARY_PATH=$SHIM:$(dirname "$lib13"):$LD_LIBRARY_PATH
+    # faiss-gpu preloads cuBLAS and cuRAND from the nvidia-*-cu12 packages' lib/ folders: give it those
+    # folders, holding the shim and CUDA 13's cuRAND (libcurand.so.10 in both CUDA 12 and 13).
+    mkdir -p /tmp/site/nvidia/cublas/lib /tmp/site/nvidia/curand/lib
+    ln -sf $SHIM/libcublas.so.12 $SHIM/libcublasLt.so.12 /tmp/site/nvidia/cublas/lib/
+    ln -sf "$(dirname "$lib13")/libcurand.so.10" /tmp/site/nvidia/curand/lib/
+  fi
   if [ -f model16/model.safetensors.fp16 ]; then
     python3 - <<'PY'
 # the offline model package, rebuilt in float32 from the fp16 copy that travelled at half size
@@ -57,12 +84,23 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "cpus", tor
 try:
     import faiss
     print("faiss", faiss.__version__, "gpus", faiss.get_num_gpus())
+    if faiss.get_num_gpus():  # one cuBLAS product on the GPU: the shim or the carried cuBLAS works
+        import numpy as np
+        x = np.random.default_rng(0).random((2000, 64), dtype=np.float32)
+        gi = faiss.GpuIndexFlatL2(faiss.StandardGpuResources(), 64)
+        gi.add(x)
+        _, ids = gi.search(x[:100], 5)
+        print("faiss GPU flat search: top-1 is the query itself for", int((ids[:, 0] == np.arange(100)).sum()), "of 100")
 except Exception as exc:  # report, do not stop: the training stage does not need it
     print("faiss unavailable:", exc)
 PY
   ;;
 faiss)
   cd "$ROOT" || exit 1
+  for f in /tmp/p/*.fp16.npy; do  # carried at half size by benchmarks/gpu_pack.py --npy
+    [ -f "$f" ] && python3 -c "import numpy as np, sys; np.save(sys.argv[2], np.load(sys.argv[1]).astype(np.float32))" \
+      "$f" "/tmp/$(basename "$f" .fp16.npy).npy"
+  done
   timeout "${FAISS_TIMEOUT:-300}" python3 -m benchmarks.gpu_index_build --out "$OUT/gpu_index_build.json" "$@" \
     2>&1 | tee "$OUT/gpu_index_build.log" | tail -40
   ;;

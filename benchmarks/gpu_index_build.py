@@ -6,7 +6,7 @@ over the same vectors. The search point (nprobe, k_factor) is tuned once, on the
 the builder's default target on tuning queries; both indexes are then measured at that point and
 a few neighbouring nprobes on disjoint held-out queries, against exact search.
 
-Needs only numpy, faiss (``faiss-cpu``, or ``faiss-gpu-cu12`` which provides the same module) and
+Needs only numpy, faiss (``faiss-cpu``, or ``faiss-gpu`` which provides the same module) and
 this repository; no network, no model. Vectors: ``--vectors FILE.npy`` (float32 rows; expanded to
 ``--n`` by clustered perturbation when it has fewer rows), else generated (a topic mixture on the
 unit sphere, expanded the same way). Queries: ``--queries FILE.npy``, else held-out perturbations
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     devices = ["cuda", "cpu"] if a.device == "both" else [a.device]
     if "cuda" in devices and gpu_count() == 0:
-        print("error: --device cuda needs faiss with GPU support (faiss-gpu-cu12) and a visible GPU; "
+        print("error: --device cuda needs faiss with GPU support (faiss-gpu) and a visible GPU; "
               f"this faiss {faiss.__version__} sees none", file=sys.stderr)
         return 2
     threads = os.cpu_count() or 1

@@ -59,7 +59,7 @@ def require_gpu(*, encode: bool) -> None:
     """Fail before any work when the GPU was asked for and is absent: faiss GPU for the build, and
     the ONNX Runtime CUDA provider when the doc tower has to encode."""
     if gpu_count() == 0:
-        raise CropsError(ErrorKind.BACKEND, "--device cuda: faiss sees no GPU (install faiss-gpu-cu12 in place "
+        raise CropsError(ErrorKind.BACKEND, "--device cuda: faiss sees no GPU (install faiss-gpu in place "
                          "of faiss-cpu, and check the driver), or use --device cpu/auto")
     if encode:
         import onnxruntime as ort

@@ -55,3 +55,45 @@ def test_gpu_benchmark_script_cpu_path(tmp_path: Path) -> None:
     assert 0.0 <= row["recall_at_100"] <= 1.0 and row["recall_by_nprobe"]
     if gpu_count() == 0:
         assert mod.main(["--device", "cuda", "--n", "100", "--out", str(tmp_path / "x.json")]) == 2
+
+
+def _fatbin(entries: list[tuple[int, int, bytes]]) -> bytearray:
+    """A fatbin as nvcc lays it out: a 16-byte header, then entries (kind, arch, payload), each with a
+    64-byte header whose arch field is at byte 28."""
+    import struct
+
+    body = b""
+    for kind, arch, payload in entries:
+        head = bytearray(64)
+        struct.pack_into("<HHIQ", head, 0, kind, 0x101, 64, len(payload))
+        struct.pack_into("<I", head, 28, arch)
+        body += bytes(head) + payload
+    return bytearray(struct.pack("<IHHQ", 0xBA55ED50, 1, 16, len(body)) + body)
+
+
+def test_gpu_pack_keeps_only_the_gpus_kernels() -> None:
+    """The faiss-gpu packer zeroes every payload but the sm_90 SASS, keeps all headers, and refuses a
+    fatbin without that architecture (the GPU would then have no kernel to run)."""
+    from benchmarks.gpu_pack import keep_arch
+
+    ptx90, sass80, sass90 = b"P" * 24, b"8" * 40, b"9" * 32
+    blob = bytearray(8) + _fatbin([(2, 80, sass80), (1, 90, ptx90), (2, 90, sass90)])  # 8 bytes of padding first
+    before = bytes(blob)
+    seen = keep_arch(blob, 90)
+    assert seen == {("sass", 80): 1, ("ptx", 90): 1, ("sass", 90): 1}
+    assert len(blob) == len(before) and sass90 in blob
+    assert sass80 not in blob and ptx90 not in blob
+    assert blob.count(b"\xba\x55\xed\x50"[::-1]) == 1  # the fatbin header is intact
+    with pytest.raises(ValueError, match="no sm_90 kernels"):
+        keep_arch(bytearray(before[:8]) + _fatbin([(2, 80, sass80)]), 90)
+
+
+def test_gpu_pack_finds_the_fatbin_section_or_says_why() -> None:
+    import sys
+
+    from benchmarks.gpu_pack import fatbin_section
+
+    with pytest.raises(ValueError, match="not a 64-bit"):
+        fatbin_section(b"#!/bin/sh\n")
+    with pytest.raises(ValueError, match=r"no \.nv_fatbin section"):  # a real ELF file without GPU code
+        fatbin_section(Path(sys.executable).resolve().read_bytes())

@@ -1,0 +1,147 @@
+"""Pack what the GPU check needs for a machine without a package index into ``.gpu/`` (≤ 60 MiB).
+
+The GPU machine has CUDA 13 only and no registry. faiss GPU comes from the ``faiss-gpu`` wheel
+(CUDA 12, 135 MB, kernels for seven GPU architectures). This keeps only the kernels of one
+architecture (``--arch``, the H200's sm_90 by default) by zeroing the other fatbin entries' payloads
+in ``libfaiss.so`` (their headers stay, so the CUDA runtime still parses the fatbin and picks the
+exact match), and packs the installed tree as ``faiss_gpu_sm<arch>.tar.xz`` (about 21 MB). cuBLAS 12
+is not carried: ``benchmarks/gpu_device_run.sh setup`` builds ``benchmarks/gpu_cublas12_shim.c``
+over the machine's cuBLAS 13. Also packed: the CUDA 12 runtime wheel, the project's pure-Python
+needs missing there (pydantic), and with ``--bench`` the bench's vectors as fp16: the doc-tower
+embeddings of its real catalog (``base_docs``, which ``benchmarks.fleet`` expands to 1M) and the
+MIMICS-Manual queries through the query tower (``mimics_queries``, when ``../shared/data`` has them);
+``gpu_device_run.sh faiss`` restores them to ``/tmp/NAME.npy``.
+
+    python -m benchmarks.gpu_pack --bench               # then: benchmarks/gpu_device_run.sh stash|setup|faiss
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FATBIN_MAGIC = 0xBA55ED50
+KIND = {1: "ptx", 2: "sass"}
+FAISS_GPU = "faiss-gpu==1.15.1"
+SMALL_WHEELS = ("nvidia-cuda-runtime-cu12==12.9.79", "pydantic==2.14.4", "pydantic-core==2.50.5",
+                "annotated-types==0.8.0", "typing-inspection==0.4.5")
+PLATFORM = ["--only-binary=:all:", "--no-deps", "--python-version", "3.12", "--implementation", "cp",
+            *[a for p in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
+                          "manylinux2014_x86_64") for a in ("--platform", p)]]
+
+
+def fatbin_section(elf: bytes) -> tuple[int, int]:
+    """(file offset, size) of the ``.nv_fatbin`` section of a 64-bit little-endian ELF file."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise ValueError("not a 64-bit little-endian ELF file")
+    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+    def header(i: int) -> tuple[int, int, int]:
+        name, = struct.unpack_from("<I", elf, shoff + i * shentsize)
+        off, size = struct.unpack_from("<QQ", elf, shoff + i * shentsize + 0x18)
+        return name, off, size
+    _, stroff, _ = header(shstrndx)
+    for i in range(shnum):
+        name, off, size = header(i)
+        if elf[stroff + name: stroff + name + 11] == b".nv_fatbin\x00":
+            return off, size
+    raise ValueError("no .nv_fatbin section")
+
+
+def keep_arch(data: bytearray, arch: int, offset: int = 0, size: int | None = None) -> Counter[tuple[str, int]]:
+    """Zero, in place, the payload of every fatbin entry in ``data[offset:offset+size]`` that is not
+    SASS for ``arch`` (e.g. 90 for sm_90); returns the entries seen by (kind, arch)."""
+    end_all = len(data) if size is None else offset + size
+    seen: Counter[tuple[str, int]] = Counter()
+    pos = offset
+    while pos + 16 <= end_all:
+        magic, _, hsize, fsize = struct.unpack_from("<IHHQ", data, pos)
+        if magic != FATBIN_MAGIC:  # fatbins are 8-byte aligned in the section
+            pos += 8
+            continue
+        entry, end = pos + hsize, pos + hsize + fsize
+        while entry < end:
+            kind, _, ehsize, esize = struct.unpack_from("<HHIQ", data, entry)
+            earch, = struct.unpack_from("<I", data, entry + 28)
+            seen[(KIND.get(kind, str(kind)), earch)] += 1
+            if (kind, earch) != (2, arch):
+                data[entry + ehsize: entry + ehsize + esize] = bytes(esize)
+            entry += ehsize + esize
+        pos = end
+    if not seen[("sass", arch)]:
+        raise ValueError(f"no sm_{arch} kernels in this fatbin: {sorted(seen)}")
+    return seen
+
+
+def _download(specs: tuple[str, ...], dest: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", *PLATFORM, "-d", str(dest), *specs], check=True)
+
+
+def _bench_vectors(out: Path) -> None:
+    import numpy as np
+
+    from benchmarks.vectors import base_embeddings, encode, ensure_model_bundle, real_query_split
+
+    model = ensure_model_bundle(None)
+    base, source = base_embeddings(model)
+    np.save(out / "base_docs.fp16.npy", base.astype(np.float16))
+    print(f"base_docs: {base.shape} ({source})")
+    split = real_query_split()
+    if split is None:
+        print("mimics_queries: not packed (no MIMICS-Manual data); the benchmark generates its queries")
+        return
+    tune, held_out, qsource = split
+    np.save(out / "mimics_queries.fp16.npy", encode(model, tune + held_out).astype(np.float16))
+    print(f"mimics_queries: {len(tune) + len(held_out)} ({qsource})")
+
+
+def pack(out: Path, arch: int, bench: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        _download((FAISS_GPU,), t)
+        tree = t / "tree"
+        zipfile.ZipFile(next(t.glob("faiss_gpu-*.whl"))).extractall(tree)
+        lib = tree / "faiss" / "libfaiss.so"
+        data = bytearray(lib.read_bytes())
+        seen = keep_arch(data, arch, *fatbin_section(bytes(data)))
+        lib.write_bytes(data)
+        print(f"libfaiss.so: kept sm_{arch} of {sorted(seen)}")
+        name = out / f"faiss_gpu_sm{arch}.tar.xz"
+        with tarfile.open(name, "w:xz") as tar:
+            for p in sorted(tree.iterdir()):
+                tar.add(p, arcname=p.name)
+    _download(SMALL_WHEELS, out)
+    if bench:
+        _bench_vectors(out)
+    sums = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}"
+            for p in sorted(out.iterdir()) if p.is_file() and not p.name.startswith("SHA256SUMS")]
+    (out / "SHA256SUMS.1").write_text("\n".join(sums) + "\n")
+    total = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    print(f"{out}: {total / 2**20:.1f} MiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / ".gpu", help="emptied first (git-ignored)")
+    ap.add_argument("--arch", type=int, default=90, help="the GPU's compute capability ×10 (H100/H200: 90)")
+    ap.add_argument("--bench", action="store_true", help="also pack the bench's base embeddings and query vectors")
+    a = ap.parse_args(argv)
+    if a.out.exists() and any(a.out.iterdir()):
+        shutil.rmtree(a.out)
+    pack(a.out, a.arch, a.bench)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
