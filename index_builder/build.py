@@ -55,6 +55,13 @@ __all__ = ["NPROBE_GRID", "add_docs", "build_from_vectors", "build_index", "enco
            "refine_of", "remove_docs", "sample_queries", "train_and_add", "tune_nprobe"]
 
 
+def default_factory(n: int, dim: int, *, ann: bool, memory_budget_bytes: int | None, opq: bool,
+                    refine: bool) -> str:
+    """The factory built when none is given: by corpus size, or the production IVF-PQ with ``ann``."""
+    pick = production_factory if ann else choose_factory
+    return pick(n, dim, memory_budget_bytes=memory_budget_bytes, opq=opq, refine=refine)
+
+
 def require_gpu(*, encode: bool) -> None:
     """Fail before any work when the GPU was asked for and is absent: faiss GPU for the build, and
     the ONNX Runtime CUDA provider when the doc tower has to encode."""
@@ -190,8 +197,8 @@ def build_from_vectors(
     if use_gpu:
         require_gpu(encode=False)
     timings = dict(timings or {})
-    pick = production_factory if ann else choose_factory
-    factory = factory or pick(n, dim, memory_budget_bytes=memory_budget_bytes, opq=opq, refine=refine)
+    factory = factory or default_factory(n, dim, ann=ann, memory_budget_bytes=memory_budget_bytes, opq=opq,
+                                         refine=refine)
     log.info("building %s over %d vectors", factory, n)
     t0 = time.perf_counter()
     index, built_on = ops.train_and_add(factory, vectors, seed=seed, use_gpu=use_gpu, progress=progress)
@@ -322,6 +329,10 @@ def build_index(
         if reuse_vectors_from is not None:
             vectors = vectors_from_bundle(reuse_vectors_from, manifest.model.model_id, ids)
         else:
+            if use_gpu:  # before the encoding, which can take hours
+                ops.require_gpu_buildable(factory or default_factory(
+                    len(docs), manifest.model.embedding_dim, ann=ann, memory_budget_bytes=memory_budget_bytes,
+                    opq=opq, refine=refine), manifest.model.embedding_dim)
             vectors = encode_corpus(bundle_dir, docs, batch_size=batch_size, progress=progress,
                                     threads=threads, use_gpu=use_gpu)
     timings["encode_s"] = round(time.perf_counter() - t0, 2)

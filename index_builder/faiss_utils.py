@@ -24,6 +24,9 @@ def gpu_count() -> int:
     return int(get()) if get else 0
 
 
+PQ8_MIN_VECTORS = 2_560  # 8-bit PQ codes train 256 centroids a sub-quantiser: ~10 points each
+
+
 def ivf_params(n: int, dim: int) -> tuple[int, int, int]:
     """(nlist, PQ sub-quantisers m, bits per code) for ``n`` vectors.
 
@@ -36,7 +39,7 @@ def ivf_params(n: int, dim: int) -> tuple[int, int, int]:
     nlist = 2 ** max(2, round(math.log2(max(1.0, math.sqrt(n)))))
     nlist = max(1, min(nlist, n // 39))
     m = dim // 8 if dim % 8 == 0 else (dim // 4 if dim % 4 == 0 else dim // 2 if dim % 2 == 0 else dim)
-    nbits = 8 if n >= 2_560 else 4
+    nbits = 8 if n >= PQ8_MIN_VECTORS else 4
     return nlist, m, nbits
 
 

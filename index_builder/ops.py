@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from core.errors import CropsError, ErrorKind
 from core.search_params import hnsw_of
-from index_builder.faiss_utils import gpu_count
+from index_builder.faiss_utils import PQ8_MIN_VECTORS, gpu_count
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,28 @@ def _no_polysemous(base: Any) -> None:
     for node in (faiss.downcast_index(ivf) if ivf is not None else None, faiss.downcast_index(base)):
         if node is not None and hasattr(node, "do_polysemous_training"):
             node.do_polysemous_training = False
+
+
+def gpu_unsupported(factory: str, dim: int) -> str | None:
+    """Why faiss GPU cannot train and fill ``factory``'s IVF part, or None when it can (or when there
+    is no IVF part: those indexes are built on the CPU wherever they run)."""
+    import faiss
+
+    index = new_index(factory, dim)  # kept in a name: the parts below are views into it
+    ivf = faiss.try_extract_index_ivf(_parts(index)[1])
+    node = faiss.downcast_index(ivf) if ivf is not None else None
+    nbits = node.pq.nbits if isinstance(node, faiss.IndexIVFPQ) else 8
+    if nbits != 8:
+        return (f"faiss GPU builds IVF-PQ with 8-bit codes only, and {factory} has {nbits}-bit codes "
+                f"(the default below {PQ8_MIN_VECTORS:,} vectors)")
+    return None
+
+
+def require_gpu_buildable(factory: str, dim: int) -> None:
+    """Fail (``--device cuda``) when faiss GPU cannot build ``factory``'s IVF part."""
+    reason = gpu_unsupported(factory, dim)
+    if reason:
+        raise CropsError(ErrorKind.INVALID_INPUT, f"--device cuda: {reason}; use --device auto or cpu, or 8-bit codes")
 
 
 def _train_sample(vectors: np.ndarray, seed: int) -> np.ndarray:
@@ -168,7 +190,12 @@ def train_and_add(
     if use_gpu and gpu_count() == 0:
         raise CropsError(ErrorKind.BACKEND, "use_gpu requested but faiss sees no GPU (faiss-cpu installed?)")
     ivf = faiss.try_extract_index_ivf(base)
-    if ivf is not None and use_gpu is not False and gpu_count() > 0:
+    if use_gpu:
+        require_gpu_buildable(factory, dim)
+    unsupported = gpu_unsupported(factory, dim) if ivf is not None and use_gpu is None else None
+    if unsupported and gpu_count() > 0:
+        log.info("%s: building on the CPU", unsupported)
+    if ivf is not None and use_gpu is not False and not unsupported and gpu_count() > 0:
         try:
             # Seed faiss' k-means so GPU and CPU builds are reproducible run to run.
             ivf.cp.seed = seed

@@ -97,3 +97,22 @@ def test_gpu_pack_finds_the_fatbin_section_or_says_why() -> None:
         fatbin_section(b"#!/bin/sh\n")
     with pytest.raises(ValueError, match=r"no \.nv_fatbin section"):  # a real ELF file without GPU code
         fatbin_section(Path(sys.executable).resolve().read_bytes())
+
+
+def test_gpu_buildability_is_known_before_any_work() -> None:
+    """faiss GPU builds IVF-PQ with 8-bit codes only (seen on an H200: 'GPU: only pq.nbits == 8 is
+    supported'); the default below PQ8_MIN_VECTORS has 4-bit codes, so `--device cuda` refuses it by
+    name, and indexes without an IVF part are CPU builds anywhere."""
+    from core.errors import CropsError
+    from index_builder.faiss_utils import PQ8_MIN_VECTORS, production_factory
+    from index_builder.ops import gpu_unsupported, require_gpu_buildable
+
+    small = production_factory(PQ8_MIN_VECTORS - 1, 384)
+    assert "PQ48x4" in small
+    reason = gpu_unsupported(small, 384)
+    assert reason is not None and "8-bit codes only" in reason and small in reason
+    with pytest.raises(CropsError, match="--device cuda: faiss GPU builds IVF-PQ with 8-bit codes only"):
+        require_gpu_buildable(small, 384)
+    for ok in (production_factory(PQ8_MIN_VECTORS, 384), "IVF16,PQ48,RFlat", "HNSW32,SQ8", "Flat"):
+        assert gpu_unsupported(ok, 384) is None, ok
+        require_gpu_buildable(ok, 384)
