@@ -116,3 +116,29 @@ def test_gpu_buildability_is_known_before_any_work() -> None:
     for ok in (production_factory(PQ8_MIN_VECTORS, 384), "IVF16,PQ48,RFlat", "HNSW32,SQ8", "Flat"):
         assert gpu_unsupported(ok, 384) is None, ok
         require_gpu_buildable(ok, 384)
+
+
+def test_gpu_pack_parts_fit_one_transfer_and_join_back(tmp_path: Path) -> None:
+    """Files are spread over parts of at most the part size; a file larger than a part is cut into
+    NAME.part.000, ... that concatenate to the original; every part lists its files' checksums."""
+    import hashlib
+
+    from benchmarks.gpu_pack import split_into_parts
+
+    src = tmp_path / "src"
+    src.mkdir()
+    blobs = {"big.tar.xz": bytes(range(256)) * 10, "a.whl": b"a" * 700, "b.whl": b"b" * 300, "c.npy": b"c" * 200}
+    for name, data in blobs.items():
+        (src / name).write_bytes(data)
+    parts = split_into_parts(sorted(src.iterdir()), tmp_path / "out", 1000)
+    assert not any(src.iterdir())
+    files = {p.name: p for d in parts for p in d.iterdir() if not p.name.startswith("SHA256SUMS")}
+    assert all(sum(p.stat().st_size for p in d.iterdir() if not p.name.startswith("SHA256SUMS")) <= 1000
+               for d in parts)
+    big = b"".join(files[n].read_bytes() for n in sorted(n for n in files if n.startswith("big.tar.xz.part.")))
+    assert big == blobs["big.tar.xz"] and "big.tar.xz" not in files
+    assert all(files[n].read_bytes() == blobs[n] for n in ("a.whl", "b.whl", "c.npy"))
+    for n, d in enumerate(parts, 1):
+        for line in (d / f"SHA256SUMS.{n}").read_text().splitlines():
+            digest, name = line.split("  ")
+            assert hashlib.sha256((d / name).read_bytes()).hexdigest() == digest
