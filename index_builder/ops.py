@@ -99,7 +99,7 @@ def gpu_unsupported(factory: str, dim: int) -> str | None:
     nbits = node.pq.nbits if isinstance(node, faiss.IndexIVFPQ) else 8
     if nbits != 8:
         return (f"faiss GPU builds IVF-PQ with 8-bit codes only, and {factory} has {nbits}-bit codes "
-                f"(the default below {PQ8_MIN_VECTORS:,} vectors)")
+                f"(what the default picks below {PQ8_MIN_VECTORS:,} vectors)")
     return None
 
 
