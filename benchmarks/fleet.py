@@ -85,7 +85,7 @@ class Bodies:
 
 @contextlib.contextmanager
 def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str], logs: Path, *,
-            max_conns: int | None = None, replicas: int = 2, workers: int = 2) -> Iterator[tuple[str, list[int], int]]:
+            max_conns: int | None = None, replicas: int = 2) -> Iterator[tuple[str, list[int], int]]:
     """Start a row's server(s); yield (URL, the pids whose process trees are its memory, workers).
     ``max_conns``: the nginx row's per-replica limit instead of the shipped one; ``replicas``: its
     one-worker replicas."""
@@ -96,9 +96,9 @@ def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str],
         return [py, "-m", "crops", "serve", "--bundle", str(bundle), "--port", str(p), "--workers", str(workers)]
 
     if name == "service":
-        with h.server(serve(port, workers), port=port, name=name, env=env, log_dir=logs) as proc:
-            wait_workers(url, workers, timeout=900.0)  # every worker loaded, or the first seconds are uneven
-            yield url, [proc.pid], workers
+        with h.server(serve(port, 2), port=port, name=name, env=env, log_dir=logs) as proc:
+            wait_workers(url, 2, timeout=900.0)  # every worker loaded, or the first seconds are uneven
+            yield url, [proc.pid], 2
     elif name == "nginx":
         h.nginx_exe()  # not installed: the row is skipped before any replica starts
         ports = [h.free_port() for _ in range(replicas)]

@@ -53,7 +53,6 @@ class Admission:
 
     def __init__(self, state: ServiceState) -> None:
         self.max_queue = state.settings.max_queue
-        self.slots = state.settings.batch_slots  # batches running at once: the queue drains that much faster
         self.bulk_slice = max(1, state.settings.bulk_slice)
         self.metrics = state.metrics
         self.queued = 0
@@ -84,7 +83,7 @@ class Admission:
     def finish(self, ahead: int, n: int) -> float:
         """When ``n`` more queries would be done behind ``ahead`` queued ones (perf_counter)."""
         now = time.perf_counter()
-        left = max(0.0, ahead * self.cost_s / self.slots - (now - self.since))
+        left = max(0.0, ahead * self.cost_s - (now - self.since))
         return now + left + n * self.cost_s
 
     def _start(self) -> None:

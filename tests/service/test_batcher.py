@@ -16,8 +16,7 @@ from service.runtime import BundleRuntime
 @pytest.fixture()
 def runtime(tiny_bundle: Path) -> Any:
     sizes: list[int] = []
-    # one slot: batches run one after another, so their order and sizes are deterministic
-    rt = BundleRuntime(tiny_bundle, max_batch=8, bulk_slice=2, on_batch=sizes.append, batch_slots=1)
+    rt = BundleRuntime(tiny_bundle, max_batch=8, bulk_slice=2, on_batch=sizes.append)
     rt.warm_up(2)
     rt.sizes = sizes  # type: ignore[attr-defined]
     yield rt
@@ -86,40 +85,3 @@ def test_batches_fit_their_deadlines_and_doomed_jobs_are_not_computed(runtime: B
     assert all(len(r.ids) == 100 for r in results[1:]), results
     # 5 computed, never 6; the first batch was cut to the 2 queries that fit the 2.5 s deadline
     assert sum(runtime.sizes) == 5 and runtime.sizes[0] == 2, runtime.sizes  # type: ignore[attr-defined]
-
-
-async def _slow_then_fast(rt: BundleRuntime) -> list[str]:
-    loop = asyncio.get_running_loop()
-    done: list[str] = []
-    slow = rt.submit("slow query", None, None)
-    slow.future.add_done_callback(lambda _f: done.append("slow"))
-    await asyncio.sleep(0.05)  # the slow batch is running
-    fast = rt.submit("fast query", None, None)
-    fast.future.add_done_callback(lambda _f: done.append("fast"))
-    await asyncio.gather(slow.future, fast.future)
-    assert loop.is_running()
-    return done
-
-
-@pytest.mark.parametrize("slots, order", [(1, ["slow", "fast"]), (2, ["fast", "slow"])])
-def test_a_query_does_not_wait_behind_a_running_batch_while_a_slot_is_free(
-    tiny_bundle: Path, slots: int, order: list[str]
-) -> None:
-    """With two slots a query that arrives while a batch runs is computed at once on the other slot;
-    with one it waits for that batch. The encoder is wrapped to take 0.5 s on the slow query."""
-    import time
-
-    rt = BundleRuntime(tiny_bundle, batch_slots=slots)
-    encode = rt.retriever.encode
-
-    def slow_encode(queries: list[str]) -> Any:  # wrapper around the real encoder, named as such
-        if "slow query" in queries:
-            time.sleep(0.5)
-        return encode(queries)
-
-    rt.retriever.encode = slow_encode  # type: ignore[method-assign]
-    rt.start()
-    try:
-        assert asyncio.run(_slow_then_fast(rt)) == order
-    finally:
-        rt.stop()
