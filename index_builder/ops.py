@@ -88,13 +88,10 @@ def _no_polysemous(base: Any) -> None:
             node.do_polysemous_training = False
 
 
-def gpu_unsupported(factory: str, dim: int) -> str | None:
-    """Why faiss GPU cannot train and fill ``factory``'s IVF part, or None when it can (or when there
-    is no IVF part: those indexes are built on the CPU wherever they run)."""
+def _ivf_gpu_unsupported(ivf: Any, factory: str) -> str | None:
+    """Why faiss GPU cannot train and fill this IVF part (None: it can, or there is no IVF part)."""
     import faiss
 
-    index = new_index(factory, dim)  # kept in a name: the parts below are views into it
-    ivf = faiss.try_extract_index_ivf(_parts(index)[1])
     node = faiss.downcast_index(ivf) if ivf is not None else None
     nbits = node.pq.nbits if isinstance(node, faiss.IndexIVFPQ) else 8
     if nbits != 8:
@@ -103,11 +100,23 @@ def gpu_unsupported(factory: str, dim: int) -> str | None:
     return None
 
 
-def require_gpu_buildable(factory: str, dim: int) -> None:
-    """Fail (``--device cuda``) when faiss GPU cannot build ``factory``'s IVF part."""
-    reason = gpu_unsupported(factory, dim)
+def gpu_unsupported(factory: str, dim: int) -> str | None:
+    """Why faiss GPU cannot train and fill ``factory``'s IVF part, or None when it can (or when there
+    is no IVF part: those indexes are built on the CPU wherever they run)."""
+    import faiss
+
+    index = new_index(factory, dim)  # kept in a name: the parts below are views into it
+    return _ivf_gpu_unsupported(faiss.try_extract_index_ivf(_parts(index)[1]), factory)
+
+
+def _refuse_on_gpu(reason: str | None) -> None:
     if reason:
         raise CropsError(ErrorKind.INVALID_INPUT, f"--device cuda: {reason}; use --device auto or cpu, or 8-bit codes")
+
+
+def require_gpu_buildable(factory: str, dim: int) -> None:
+    """Fail (``--device cuda``) when faiss GPU cannot build ``factory``'s IVF part."""
+    _refuse_on_gpu(gpu_unsupported(factory, dim))
 
 
 def _train_sample(vectors: np.ndarray, seed: int) -> np.ndarray:
@@ -190,9 +199,9 @@ def train_and_add(
     if use_gpu and gpu_count() == 0:
         raise CropsError(ErrorKind.BACKEND, "use_gpu requested but faiss sees no GPU (faiss-cpu installed?)")
     ivf = faiss.try_extract_index_ivf(base)
+    unsupported = _ivf_gpu_unsupported(ivf, factory) if use_gpu is not False else None
     if use_gpu:
-        require_gpu_buildable(factory, dim)
-    unsupported = gpu_unsupported(factory, dim) if ivf is not None and use_gpu is None else None
+        _refuse_on_gpu(unsupported)
     if unsupported and gpu_count() > 0:
         log.info("%s: building on the CPU", unsupported)
     if ivf is not None and use_gpu is not False and not unsupported and gpu_count() > 0:
