@@ -71,7 +71,7 @@ USER 10001:10001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=2)"]
 ENTRYPOINT ["crops", "serve", "--host", "0.0.0.0"]
-CMD ["--workers", "2"]
+CMD ["--workers", "1"]
 
 FROM runtime AS gpu
 ENV NVIDIA_VISIBLE_DEVICES=all \

@@ -9,10 +9,12 @@ Rows, one after another on the same box, bundle and queries, never two at once:
 1. limit: ``benchmarks.limit``, the serving path (normalise + tokenise + ONNX + faiss + ids) in a loop
    with no HTTP, one process pinned per core: the most the box can answer. Measured before and after
    the HTTP rows (the box's speed drifts); the limit is their mean.
-2. service: ``crops serve --workers 2`` (a SO_REUSEPORT socket per worker), cache off.
-3. nginx: ``deploy/nginx/nginx.conf`` (least_conn) in front of 2 single-worker ``crops serve`` replicas;
-   only when nginx is installed (``apt-get install nginx-light``), else the row is skipped and says so.
-4. granian: the same FastAPI app (``benchmarks.granian_app``) under granian, 2 workers.
+2. service: ``crops serve``, the shipped process model on the 2 cores: one worker running two batch
+   slots (``CROPS_BATCH_SLOTS``, docs/results/batch_slots.md), cache off.
+3. nginx: ``deploy/nginx/nginx.conf`` (least_conn) in front of that one ``crops serve`` replica, the
+   deployed unit; only when nginx is installed (``apt-get install nginx-light``), else the row is
+   skipped and says so.
+4. granian: the same FastAPI app (``benchmarks.granian_app``) under granian, one worker.
 5. peer: ``benchmarks.strong_peer``, plain FastAPI + the same int8 ONNX tower, tokenizer and faiss index
    at the same nprobe/k_factor, 2 uvicorn workers.
 6. stock: the same peer app over faiss' own ``HNSW32`` at faiss' defaults, efSearch tuned to the same
@@ -59,9 +61,9 @@ from loadtest.ready import wait_workers
 
 ROWS = ("service", "nginx", "granian", "peer", "stock", "naive")
 TITLES = {
-    "service": "crops serve, 2 workers",
-    "nginx": "nginx least_conn + 2 single-worker replicas",
-    "granian": "same app under granian, 2 workers",
+    "service": "crops serve, 1 worker x 2 batch slots",
+    "nginx": "nginx least_conn + 1 replica (1 worker x 2 batch slots)",
+    "granian": "same app under granian, 1 worker x 2 batch slots",
     "peer": "strong peer (FastAPI + int8 ONNX + faiss), 2 workers",
     "stock": "stock peer (the same app, faiss HNSW32 at its defaults), 2 workers",
     "naive": "naive peer (sentence-transformers + Flat), 1 worker",
@@ -85,10 +87,10 @@ class Bodies:
 
 @contextlib.contextmanager
 def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str], logs: Path, *,
-            max_conns: int | None = None, replicas: int = 2) -> Iterator[tuple[str, list[int], int]]:
+            max_conns: int | None = None, replicas: int = 1, workers: int = 1) -> Iterator[tuple[str, list[int], int]]:
     """Start a row's server(s); yield (URL, the pids whose process trees are its memory, workers).
     ``max_conns``: the nginx row's per-replica limit instead of the shipped one; ``replicas``: its
-    one-worker replicas."""
+    one-worker replicas; ``workers``: the service row's (each runs ``CROPS_BATCH_SLOTS`` batch slots)."""
     py, port = sys.executable, h.free_port()
     url = f"http://127.0.0.1:{port}"
 
@@ -96,9 +98,9 @@ def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str],
         return [py, "-m", "crops", "serve", "--bundle", str(bundle), "--port", str(p), "--workers", str(workers)]
 
     if name == "service":
-        with h.server(serve(port, 2), port=port, name=name, env=env, log_dir=logs) as proc:
-            wait_workers(url, 2, timeout=900.0)  # every worker loaded, or the first seconds are uneven
-            yield url, [proc.pid], 2
+        with h.server(serve(port, workers), port=port, name=name, env=env, log_dir=logs) as proc:
+            wait_workers(url, workers, timeout=900.0)  # every worker loaded, or the first seconds are uneven
+            yield url, [proc.pid], workers
     elif name == "nginx":
         h.nginx_exe()  # not installed: the row is skipped before any replica starts
         ports = [h.free_port() for _ in range(replicas)]
@@ -108,12 +110,12 @@ def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str],
             stack.enter_context(h.nginx(ports, port=port, log_dir=logs, max_conns=max_conns))
             yield url, [r.pid for r in procs], len(procs)
     elif name == "granian":
-        cmd = [py, "-m", "granian", "--interface", "asgi", "--factory", "--workers", "2", "--host", "127.0.0.1",
+        cmd = [py, "-m", "granian", "--interface", "asgi", "--factory", "--workers", "1", "--host", "127.0.0.1",
                "--port", str(port), "--no-ws", "--log-level", "warning", "--working-dir", str(h.ROOT),
                "benchmarks.granian_app:create"]
         with h.server(cmd, port=port, name=name, env={**env, "CROPS_BUNDLE": str(bundle.resolve())},
                       log_dir=logs) as proc:
-            yield url, [proc.pid], 2
+            yield url, [proc.pid], 1
     elif name in ("peer", "stock"):
         if name == "stock":
             bundle = stock_bundle_path(bundle)
@@ -213,8 +215,8 @@ def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: 
               ) -> dict[str, Any]:
     """The flat numbers of bench.json from the rows.
 
-    ``service_*``: the service as deployed, nginx in front of one-worker replicas (deploy/: compose and
-    Kubernetes), when that row was measured; else ``crops serve --workers 2``. ``service_row`` says which;
+    ``service_*``: the service as deployed, nginx in front of its replica (deploy/: compose and
+    Kubernetes), when that row was measured; else ``crops serve`` alone. ``service_row`` says which;
     ``crops_serve_*`` are always the one-box process model's."""
     limit_rps = round(statistics.mean(x["rps"] for x in limits), 1)
     service_row = "nginx" if "nginx" in rows else "service"
@@ -312,8 +314,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"- **service / limit = {f(result['service_over_limit'], 3)}** within the SLO (goal ≥ 0.9); the service "
         f"is the `{result.get('service_row', 'service')}` row"
-        + (" (the deployed topology: nginx in front of one-worker replicas)"
-           if result.get("service_row") == "nginx" else " (nginx not measured: `crops serve --workers 2`)")
+        + (" (the deployed topology: nginx in front of a replica, one worker x 2 batch slots per 2 cores)"
+           if result.get("service_row") == "nginx" else " (nginx not measured: `crops serve` alone)")
         + "; "
         f"service / strong peer = {f(result['service_over_peer'], 2)}"
         + ("" if result.get("peer_within_slo") in (True, None) else
@@ -612,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": a.seconds,
         "fixed_rate": a.rate,
         "slo_p99_ms": a.slo_p99_ms,
-        "service_workers": 2,
+        "service_workers": 1,
         "encoder": f"{precision} ({onnx_file or man.model.query_onnx})",
         "queries": q_desc,
         "index": {"factory": man.index.factory, "ntotal": man.index.ntotal, "nprobe": man.index.nprobe,

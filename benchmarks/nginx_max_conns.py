@@ -1,16 +1,17 @@
 """nginx's per-replica ``max_conns`` and replica count at the fleet's operating point: tail latency
 against refusals.
 
-    python -m benchmarks.nginx_max_conns [--max-conns 2,3] [--replicas 2] [--rate 400] [--rounds 4]
+    python -m benchmarks.nginx_max_conns [--max-conns 4,6,8] [--replicas 1] [--rate 400] [--rounds 4]
     # -> docs/results/nginx_max_conns.{md,json}
 
-The deployed topology (deploy/nginx/nginx.conf: least_conn in front of one-worker replicas) refuses
+The deployed topology (deploy/nginx/nginx.conf: least_conn in front of one-worker replicas, each
+worker running ``CROPS_BATCH_SLOTS`` batch slots on two cores) refuses
 a request at once when every replica already has ``max_conns`` in flight. The shipped value was sized
 for fast refusals at 3x overload (``benchmarks.overload``); this measures what each candidate costs at
-the fleet bench's point instead: the fleet's nginx row (``benchmarks.fleet``: 2 replicas on the bench
+the fleet bench's point instead: the fleet's nginx row (``benchmarks.fleet``: 1 replica on the bench
 bundle, 400 req/s open loop from 32 keep-alive connections, the bisection for p99 <= 10 ms), once per
 value and round, the values alternating their order over ``--rounds`` rounds so drift falls on all.
-``--replicas 2,3`` compares replica counts too (every pair of a count and a ``max_conns`` value):
+``--replicas 1,2`` compares replica counts too (every pair of a count and a ``max_conns`` value):
 more one-worker replicas than cores hands the choice of which request runs next to the kernel's
 scheduler, which never leaves a core idle while a replica has work, where with one replica per core
 a request can wait behind another on one replica while the other one idles. The in-process limit
@@ -34,8 +35,8 @@ WORK = h.ROOT / "runs" / "realq"
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, default=WORK / "bundle_HNSW32_SQ8")
-    ap.add_argument("--max-conns", default="2,3", help="values to compare, comma-separated (0: no limit)")
-    ap.add_argument("--replicas", default="2", help="one-worker replica counts to compare, comma-separated")
+    ap.add_argument("--max-conns", default="4,6,8", help="values to compare, comma-separated (0: no limit)")
+    ap.add_argument("--replicas", default="1", help="one-worker replica counts to compare, comma-separated")
     ap.add_argument("--rate", type=float, default=400.0, help="the fixed-rate point (req/s)")
     ap.add_argument("--slo-p99-ms", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=4)

@@ -9,8 +9,8 @@ req/s open loop from 32 connections, the bisection for p99 <= 10 ms). Reported p
 the failures at 400 req/s, the highest rate within the SLO, and the server's CPU per answered
 request at 400 req/s (its processes' CPU time over the answers; the same rate on both, so the same
 batching). ``service,granian``: the same app under uvicorn (``crops serve``) and granian;
-``service,nginx``: ``crops serve --workers 2`` against the deployed topology, nginx least_conn in
-front of one-worker replicas; ``service,stock``: against the stock peer (``benchmarks.stock_index``), which
+``service,nginx``: ``crops serve`` against the deployed topology, nginx least_conn in front of
+the replica; ``service,stock``: against the stock peer (``benchmarks.stock_index``), which
 may meet the SLO at no rate (its SLO rate is then n/a): its most answers a second at any latency, the
 closed loop or the busiest fixed rate (``fleet.most_answered``), compare capacity.
 """

@@ -23,8 +23,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 min=1,
                 max=64,
-                help="worker processes on this box, each on its own SO_REUSEPORT socket; behind a balancer "
-                "run one per core or pod",
+                help="worker processes on this box, each on its own SO_REUSEPORT socket and running "
+                "CROPS_BATCH_SLOTS (2) batch slots: one per two cores, or one per pod behind a balancer",
             ),
         ] = 1,
         redis_url: Annotated[str | None, typer.Option(envvar="CROPS_REDIS_URL")] = None,

@@ -52,6 +52,7 @@ class Admission:
     """
 
     def __init__(self, state: ServiceState) -> None:
+        self.state = state
         self.max_queue = state.settings.max_queue
         self.bulk_slice = max(1, state.settings.bulk_slice)
         self.metrics = state.metrics
@@ -59,6 +60,11 @@ class Admission:
         self.bulk = 0
         self.cost_s = _INITIAL_COST_S
         self.since = 0.0  # when the batcher began the work now queued (perf_counter)
+
+    @property
+    def slots(self) -> int:
+        """Batches running at once (the fewest of any loaded bundle): the queue drains that much faster."""
+        return min((rt.batch_slots for rt in self.state.view.runtimes.values()), default=1)
 
     def ahead(self, bulk: bool) -> int:
         """Queued misses a new single query (``bulk=False``) or a new batch would wait behind."""
@@ -83,7 +89,7 @@ class Admission:
     def finish(self, ahead: int, n: int) -> float:
         """When ``n`` more queries would be done behind ``ahead`` queued ones (perf_counter)."""
         now = time.perf_counter()
-        left = max(0.0, ahead * self.cost_s - (now - self.since))
+        left = max(0.0, ahead * self.cost_s / self.slots - (now - self.since))
         return now + left + n * self.cost_s
 
     def _start(self) -> None:

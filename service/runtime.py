@@ -1,17 +1,20 @@
-"""A loaded bundle with its encoder micro-batcher (one thread per bundle).
+"""A loaded bundle with its encoder micro-batcher.
 
-Requests submit jobs and await an asyncio future. The batcher thread takes the first queued job,
-gathers whatever else arrives within ``max_wait_ms`` (up to ``max_batch``), encodes the batch in ONE
-onnxruntime call and searches each nprobe group in ONE faiss call, off the event loop, which keeps
-parsing requests and answering cache hits meanwhile (onnxruntime and faiss release the GIL).
-Batches take single queries first and at most ``bulk_slice`` items of /retrieve/batch requests.
-One bundle runs one batch at a time, so onnxruntime/faiss stay at one intra-op thread each and
-never search the same index concurrently.
+Requests submit jobs and await an asyncio future. The batcher thread waits until one of
+``batch_slots`` is free, then takes the first queued job, gathers whatever else arrives within
+``max_wait_ms`` (up to ``max_batch``) and hands the batch to a slot's thread, which encodes it in ONE
+onnxruntime call and searches each nprobe group in ONE faiss call, off the event loop (onnxruntime
+and faiss release the GIL). Batches take single queries first and at most ``bulk_slice`` items of
+/retrieve/batch requests. With two slots (the default on CPU) a query that arrives while a batch
+runs starts at once on the other core instead of waiting for it; when both slots are busy, queries
+queue and the next free slot takes them as one batch, so batching still carries the load at
+saturation. Each call uses one intra-op thread; a GPU bundle runs one batch at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import math
@@ -91,6 +94,7 @@ class BundleRuntime:
         verify: bool = True,
         on_batch: Any = None,
         bulk_slice: int = 4,
+        batch_slots: int = 2,
     ) -> None:
         self.path = Path(path)
         self.manifest_sha = manifest_sha(self.path)
@@ -102,6 +106,11 @@ class BundleRuntime:
         self.on_batch = on_batch
         self._q: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # Batches in flight at once: the batcher takes the next batch only when a slot is free. A GPU
+        # index is not searched from two threads at once.
+        self.batch_slots = 1 if self.retriever.on_gpu else max(1, batch_slots)
+        self._slots = threading.Semaphore(self.batch_slots)
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.batch_slots, thread_name_prefix="batch")
         self._stopped = False
         self.bulk_slice = max(1, bulk_slice)
         # Jobs waiting for a batch (touched by the batcher thread only): single queries, /retrieve/batch items.
@@ -211,14 +220,20 @@ class BundleRuntime:
                 lane[:] = [job for job in lane if job.deadline >= cutoff]
 
     def _run(self) -> None:
-        """Block for work, gather what else is queued (up to max_wait_ms), run the next batch."""
+        """Wait for a free slot, block for work, gather what else is queued (up to max_wait_ms), hand
+        the next batch to the slot."""
         stop = False
         while True:
+            self._slots.acquire()
             if not (self._pending or self._bulk):
                 if stop:
+                    self._slots.release()
+                    self._pool.shutdown(wait=False)
                     return
                 job = self._q.get()
                 if job is None:
+                    self._slots.release()
+                    self._pool.shutdown(wait=False)
                     return
                 self._add(job)
             deadline = time.perf_counter() + self.max_wait_s
@@ -237,7 +252,15 @@ class BundleRuntime:
                     self._add(nxt)
             batch = self._take()
             if batch:  # empty when every queued job was past saving
-                self._process(batch)
+                self._pool.submit(self._run_batch, batch)
+            else:
+                self._slots.release()
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        try:
+            self._process(batch)
+        finally:
+            self._slots.release()
 
     def _process(self, batch: list[Job]) -> None:
         t0 = time.perf_counter()

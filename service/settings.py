@@ -42,6 +42,13 @@ class ServiceSettings(CropsSettings):
     # Encoder micro-batching: the batcher waits at most max_wait_ms for up to max_batch queries.
     max_batch: int = Field(default=16, ge=1, le=256)
     max_wait_ms: float = Field(default=0.0, ge=0, le=50)
+    batch_slots: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="batches a worker encodes and searches at once, one core each (a query does not wait "
+        "behind a running batch while a slot is free); run one worker per two cores; a GPU bundle uses 1",
+    )
     bulk_slice: int = Field(
         default=4,
         ge=1,

@@ -142,6 +142,7 @@ class ServiceState:
             path,
             max_batch=s.max_batch,
             max_wait_ms=s.max_wait_ms,
+            batch_slots=s.batch_slots,
             intra_op_threads=s.intra_op_threads,
             use_gpu=s.use_gpu,
             precision=s.encoder_precision,

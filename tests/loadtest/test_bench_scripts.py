@@ -365,7 +365,8 @@ def test_report_renders_every_row_and_says_what_was_not_measured(tmp_path: Path)
                "| 650.0 |")
     assert service in md
     assert "| naive | naive peer | – | – | – | n/a | – | 6.8 | 4000.0 | 3900.0 |" in md
-    assert "| nginx | nginx least_conn + 2 single-worker replicas | not measured: nginx is not installed" in md
+    nginx = "| nginx | nginx least_conn + 1 replica (1 worker x 2 batch slots) | not measured: nginx is not installed"
+    assert nginx in md
     assert "**service / limit = 0.833**" in md and "470.0 req/s before the HTTP rows, 490.0 after" in md
     assert "| 440 | 399.0 | 3.00 | 11.00 | 12.00 | 5 | no | 1.50 | 0.30 |" in md  # the search point over the SLO
     assert "**Cores at 400 req/s** (of 2): encode + search alone need 1.67" in md
@@ -617,3 +618,10 @@ def test_row_ab_medians_what_was_measured_and_refuses_bad_rows(tmp_path: Path) -
             row_ab.main(["--rows", rows])
     with pytest.raises(SystemExit, match=r"error: .* not found"):
         row_ab.main(["--rows", "service,stock", "--bundle", str(tmp_path / "none")])
+
+
+def test_process_model_comparison_refuses_an_unknown_arm(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import batch_slots
+
+    assert batch_slots.main(["--arms", "1x2,4x4"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown arm(s) 4x4")

@@ -170,3 +170,16 @@ def redis_process() -> Iterator[RedisProcess]:
     rp.start()
     yield rp
     rp.kill()
+
+
+@pytest.fixture(scope="session")
+def ivf_bundle(tmp_path_factory: pytest.TempPathFactory, model_bundle: Path, tiny_corpus: Path) -> Path:
+    """An IVF-Flat index tuned to a low recall target: recall@100 is measurably below 1 and nprobe
+    changes the answers. Read-only."""
+    from index_builder.build import build_index
+
+    out = tmp_path_factory.mktemp("bundles") / "ivf"
+    shutil.copytree(model_bundle, out, dirs_exist_ok=True)
+    build_index(out, tiny_corpus, factory="IVF16,Flat", refine=False, target_recall=0.6, progress=False,
+                n_recall_queries=50)
+    return out

@@ -16,7 +16,8 @@ from service.runtime import BundleRuntime
 @pytest.fixture()
 def runtime(tiny_bundle: Path) -> Any:
     sizes: list[int] = []
-    rt = BundleRuntime(tiny_bundle, max_batch=8, bulk_slice=2, on_batch=sizes.append)
+    # one slot: batches run one after another, so their order and sizes are deterministic
+    rt = BundleRuntime(tiny_bundle, max_batch=8, bulk_slice=2, on_batch=sizes.append, batch_slots=1)
     rt.warm_up(2)
     rt.sizes = sizes  # type: ignore[attr-defined]
     yield rt
@@ -85,3 +86,64 @@ def test_batches_fit_their_deadlines_and_doomed_jobs_are_not_computed(runtime: B
     assert all(len(r.ids) == 100 for r in results[1:]), results
     # 5 computed, never 6; the first batch was cut to the 2 queries that fit the 2.5 s deadline
     assert sum(runtime.sizes) == 5 and runtime.sizes[0] == 2, runtime.sizes  # type: ignore[attr-defined]
+
+
+async def _slow_then_fast(rt: BundleRuntime) -> list[str]:
+    loop = asyncio.get_running_loop()
+    done: list[str] = []
+    slow = rt.submit("slow query", None, None)
+    slow.future.add_done_callback(lambda _f: done.append("slow"))
+    await asyncio.sleep(0.05)  # the slow batch is running
+    fast = rt.submit("fast query", None, None)
+    fast.future.add_done_callback(lambda _f: done.append("fast"))
+    await asyncio.gather(slow.future, fast.future)
+    assert loop.is_running()
+    return done
+
+
+@pytest.mark.parametrize("slots, order", [(1, ["slow", "fast"]), (2, ["fast", "slow"])])
+def test_a_query_does_not_wait_behind_a_running_batch_while_a_slot_is_free(
+    tiny_bundle: Path, slots: int, order: list[str]
+) -> None:
+    """With two slots a query that arrives while a batch runs is computed at once on the other slot;
+    with one it waits for that batch. The encoder is wrapped to take 0.5 s on the slow query."""
+    import time
+
+    rt = BundleRuntime(tiny_bundle, batch_slots=slots)
+    encode = rt.retriever.encode
+
+    def slow_encode(queries: list[str]) -> Any:  # wrapper around the real encoder, named as such
+        if "slow query" in queries:
+            time.sleep(0.5)
+        return encode(queries)
+
+    rt.retriever.encode = slow_encode  # type: ignore[method-assign]
+    rt.start()
+    try:
+        assert asyncio.run(_slow_then_fast(rt)) == order
+    finally:
+        rt.stop()
+
+
+async def _many(rt: BundleRuntime, work: list[tuple[str, int]]) -> list[list[str]]:
+    jobs = [rt.submit(q, None, nprobe) for q, nprobe in work]
+    return [list(r.ids) for r in await asyncio.gather(*(j.future for j in jobs))]
+
+
+def test_two_slots_answer_exactly_what_one_slot_answers_with_mixed_nprobe(ivf_bundle: Path) -> None:
+    """Both slots search one index at once, with per-call nprobe (arms differ): every answer must be
+    the one a single slot gives, or a search point set by one thread leaked into the other's call."""
+    work = [(f"query {i % 37} video", (1, 4, 16)[i % 3]) for i in range(240)]
+    answers = {}
+    for slots in (1, 2):
+        rt = BundleRuntime(ivf_bundle, max_batch=4, batch_slots=slots)
+        rt.start()
+        try:
+            answers[slots] = asyncio.run(_many(rt, work))
+        finally:
+            rt.stop()
+    assert answers[1] == answers[2]
+    # work[0] and work[74]: the same query at nprobe 1 and 16. nprobe matters on this index, so a
+    # leaked search point would change answers and the comparison above can fail
+    assert work[0][0] == work[74][0] and (work[0][1], work[74][1]) == (1, 16)
+    assert answers[1][0] != answers[1][74]

@@ -284,7 +284,9 @@ def test_a_batch_is_admitted_or_shed_as_one_unit(tiny_bundle: Path) -> None:
         assert len(r.json()["results"]) == 4
         assert (admission.queued, admission.bulk) == (0, 0)  # every place given back
 
-        # room for one query behind what waits is room for the batch: one queued, (1 + 1) x 0.6 s < 2 s
+        # room for one query behind what waits is room for the batch: one queued, (1 / 2 + 1) x 0.6 s < 2 s
+        # (two batch slots drain the queue two at a time)
+        assert admission.slots == 2
         admission.queued += 1
         try:
             r = batch("one ahead")
@@ -292,12 +294,12 @@ def test_a_batch_is_admitted_or_shed_as_one_unit(tiny_bundle: Path) -> None:
             admission.queued -= 1
         assert r.status_code == 200, r.text
 
-        # no room: three queued, (3 + 1) x 0.6 s > 2 s: the batch is refused whole, once, before its body
-        admission.queued += 3
+        # no room: five queued, (5 / 2 + 1) x 0.6 s > 2 s: the batch is refused whole, once, before its body
+        admission.queued += 5
         try:
             r = batch("busy")
         finally:
-            admission.queued -= 3
+            admission.queued -= 5
         assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
         assert srv.metric("crops_shed_total", reason="predicted") == 1
 

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.service.conftest import LiveServer
 
 TOKEN = "recall-token"
-
-
-@pytest.fixture(scope="module")
-def ivf_bundle(tmp_path_factory: pytest.TempPathFactory, model_bundle: Path, tiny_corpus: Path) -> Path:
-    """An IVF-Flat index tuned to a low recall target, so that recall@100 is measurably below 1."""
-    from index_builder.build import build_index
-
-    out = tmp_path_factory.mktemp("bundles") / "ivf"
-    shutil.copytree(model_bundle, out, dirs_exist_ok=True)
-    build_index(out, tiny_corpus, factory="IVF16,Flat", refine=False, target_recall=0.6, progress=False,
-                n_recall_queries=50)
-    return out
 
 
 def _offline_recall(bundle: Path, queries: list[str]) -> float:

@@ -160,16 +160,17 @@ def test_the_work_already_done_ahead_is_not_counted_again(tiny_bundle: Path) -> 
         admission = srv.app.state.retrieve.admission
         admission.cost_s = 0.6  # one query is believed to cost 0.6 s
         admission.observe = lambda *_: None  # keep it there for this test
-        admission.queued += 1  # as if one query were queued...
+        assert admission.slots == 2  # two batches run at once: two queries ahead take one query's time
+        admission.queued += 2  # as if two queries were queued...
         try:
-            # ... and the batcher began it 0.5 s ago: 0.1 s left, then 0.6 s for this one, inside 1 s
+            # ... and the batcher began them 0.5 s ago: 0.1 s left, then 0.6 s for this one, inside 1 s
             admission.since = time.perf_counter() - 0.5
             assert srv.retrieve("half done ahead").status_code == 200
             # begun just now: 0.6 + 0.6 s would pass the 1 s deadline
             admission.since = time.perf_counter()
             r = srv.retrieve("just begun ahead")
         finally:
-            admission.queued -= 1
+            admission.queued -= 2
         assert r.status_code == 503 and r.json()["error"] == "overloaded", r.text
 
 
