@@ -334,6 +334,7 @@ class BundleRuntime:
             "nprobe": self.retriever.nprobe,
             "recall_at_100": index.recall_at_100,
             "faiss_gpu": self.retriever.on_gpu,
+            "batch_slots": self.batch_slots,
             "training": m.training,
             "loaded_at": self.loaded_at,
         }

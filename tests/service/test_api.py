@@ -127,6 +127,7 @@ def test_health_info_and_metrics(srv: LiveServer, tiny_bundle: Path) -> None:
     info = srv.client.get("/info", headers={"x-crops-admin-token": TOKEN}).json()
     summary = info["bundles"]["default"]
     assert summary["ntotal"] == 600 and summary["index_factory"] == "Flat"
+    assert summary["batch_slots"] == 2  # the CPU default: a worker encodes and searches two batches at once
     assert info["arms"]["default"]["bundle_id"] == summary["bundle_id"]
     srv.retrieve("guitar cover")
     text = srv.client.get("/metrics").text
