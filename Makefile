@@ -51,7 +51,8 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy core world towers service index_builder model_export loadtest online crops training \
 		benchmarks/harness.py benchmarks/vectors.py benchmarks/fleet.py benchmarks/stock_index.py benchmarks/overload.py \
-		benchmarks/overload_client.py benchmarks/overload_report.py benchmarks/schemathesis_run.py benchmarks/gpu_pack.py
+		benchmarks/overload_client.py benchmarks/overload_report.py benchmarks/schemathesis_run.py benchmarks/gpu_pack.py \
+		benchmarks/batch_slots.py
 	$(BIN)/lint-imports
 
 docs: install-dev

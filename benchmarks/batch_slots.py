@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             points += run_arm(arm, a.bundle, bodies, rates, a.seconds, rnd)
 
     def med(arm: str, rate: int, key: str) -> float:
-        return round(statistics.median(p[key] for p in points if p["arm"] == arm and p["rate"] == rate), 2)
+        return round(float(statistics.median(p[key] for p in points if p["arm"] == arm and p["rate"] == rate)), 2)
 
     def each(arm: str, rate: int, key: str) -> str:
         return " / ".join(h.fmt(p[key], 1) for p in points if p["arm"] == arm and p["rate"] == rate)
