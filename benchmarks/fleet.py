@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": a.seconds,
         "fixed_rate": a.rate,
         "slo_p99_ms": a.slo_p99_ms,
-        "service_workers": 1,
+        "service_workers": rows.get("service", {}).get("workers"),
         "encoder": f"{precision} ({onnx_file or man.model.query_onnx})",
         "queries": q_desc,
         "index": {"factory": man.index.factory, "ntotal": man.index.ntotal, "nprobe": man.index.nprobe,

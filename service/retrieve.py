@@ -61,11 +61,6 @@ class Admission:
         self.cost_s = _INITIAL_COST_S
         self.since = 0.0  # when the batcher began the work now queued (perf_counter)
 
-    @property
-    def slots(self) -> int:
-        """Batches running at once (the fewest of any loaded bundle): the queue drains that much faster."""
-        return min((rt.batch_slots for rt in self.state.view.runtimes.values()), default=1)
-
     def ahead(self, bulk: bool) -> int:
         """Queued misses a new single query (``bulk=False``) or a new batch would wait behind."""
         return self.queued + self.bulk if bulk else self.queued + min(self.bulk, self.bulk_slice)
@@ -89,7 +84,7 @@ class Admission:
     def finish(self, ahead: int, n: int) -> float:
         """When ``n`` more queries would be done behind ``ahead`` queued ones (perf_counter)."""
         now = time.perf_counter()
-        left = max(0.0, ahead * self.cost_s / self.slots - (now - self.since))
+        left = max(0.0, ahead * self.cost_s / self.state.view.batch_slots - (now - self.since))
         return now + left + n * self.cost_s
 
     def _start(self) -> None:

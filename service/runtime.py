@@ -226,12 +226,8 @@ class BundleRuntime:
         while True:
             self._slots.acquire()
             if not (self._pending or self._bulk):
-                if stop:
-                    self._slots.release()
-                    self._pool.shutdown(wait=False)
-                    return
-                job = self._q.get()
-                if job is None:
+                job = None if stop else self._q.get()
+                if job is None:  # stopped, and nothing left queued: batches in flight finish on their own
                     self._slots.release()
                     self._pool.shutdown(wait=False)
                     return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -48,6 +49,11 @@ class View:
     assigner: Assigner
     runtimes: dict[str, BundleRuntime]  # config bundle name -> runtime
     source: str
+
+    @functools.cached_property
+    def batch_slots(self) -> int:
+        """Batches running at once: the fewest of any loaded bundle (the admission queue drains that fast)."""
+        return min((rt.batch_slots for rt in self.runtimes.values()), default=1)
 
 
 @dataclass

@@ -286,7 +286,7 @@ def test_a_batch_is_admitted_or_shed_as_one_unit(tiny_bundle: Path) -> None:
 
         # room for one query behind what waits is room for the batch: one queued, (1 / 2 + 1) x 0.6 s < 2 s
         # (two batch slots drain the queue two at a time)
-        assert admission.slots == 2
+        assert admission.state.view.batch_slots == 2
         admission.queued += 1
         try:
             r = batch("one ahead")

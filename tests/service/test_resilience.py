@@ -160,7 +160,7 @@ def test_the_work_already_done_ahead_is_not_counted_again(tiny_bundle: Path) -> 
         admission = srv.app.state.retrieve.admission
         admission.cost_s = 0.6  # one query is believed to cost 0.6 s
         admission.observe = lambda *_: None  # keep it there for this test
-        assert admission.slots == 2  # two batches run at once: two queries ahead take one query's time
+        assert admission.state.view.batch_slots == 2  # two batches run at once: two queries ahead take one query's time
         admission.queued += 2  # as if two queries were queued...
         try:
             # ... and the batcher began them 0.5 s ago: 0.1 s left, then 0.6 s for this one, inside 1 s
