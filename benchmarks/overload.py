@@ -59,6 +59,16 @@ def serve(stack: contextlib.ExitStack, bundle: Path, workers: int, env: dict[str
     return port
 
 
+def process_env(a: argparse.Namespace) -> dict[str, str]:
+    """The ``CROPS_*`` settings the command line asks of every server (precision, batch slots)."""
+    env = {}
+    if a.precision:
+        env["CROPS_ENCODER_PRECISION"] = a.precision
+    if a.batch_slots is not None:
+        env["CROPS_BATCH_SLOTS"] = str(a.batch_slots)
+    return env
+
+
 def deployed_max_conns() -> int:
     """The ``max_conns`` of deploy/nginx/nginx.conf's upstream server line (0: none)."""
     m = re.search(r"server crops:8000 [^;]*max_conns=(\d+)", h.NGINX_CONF.read_text())
@@ -110,9 +120,7 @@ class Front:
 def overload(a: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """Capacity (closed loop, then the open-loop ramp within the SLO), then the overload run once per
     nginx ``max_conns``; the headline result and its figure."""
-    base = {"CROPS_CACHE": "none", "CROPS_GC_FREEZE": "true", "CROPS_MAX_BATCH": str(a.max_batch)}
-    if a.precision:
-        base["CROPS_ENCODER_PRECISION"] = a.precision
+    base = {"CROPS_CACHE": "none", "CROPS_GC_FREEZE": "true", "CROPS_MAX_BATCH": str(a.max_batch), **process_env(a)}
     limits: list[int | None] = [None]
     if a.front == "nginx":
         limits = [deployed_max_conns()] if a.max_conns is None else [int(x) for x in a.max_conns.split(",")]
@@ -183,6 +191,7 @@ def overload(a: argparse.Namespace) -> tuple[dict[str, Any], Any]:
             "workers": a.workers,
             "front": a.front,
             "replicas": a.replicas if a.front == "nginx" else None,
+            "batch_slots": a.batch_slots,
             "precision": a.precision or "fp32",
             "bundle": str(a.bundle),
             "server_nice": a.server_nice,
@@ -280,9 +289,7 @@ def profile(a: argparse.Namespace) -> tuple[dict[str, Any], None]:
         },
     }
     del r
-    env = {"CROPS_CACHE": "none", "CROPS_DEADLINE_MS": "10000"}
-    if a.precision:
-        env["CROPS_ENCODER_PRECISION"] = a.precision
+    env = {"CROPS_CACHE": "none", "CROPS_DEADLINE_MS": "10000", **process_env(a)}
     with Front(a, env) as srv:
         run(closed_loop(srv.url, 1, 2.0, seed=1))
         shots = run(closed_loop(srv.url, 1, a.capacity_s, seed=2))
@@ -301,7 +308,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="path without suffix: .json, .md (and .png) are written")
     p.add_argument("--workers", type=int, default=1, help="worker processes of the one server (--front none)")
     p.add_argument("--front", choices=["none", "nginx"], default="none", help="nginx least_conn in front of replicas")
-    p.add_argument("--replicas", type=int, default=2, help="one-worker replicas behind nginx (--front nginx)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="one-worker replicas behind nginx (--front nginx); the deployed unit is one per 2 cores")
+    p.add_argument("--batch-slots", type=int, default=None,
+                   help="CROPS_BATCH_SLOTS of every worker (default: the service's own); the reports made "
+                   "before batch slots existed reproduce with --batch-slots 1 (and --replicas 2 behind nginx)")
     p.add_argument(
         "--max-conns",
         default=None,

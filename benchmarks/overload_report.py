@@ -64,6 +64,8 @@ def render_overload(r: dict[str, Any]) -> str:
     else:
         serving = f"one `crops serve --workers {r['workers']}`, no balancer"
         front_cpu = ""
+    if r.get("batch_slots"):
+        serving += f"; `CROPS_BATCH_SLOTS={r['batch_slots']}` in every worker"
     if r.get("server_nice"):
         serving += (
             f"; every `crops serve` under `nice -n {r['server_nice']}`, so the load generator"

@@ -109,14 +109,10 @@ def gpu_unsupported(factory: str, dim: int) -> str | None:
     return _ivf_gpu_unsupported(faiss.try_extract_index_ivf(_parts(index)[1]), factory)
 
 
-def _refuse_on_gpu(reason: str | None) -> None:
-    if reason:
-        raise CropsError(ErrorKind.INVALID_INPUT, f"--device cuda: {reason}; use --device auto or cpu, or 8-bit codes")
-
-
 def require_gpu_buildable(factory: str, dim: int) -> None:
     """Fail (``--device cuda``) when faiss GPU cannot build ``factory``'s IVF part."""
-    _refuse_on_gpu(gpu_unsupported(factory, dim))
+    if reason := gpu_unsupported(factory, dim):
+        raise CropsError(ErrorKind.INVALID_INPUT, f"--device cuda: {reason}; use --device auto or cpu, or 8-bit codes")
 
 
 def _train_sample(vectors: np.ndarray, seed: int) -> np.ndarray:
@@ -199,9 +195,9 @@ def train_and_add(
     if use_gpu and gpu_count() == 0:
         raise CropsError(ErrorKind.BACKEND, "use_gpu requested but faiss sees no GPU (faiss-cpu installed?)")
     ivf = faiss.try_extract_index_ivf(base)
-    unsupported = _ivf_gpu_unsupported(ivf, factory) if use_gpu is not False else None
     if use_gpu:
-        _refuse_on_gpu(unsupported)
+        require_gpu_buildable(factory, dim)
+    unsupported = _ivf_gpu_unsupported(ivf, factory) if use_gpu is not False else None
     if unsupported and gpu_count() > 0:
         log.info("%s: building on the CPU", unsupported)
     if ivf is not None and use_gpu is not False and not unsupported and gpu_count() > 0:
