@@ -1,11 +1,14 @@
 """Process models side by side on the 1M bench bundle, alternating: p50/p99, failures, CPU per answer, PSS.
 
-Arms (two compute threads on the 2 cores in each): ``1x2`` one `crops serve` worker running two batch
-slots, ``2x1`` two workers with one slot each, ``peer`` the strong peer (plain FastAPI, 2 workers).
+Arms: ``1x2`` one `crops serve` worker running two batch slots, ``2x1`` two workers with one slot
+each, ``2x2`` two workers with two slots each (four compute threads on two cores), ``peer`` the strong
+peer (plain FastAPI, 2 workers). ``ARM@LABEL`` runs a service arm on the code of another checkout
+(``--tree LABEL=PATH``): a change measured against the commit before it, in the same rounds.
 Each round starts every arm afresh in a rotated order and measures it at each fixed rate (open loop,
 32 connections, the bench's shuffled real search queries; the cache is off).
 
     python -m benchmarks.batch_slots --rounds 4      # needs make bench's bundle (runs/realq/bundle_HNSW32_SQ8)
+    git worktree add ../before HEAD~1 && python -m benchmarks.batch_slots --tree before=../before --arms 1x2@before,1x2
 """
 
 from __future__ import annotations
@@ -20,14 +23,27 @@ from benchmarks import harness as h
 from benchmarks.fleet import Bodies, serving
 
 BUNDLE = h.ROOT / "runs" / "realq" / "bundle_HNSW32_SQ8"  # make bench's bundle
-ARMS = {"1x2": ("service", 1, 2), "2x1": ("service", 2, 1), "peer": ("peer", 2, 1)}  # row, workers, slots
+ARMS = {"1x2": ("service", 1, 2), "2x1": ("service", 2, 1), "2x2": ("service", 2, 2),  # row, workers, slots
+        "peer": ("peer", 2, 1)}
 
 
-def run_arm(arm: str, bundle: Path, bodies: Bodies, rates: list[int], seconds: float, rnd: int) -> list[dict[str, Any]]:
-    row, workers, slots = ARMS[arm]
+def tree_commit(tree: Path) -> str:
+    """The commit a checkout is at (with -dirty when it has changes), for the report."""
+    import subprocess
+
+    out = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--dirty", "--abbrev=7"],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "unknown"
+
+
+def run_arm(arm: str, bundle: Path, bodies: Bodies, rates: list[int], seconds: float, rnd: int,
+            trees: dict[str, Path]) -> list[dict[str, Any]]:
+    name, _, tree = arm.partition("@")
+    row, workers, slots = ARMS[name]
     env = h.server_env(CROPS_ENCODER_PRECISION="int8", CROPS_BATCH_SLOTS=str(slots))
     out = []
-    with serving(row, bundle, None, env, h.RUNS / "scratch" / "slots_logs", workers=workers) as (url, pids, n):
+    with serving(row, bundle, None, env, h.RUNS / "scratch" / "slots_logs", workers=workers,
+                 tree=trees[tree] if tree else h.ROOT) as (url, pids, n):
         h.measure_closed(url + "/retrieve", bodies.take(1000), connections=2, seconds=3)  # warm-up
         for rate in rates:
             pt = h.measure_open(url + "/retrieve", bodies.take(int(rate * seconds)), rate=rate, seconds=seconds,
@@ -51,12 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--rates", default="400,500")
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default="1x2,2x1,peer",
+                    help="comma-separated; ARM@LABEL runs the service arm on the code of --tree LABEL=PATH")
+    ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
+                    help="another checkout (e.g. `git worktree add ../before HEAD`) for ARM@LABEL arms")
     ap.add_argument("--out", type=Path, default=h.ROOT / "docs" / "results" / "batch_slots.md")
     a = ap.parse_args(argv)
     arms = a.arms.split(",")
-    if unknown := [x for x in arms if x not in ARMS]:
-        print(f"error: unknown arm(s) {', '.join(unknown)} (arms: {', '.join(ARMS)})", file=sys.stderr)
+    trees: dict[str, Path] = {}
+    for spec in a.tree:
+        label, sep, path = spec.partition("=")
+        if not sep or not (Path(path) / "service").is_dir():
+            print(f"error: --tree {spec}: expected LABEL=PATH of a checkout (e.g. a git worktree)", file=sys.stderr)
+            return 2
+        trees[label] = Path(path).resolve()
+    if unknown := [x for x in arms if x.partition("@")[0] not in ARMS or x.partition("@")[2] not in {"", *trees}]:
+        print(f"error: unknown arm(s) {', '.join(unknown)} (arms: {', '.join(ARMS)}, each optionally "
+              f"@LABEL of a --tree)", file=sys.stderr)
         return 2
     rates = [int(r) for r in a.rates.split(",")]
     qs, qhow = h.search_queries()
@@ -65,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     points: list[dict[str, Any]] = []
     for rnd in range(a.rounds):
         for arm in arms[rnd % len(arms):] + arms[:rnd % len(arms)]:  # rotate who goes first
-            points += run_arm(arm, a.bundle, bodies, rates, a.seconds, rnd)
+            points += run_arm(arm, a.bundle, bodies, rates, a.seconds, rnd, trees)
 
     def med(arm: str, rate: int, key: str) -> float:
         return round(float(statistics.median(p[key] for p in points if p["arm"] == arm and p["rate"] == rate)), 2)
@@ -86,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{a.rounds} rounds, arms started afresh each round in rotated order · {a.seconds:.0f} s per point, "
           f"32 connections, open loop · queries: {qhow} · cache off", "", f"    {cmd.strip()}", "",
           "Arms: `1x2` one `crops serve` worker with 2 batch slots; `2x1` two workers with 1 slot each; "
+          "`2x2` two workers with 2 slots each; `ARM@LABEL` the arm on the code of the `--tree` LABEL "
+          f"({', '.join(f'{k}: commit {tree_commit(v)}' for k, v in trees.items()) or 'none given'}); "
           "`peer` the strong peer (plain FastAPI + the same int8 tower and index, 2 uvicorn workers). "
           "CPU per answer: the server processes' CPU over the point divided by its answers. PSS: the "
           "server's process trees at the end of its points (all of them: the memory two cores cost).", "",

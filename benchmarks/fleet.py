@@ -87,10 +87,12 @@ class Bodies:
 
 @contextlib.contextmanager
 def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str], logs: Path, *,
-            max_conns: int | None = None, replicas: int = 1, workers: int = 1) -> Iterator[tuple[str, list[int], int]]:
+            max_conns: int | None = None, replicas: int = 1, workers: int = 1,
+            tree: Path = h.ROOT) -> Iterator[tuple[str, list[int], int]]:
     """Start a row's server(s); yield (URL, the pids whose process trees are its memory, workers).
     ``max_conns``: the nginx row's per-replica limit instead of the shipped one; ``replicas``: its
-    one-worker replicas; ``workers``: the service row's (each runs ``CROPS_BATCH_SLOTS`` batch slots)."""
+    one-worker replicas; ``workers``: the service row's (each runs ``CROPS_BATCH_SLOTS`` batch slots);
+    ``tree``: the checkout whose code the service row runs (another commit's worktree, to compare)."""
     py, port = sys.executable, h.free_port()
     url = f"http://127.0.0.1:{port}"
 
@@ -98,7 +100,7 @@ def serving(name: str, bundle: Path, vec_path: Path | None, env: dict[str, str],
         return [py, "-m", "crops", "serve", "--bundle", str(bundle), "--port", str(p), "--workers", str(workers)]
 
     if name == "service":
-        with h.server(serve(port, workers), port=port, name=name, env=env, log_dir=logs) as proc:
+        with h.server(serve(port, workers), port=port, name=name, env=env, log_dir=logs, cwd=tree) as proc:
             wait_workers(url, workers, timeout=900.0)  # every worker loaded, or the first seconds are uneven
             yield url, [proc.pid], workers
     elif name == "nginx":

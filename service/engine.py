@@ -170,9 +170,11 @@ class Retriever:
         else:
             scores, rows = self.index.search(x, k, params=params)
         out = []
+        ids = self.ids
         for srow, irow in zip(scores, rows, strict=True):
             keep = irow >= 0
-            out.append(SearchResult([self.ids[i] for i in irow[keep]], [float(s) for s in srow[keep]]))
+            # .tolist() first: indexing a list with numpy integers one by one costs ~4x as much
+            out.append(SearchResult([ids[i] for i in irow[keep].tolist()], srow[keep].tolist()))
         return out
 
     def retrieve(self, queries: list[str], k: int = 100) -> tuple[list[SearchResult], Timings]:

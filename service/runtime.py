@@ -1,10 +1,10 @@
 """A loaded bundle with its encoder micro-batcher.
 
-Requests submit jobs and await an asyncio future. The batcher thread waits until one of
-``batch_slots`` is free, then takes the first queued job, gathers whatever else arrives within
-``max_wait_ms`` (up to ``max_batch``) and hands the batch to a slot's thread, which encodes it in ONE
-onnxruntime call and searches each nprobe group in ONE faiss call, off the event loop (onnxruntime
-and faiss release the GIL). Batches take single queries first and at most ``bulk_slice`` items of
+Requests submit jobs and await an asyncio future. Each of ``batch_slots`` slot threads, when free,
+takes the first queued job, gathers whatever else arrives within ``max_wait_ms`` (up to
+``max_batch``), encodes the batch in ONE onnxruntime call and searches each nprobe group in ONE faiss
+call, off the event loop (onnxruntime and faiss release the GIL). One slot gathers at a time; the
+others wait for it or compute. Batches take single queries first and at most ``bulk_slice`` items of
 /retrieve/batch requests. With two slots (the default on CPU) a query that arrives while a batch
 runs starts at once on the other core instead of waiting for it; when both slots are busy, queries
 queue and the next free slot takes them as one batch, so batching still carries the load at
@@ -14,7 +14,6 @@ saturation. Each call uses one intra-op thread; a GPU bundle runs one batch at a
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import logging
 import math
@@ -105,15 +104,16 @@ class BundleRuntime:
         self.max_wait_s = max_wait_ms / 1000.0
         self.on_batch = on_batch
         self._q: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        # Batches in flight at once: the batcher takes the next batch only when a slot is free. A GPU
-        # index is not searched from two threads at once.
+        # Batches in flight at once, one slot thread each. A GPU index is not searched from two threads at once.
         self.batch_slots = 1 if self.retriever.on_gpu else max(1, batch_slots)
-        self._slots = threading.Semaphore(self.batch_slots)
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.batch_slots, thread_name_prefix="batch")
+        self._threads: list[threading.Thread] = []
+        # Held by the one slot gathering the next batch (and while it blocks for the first job): the
+        # lanes below are touched under it only.
+        self._gather = threading.Lock()
+        self._ending = False  # the stop marker was taken: slots finish what is queued, then end
         self._stopped = False
         self.bulk_slice = max(1, bulk_slice)
-        # Jobs waiting for a batch (touched by the batcher thread only): single queries, /retrieve/batch items.
+        # Jobs waiting for a batch (under self._gather): single queries, /retrieve/batch items.
         self._pending: list[Job] = []
         self._bulk: list[Job] = []
         self.cost_s = 0.0  # per-query wall time of encode + search, moving average over batches
@@ -142,12 +142,16 @@ class BundleRuntime:
         self.retriever.encode(queries[:1])
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"batcher-{self.bundle_id}", daemon=True)
-            self._thread.start()
+        if not self._threads:
+            self._threads = [
+                threading.Thread(target=self._slot, name=f"batch-{self.bundle_id}-{i}", daemon=True)
+                for i in range(self.batch_slots)
+            ]
+            for t in self._threads:
+                t.start()
 
     def stop(self) -> None:
-        """Finish queued jobs, then end the thread. Jobs submitted later run inline in a pool thread."""
+        """Finish queued jobs, then end the slot threads. Jobs submitted later run inline in a pool thread."""
         self._stopped = True
         self._q.put(None)
 
@@ -160,7 +164,7 @@ class BundleRuntime:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         job = Job(query, vector, nprobe, fut, loop, time.perf_counter(), bulk, deadline)
-        if self._stopped or self._thread is None:
+        if self._stopped or not self._threads:
             # A request that picked this runtime just before a swap: serve it anyway.
             loop.run_in_executor(None, self._process, [job])
         else:
@@ -219,44 +223,41 @@ class BundleRuntime:
                         job.loop.call_soon_threadsafe(_resolve, job.future, None, err)
                 lane[:] = [job for job in lane if job.deadline >= cutoff]
 
-    def _run(self) -> None:
-        """Wait for a free slot, block for work, gather what else is queued (up to max_wait_ms), hand
-        the next batch to the slot."""
-        stop = False
+    def _slot(self) -> None:
+        """One slot: gather the next batch (one slot at a time), compute it, again; after the stop
+        marker, end once nothing is queued (batches in flight on other slots finish on their own)."""
         while True:
-            self._slots.acquire()
-            if not (self._pending or self._bulk):
-                job = None if stop else self._q.get()
-                if job is None:  # stopped, and nothing left queued: batches in flight finish on their own
-                    self._slots.release()
-                    self._pool.shutdown(wait=False)
-                    return
-                self._add(job)
-            deadline = time.perf_counter() + self.max_wait_s
-            while not stop:
-                try:
-                    remaining = deadline - time.perf_counter()
-                    if remaining > 0 and len(self._pending) < self.max_batch:
-                        nxt = self._q.get(timeout=remaining)
-                    else:
-                        nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True  # finish what is queued, then end
-                else:
-                    self._add(nxt)
-            batch = self._take()
+            with self._gather:
+                batch = self._next_batch()
+            if batch is None:
+                return
             if batch:  # empty when every queued job was past saving
-                self._pool.submit(self._run_batch, batch)
-            else:
-                self._slots.release()
+                self._process(batch)
 
-    def _run_batch(self, batch: list[Job]) -> None:
-        try:
-            self._process(batch)
-        finally:
-            self._slots.release()
+    def _next_batch(self) -> list[Job] | None:
+        """Block for the first job unless some are waiting, gather what else is queued (up to
+        max_wait_ms), take the batch; None once stopping with nothing left."""
+        if not (self._pending or self._bulk):
+            job = None if self._ending else self._q.get()
+            if job is None:
+                self._ending = True
+                return None
+            self._add(job)
+        deadline = time.perf_counter() + self.max_wait_s
+        while not self._ending:
+            try:
+                remaining = deadline - time.perf_counter()
+                if remaining > 0 and len(self._pending) < self.max_batch:
+                    nxt = self._q.get(timeout=remaining)
+                else:
+                    nxt = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                self._ending = True  # finish what is queued, then end
+            else:
+                self._add(nxt)
+        return self._take()
 
     def _process(self, batch: list[Job]) -> None:
         t0 = time.perf_counter()

@@ -625,3 +625,8 @@ def test_process_model_comparison_refuses_an_unknown_arm(capsys: pytest.CaptureF
 
     assert batch_slots.main(["--arms", "1x2,4x4"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown arm(s) 4x4")
+    # an arm on another checkout needs that checkout named by --tree, and the tree must be a checkout
+    assert batch_slots.main(["--arms", "1x2@before"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown arm(s) 1x2@before")
+    assert batch_slots.main(["--tree", "before=/nonexistent", "--arms", "1x2@before"]) == 2
+    assert capsys.readouterr().err.startswith("error: --tree before=/nonexistent: expected LABEL=PATH")

@@ -147,3 +147,22 @@ def test_two_slots_answer_exactly_what_one_slot_answers_with_mixed_nprobe(ivf_bu
     # leaked search point would change answers and the comparison above can fail
     assert work[0][0] == work[74][0] and (work[0][1], work[74][1]) == (1, 16)
     assert answers[1][0] != answers[1][74]
+
+
+async def _queue_then_stop(rt: BundleRuntime, n: int) -> list[Any]:
+    jobs = [rt.submit(f"query {i}", None, None) for i in range(n)]
+    rt.stop()  # the stop marker lands behind the n jobs
+    late = rt.submit("after the stop", None, None)  # runs inline, off the slots
+    return [r.ids for r in await asyncio.gather(*(j.future for j in [*jobs, late]))]
+
+
+def test_stop_finishes_what_is_queued_then_ends_every_slot_thread(tiny_bundle: Path) -> None:
+    rt = BundleRuntime(tiny_bundle, max_batch=2, batch_slots=2)
+    rt.start()
+    threads = list(rt._threads)
+    assert len(threads) == 2 and all(t.is_alive() for t in threads)
+    answers = asyncio.run(_queue_then_stop(rt, 9))
+    assert len(answers) == 10 and all(len(ids) == 100 for ids in answers)
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
