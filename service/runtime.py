@@ -232,7 +232,10 @@ class BundleRuntime:
             if batch is None:
                 return
             if batch:  # empty when every queued job was past saving
-                self._process(batch)
+                try:
+                    self._process(batch)
+                except Exception:  # e.g. a waiter's event loop already closed: keep the slot alive
+                    log.exception("batch of %d: answering failed", len(batch))
 
     def _next_batch(self) -> list[Job] | None:
         """Block for the first job unless some are waiting, gather what else is queued (up to

@@ -166,3 +166,29 @@ def test_stop_finishes_what_is_queued_then_ends_every_slot_thread(tiny_bundle: P
     for t in threads:
         t.join(timeout=10)
     assert not any(t.is_alive() for t in threads)
+
+
+def test_a_slot_survives_a_failure_after_its_batch_is_computed(tiny_bundle: Path) -> None:
+    """A failure while answering (here the batch-size callback, failing once) is logged and the slot
+    goes on: the next query is still answered by the same single slot."""
+    calls: list[int] = []
+
+    def on_batch(n: int) -> None:  # raises on the first batch only
+        calls.append(n)
+        if len(calls) == 1:
+            raise RuntimeError("metrics backend down")
+
+    rt = BundleRuntime(tiny_bundle, batch_slots=1, on_batch=on_batch)
+    rt.start()
+
+    async def go() -> list[str]:
+        first = rt.submit("first query", None, None)
+        with pytest.raises(asyncio.TimeoutError):  # its answer was lost with the failure
+            await asyncio.wait_for(asyncio.shield(first.future), 2.0)
+        second = rt.submit("second query", None, None)
+        return list((await asyncio.wait_for(second.future, 10.0)).ids)
+
+    try:
+        assert len(asyncio.run(go())) == 100 and calls == [1, 1]
+    finally:
+        rt.stop()
