@@ -1,7 +1,7 @@
 """Process models side by side on the 1M bench bundle, alternating: p50/p99, failures, CPU per answer, PSS.
 
-Arms: ``1x2`` one `crops serve` worker running two batch slots, ``2x1`` two workers with one slot
-each, ``2x2`` two workers with two slots each (four compute threads on two cores), ``peer`` the strong
+Arms: ``1x2`` one `crops serve` worker running two batch slots (``1x3``: three), ``2x1`` two workers
+with one slot each, ``2x2`` two workers with two slots each (four compute threads on two cores), ``peer`` the strong
 peer (plain FastAPI, 2 workers). ``ARM@LABEL`` runs a service arm on the code of another checkout
 (``--tree LABEL=PATH``): a change measured against the commit before it, in the same rounds.
 Each round starts every arm afresh in a rotated order and measures it at each fixed rate (open loop,
@@ -23,8 +23,8 @@ from benchmarks import harness as h
 from benchmarks.fleet import Bodies, serving
 
 BUNDLE = h.ROOT / "runs" / "realq" / "bundle_HNSW32_SQ8"  # make bench's bundle
-ARMS = {"1x2": ("service", 1, 2), "2x1": ("service", 2, 1), "2x2": ("service", 2, 2),  # row, workers, slots
-        "peer": ("peer", 2, 1)}
+ARMS = {"1x2": ("service", 1, 2), "1x3": ("service", 1, 3), "2x1": ("service", 2, 1),  # row, workers, slots
+        "2x2": ("service", 2, 2), "peer": ("peer", 2, 1)}
 
 
 def tree_commit(tree: Path) -> str:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{started['cpu']} · {started['cores']} cores · git {started['git']} · bundle {a.bundle.name} · "
           f"{a.rounds} rounds, arms started afresh each round in rotated order · {a.seconds:.0f} s per point, "
           f"32 connections, open loop · queries: {qhow} · cache off", "", f"    {cmd.strip()}", "",
-          "Arms: `1x2` one `crops serve` worker with 2 batch slots; `2x1` two workers with 1 slot each; "
+          "Arms: `1x2` one `crops serve` worker with 2 batch slots (`1x3`: 3); `2x1` two workers with 1 slot each; "
           "`2x2` two workers with 2 slots each; `ARM@LABEL` the arm on the code of the `--tree` LABEL "
           f"({', '.join(f'{k}: commit {tree_commit(v)}' for k, v in trees.items()) or 'none given'}); "
           "`peer` the strong peer (plain FastAPI + the same int8 tower and index, 2 uvicorn workers). "
