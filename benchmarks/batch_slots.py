@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,6 @@ ARMS = {"1x2": ("service", 1, 2), "1x3": ("service", 1, 3), "2x1": ("service", 2
 
 def tree_commit(tree: Path) -> str:
     """The commit a checkout is at (with -dirty when it has changes), for the report."""
-    import subprocess
-
     out = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--dirty", "--abbrev=7"],
                          capture_output=True, text=True, check=False)
     return out.stdout.strip() or "unknown"

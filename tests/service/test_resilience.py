@@ -163,7 +163,7 @@ def test_the_work_already_done_ahead_is_not_counted_again(tiny_bundle: Path) -> 
         assert admission.state.view.batch_slots == 2  # two batches run at once: two queries ahead take one query's time
         admission.queued += 2  # as if two queries were queued...
         try:
-            # ... and the batcher began them 0.5 s ago: 0.1 s left, then 0.6 s for this one, inside 1 s
+            # ... and the slots began them 0.5 s ago: 0.1 s left, then 0.6 s for this one, inside 1 s
             admission.since = time.perf_counter() - 0.5
             assert srv.retrieve("half done ahead").status_code == 200
             # begun just now: 0.6 + 0.6 s would pass the 1 s deadline
