@@ -192,3 +192,50 @@ def test_a_slot_survives_a_failure_after_its_batch_is_computed(tiny_bundle: Path
         assert len(asyncio.run(go())) == 100 and calls == [1, 1]
     finally:
         rt.stop()
+
+
+async def _queue_then_collect(rt: BundleRuntime, n: int) -> list[Any]:
+    from service.runtime import Job
+
+    loop = asyncio.get_running_loop()
+    futs = []
+    for i in range(n):
+        fut = loop.create_future()
+        rt._q.put(Job(f"query {i}", None, None, fut, loop, 0.0))  # queued before the slots start
+        futs.append(fut)
+    rt.start()
+    return list(await asyncio.gather(*futs))
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_a_batch_is_encoded_once_and_its_searches_are_shared_by_the_free_slots(
+    tiny_bundle: Path, slots: int
+) -> None:
+    """Four queued queries make one batch (one encode call). With two slots its searches go one query
+    at a time to whichever slot is free, so both slots search; with one slot (a GPU bundle) the batch
+    is searched in one call. The search is wrapped to record its caller and take 0.2 s."""
+    import threading
+    import time
+
+    sizes: list[int] = []
+    rt = BundleRuntime(tiny_bundle, max_batch=8, batch_slots=slots, on_batch=sizes.append)
+    search = rt.retriever.search_vectors
+    calls: list[tuple[str, int]] = []
+
+    def slow_search(vectors: np.ndarray, k: int, nprobe: int | None = None) -> Any:  # wrapper, named as such
+        calls.append((threading.current_thread().name, len(vectors)))
+        time.sleep(0.2)
+        return search(vectors, k, nprobe)
+
+    rt.retriever.search_vectors = slow_search  # type: ignore[method-assign]
+    try:
+        results = asyncio.run(_queue_then_collect(rt, 4))
+    finally:
+        rt.stop()
+    assert sizes == [4]
+    assert all(len(r.ids) == 100 and r.batch == 4 for r in results)
+    if slots == 1:
+        assert [n for _, n in calls] == [4]
+    else:
+        assert [n for _, n in calls] == [1, 1, 1, 1]
+        assert len({name for name, _ in calls}) == 2, calls
