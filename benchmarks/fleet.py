@@ -59,6 +59,7 @@ from core.search_params import describe_point
 from loadtest.querymix import load_mix
 from loadtest.ready import wait_workers
 
+CORES = 2  # the box: the limit runs one process pinned to each, the HTTP rows and their generator share them
 ROWS = ("service", "nginx", "granian", "peer", "stock", "naive")
 TITLES = {
     "service": "crops serve, 1 worker x 2 batch slots",
@@ -173,7 +174,7 @@ def http_row(name: str, url: str, bodies: Bodies, a: argparse.Namespace, *, ceil
 
 
 def limit_run(bundle: Path, queries: list[str], onnx_file: str | None, seconds: float) -> dict[str, Any]:
-    with LimitPool(bundle, queries, cpus=[0, 1], onnx_file=onnx_file) as pool:
+    with LimitPool(bundle, queries, cpus=list(range(CORES)), onnx_file=onnx_file) as pool:
         return pool.run(seconds, warmup_s=2.0)
 
 
@@ -186,15 +187,28 @@ def ratio(a: float | None, b: float | None, nd: int = 3) -> float | None:
     return round(a / b, nd) if a and b else None
 
 
+def busiest_point(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The row's fixed-rate point with the most answers a second and its CPU measured (None: none)."""
+    pts = [p for p in [row.get("at_rate"), *row.get("search", [])]
+           if p and p.get("server_cores") is not None and p.get("ok_rps")]
+    return max(pts, key=lambda p: p["ok_rps"]) if pts else None
+
+
 def cpu_ms_per_request(row: dict[str, Any]) -> float | None:
     """The server processes' CPU per answered request at the row's busiest fixed-rate point (the most
     answers a second; CPU spent on refusals counts against the answers)."""
-    pts = [p for p in [row.get("at_rate"), *row.get("search", [])]
-           if p and p.get("server_cores") is not None and p.get("ok_rps")]
-    if not pts:
+    top = busiest_point(row)
+    return None if top is None else round(float(top["server_cores"]) * 1e3 / float(top["ok_rps"]), 2)
+
+
+def cpu_ceiling_rps(row: dict[str, Any], cores: int) -> float | None:
+    """The most answers a second ``cores`` could give at the row's CPU per answer, its server's and its
+    load generator's together (they share the cores), with no queueing or idle time at all."""
+    top = busiest_point(row)
+    if top is None:
         return None
-    top = max(pts, key=lambda p: p["ok_rps"])
-    return round(float(top["server_cores"]) * 1e3 / float(top["ok_rps"]), 2)
+    per_answer = (float(top["server_cores"]) + float(top.get("generator_cores") or 0.0)) / float(top["ok_rps"])
+    return round(cores / per_answer, 1)
 
 
 def most_answered(row: dict[str, Any]) -> float | None:
@@ -221,6 +235,7 @@ def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: 
     Kubernetes), when that row was measured; else ``crops serve`` alone. ``service_row`` says which;
     ``crops_serve_*`` are always the one-box process model's."""
     limit_rps = round(statistics.mean(x["rps"] for x in limits), 1)
+    cores = CORES
     service_row = "nginx" if "nginx" in rows else "service"
     svc, peer, naive = rows.get(service_row, {}), rows.get("peer", {}), rows.get("naive", {})
     peer_rps, peer_within = peer_rate(peer)
@@ -256,13 +271,16 @@ def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: 
         "service_over_naive": ratio(service_rps, naive_rps, 1),
         "service_over_naive_any_latency": ratio(svc.get("max_rps_any_latency"), naive_rps, 1),
         "peak_rss_mib": {"limit": limits[0].get("peak_rss_mib"), **{k: r.get("peak_rss_mib") for k, r in rows.items()}},
-        # Where the cores went at the fixed rate: the serving path alone needs rate x (2 cores / limit).
-        "compute_cores_at_rate": round(a.rate * 2 / limit_rps, 3),
+        # Where the cores went at the fixed rate: the serving path alone needs rate x (cores / limit).
+        "compute_cores_at_rate": round(a.rate * cores / limit_rps, 3),
         "service_cores_at_rate": at.get("server_cores"),
         "generator_cores_at_rate": at.get("generator_cores"),
-        # CPU per request: the tight loop's (2 cores / the limit) against each HTTP row's, measured
-        "limit_cpu_ms_per_query": round(2e3 / limit_rps, 2),
+        # CPU per request: the tight loop's (cores / the limit) against each HTTP row's, measured
+        "limit_cpu_ms_per_query": round(cores * 1e3 / limit_rps, 2),
         "cpu_ms_per_request": {k: ms for k, r in rows.items() if (ms := cpu_ms_per_request(r)) is not None},
+        # What the CPU alone allows: a ratio to the limit above this ceiling's cannot be reached by any
+        # scheduling, only by spending less CPU per answer.
+        "cpu_ceiling_rps": {k: c for k, r in rows.items() if (c := cpu_ceiling_rps(r, cores)) is not None},
     }
 
 
@@ -296,6 +314,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     for name, why in {**result.get("skipped", {}), **result.get("failed", {})}.items():
         table.append([name, TITLES.get(name, name), f"not measured: {why}", "", "", "", "", "", "", ""])
     nv = rows.get("naive", {}).get("best_closed_loop")
+    ceiling = (result.get("cpu_ceiling_rps") or {}).get(result.get("service_row", "service"))
+    ceiling_ms = CORES * 1e3 / (0.9 * result["limit_rps"])
     lines = [
         "# Benchmark: the in-process limit, the service and its peers",
         "",
@@ -340,6 +360,13 @@ def render_markdown(result: dict[str, Any]) -> str:
         + f" ms an answered request, so {rate:g} answers a second would need "
         + ", ".join(f"{f(v * rate / 1e3, 2)}" for v in (result.get("cpu_ms_per_request") or {}).values())
         + f" of the {m['cores']} cores.",
+        f"- **CPU ceiling**: at each row's CPU per answer, its server's and its load generator's together, "
+        f"the {CORES} cores could answer at most "
+        + ", ".join(f"{k} {f(v)}" for k, v in (result.get("cpu_ceiling_rps") or {}).items())
+        + f" req/s, with no queueing and no idle core at all: the `{result.get('service_row', 'service')}` row's "
+        f"ceiling is {f(ratio(ceiling, result['limit_rps']), 3)} × the limit. A ratio to the limit above the "
+        f"ceiling's cannot come from scheduling, only from less CPU per answer: 0.9 × the limit needs "
+        f"≤ {f(ceiling_ms, 2)} ms an answer, server and generator together.",
         f"- The limit: {f(lim[0]['rps'])} req/s before the HTTP rows, "
         + (f"{f(lim[1]['rps'])} after" if len(lim) > 1 else "not measured after")
         + "; the ratios use their mean."

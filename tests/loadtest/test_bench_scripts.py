@@ -353,7 +353,7 @@ def _result() -> dict[str, Any]:
         "core_split": "2 cores", "other_cores_at_start": 0.0, "loadavg_start": [0.1], "loadavg_end": [1.9],
         "noisy": False, "started": "2026-01-01T00:00:00+00:00", "command": "python -m benchmarks.fleet --publish",
         "compute_cores_at_rate": 1.667, "service_cores_at_rate": 1.5, "generator_cores_at_rate": 0.3,
-        "limit_cpu_ms_per_query": 4.17, "cpu_ms_per_request": {"service": 3.75},
+        "limit_cpu_ms_per_query": 4.17, "cpu_ms_per_request": {"service": 3.75}, "cpu_ceiling_rps": {"service": 466.7},
         "machine": {"cpu": "cpu", "cores": 2, "mem_gib": 8.0, "kernel": "6", "git": "abc", "python": "3.11",
                     "versions": {"numpy": "2"}},
     }
@@ -373,13 +373,18 @@ def test_report_renders_every_row_and_says_what_was_not_measured(tmp_path: Path)
     assert "the service's processes used 1.50 and the load generator 0.30" in md
     assert "spends 4.17 ms a query" in md
     assert "service 3.75 ms an answered request, so 400 answers a second would need 1.50 of the 2 cores" in md
-    from benchmarks.fleet import cpu_ms_per_request
+    from benchmarks.fleet import cpu_ceiling_rps, cpu_ms_per_request
 
     row = _result()["rows"]["service"]
     assert cpu_ms_per_request(row) == round(1.5e3 / 420, 2)  # the busiest point: 420 answered a second at 440
     row["search"][0]["ok_rps"] = 300.0
     assert cpu_ms_per_request(row) == round(1.5e3 / 398, 2)  # now the 400 req/s point answered more
     assert cpu_ms_per_request(_result()["rows"]["naive"]) is None
+    # ceiling: 2 cores over (1.5 server + 0.3 generator cores) / 420 answers a second
+    assert cpu_ceiling_rps(_result()["rows"]["service"], 2) == round(2 * 420 / 1.8, 1)
+    assert cpu_ceiling_rps(_result()["rows"]["naive"], 2) is None
+    assert "at most service 466.7 req/s" in md and "ceiling is 0.972 × the limit" in md
+    assert f"needs ≤ {2e3 / (0.9 * 480):.2f} ms an answer" in md
     assert "`python -m benchmarks.fleet --publish`" in md
     noisy = render_markdown({**_result(), "noisy": True, "service_rps": None, "service_over_limit": None})
     assert "numbers are noisy" in noisy and "**service / limit = n/a**" in noisy
