@@ -38,7 +38,7 @@ from service.state import ServiceState
 
 DEADLINE_HEADER = "x-crops-deadline-ms"
 BATCH_PATH = "/retrieve/batch"
-_EWMA = 0.1  # weight of the newest query in the per-query cost average
+_EWMA = 0.1  # weight of the newest batch in the per-query cost average
 _INITIAL_COST_S = 0.003  # before the first batch: a few ms, what one CPU query costs
 
 
@@ -116,9 +116,9 @@ class Admission:
             self.queued -= n
         self.metrics.queued.dec(n)
 
-    def observe(self, query_ms: float) -> None:
-        """One computed query (its share of its batch's encode + its search): update the per-query cost."""
-        self.cost_s += _EWMA * (query_ms / 1e3 - self.cost_s)
+    def observe(self, batch_ms: float, batch: int) -> None:
+        """One finished batch: update the per-query cost."""
+        self.cost_s += _EWMA * (batch_ms / 1e3 / max(1, batch) - self.cost_s)
 
 
 class Places:
@@ -316,4 +316,4 @@ class RetrieveUseCase:
         self.admission.leave(bulk=bulk, finished=True)
         if not fut.cancelled() and fut.exception() is None:
             jr = fut.result()
-            self.admission.observe(jr.cost_ms)
+            self.admission.observe(jr.encode_ms + jr.search_ms, jr.batch)

@@ -2,26 +2,18 @@
 
 Requests submit jobs and await an asyncio future. Each of ``batch_slots`` slot threads, when free,
 takes the first queued job, gathers whatever else arrives within ``max_wait_ms`` (up to
-``max_batch``) and encodes the batch in ONE onnxruntime call, off the event loop (onnxruntime and
-faiss release the GIL). One slot gathers at a time; the others wait for it or compute. Batches take
-single queries first and at most ``bulk_slice`` items of /retrieve/batch requests. With two slots
-(the default on CPU) a query that arrives while a batch runs starts at once on the other core
-instead of waiting for it; when both slots are busy, queries queue and the next free slot takes them
-as one batch, so batching still carries the load at saturation.
-
-Searches are shared: after encoding a batch a slot searches its first query and leaves the others
-in a search lane that every slot serves first, one query at a time, and each query is answered as
-soon as its own search ends. Encoding is where batching pays (one call for many short queries); a
-graph or IVF search costs the same per query in a batch, so searching a batch in one call only made
-its first query wait for its last and kept the other core idle (see docs/explanation/service.md).
-With one slot (a GPU bundle) nothing could share the searches: each batch is searched in one call.
-Each call uses one intra-op thread.
+``max_batch``), encodes the batch in ONE onnxruntime call and searches each nprobe group in ONE faiss
+call, off the event loop (onnxruntime and faiss release the GIL). One slot gathers at a time; the
+others wait for it or compute. Batches take single queries first and at most ``bulk_slice`` items of
+/retrieve/batch requests. With two slots (the default on CPU) a query that arrives while a batch
+runs starts at once on the other core instead of waiting for it; when both slots are busy, queries
+queue and the next free slot takes them as one batch, so batching still carries the load at
+saturation. Each call uses one intra-op thread; a GPU bundle runs one batch at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 import logging
 import math
@@ -56,11 +48,6 @@ class Job:
     # perf_counter after which no waiter wants the answer (the latest deadline of the requests sharing
     # it); the batcher drops a job past it instead of computing an answer nobody will read
     deadline: float = math.inf
-    # set by the slot that encoded it (or that found its vector given): when its batch began, the
-    # batch's encode time and size
-    started: float = 0.0
-    encode_ms: float = 0.0
-    batch: int = 0
 
 
 @dataclass
@@ -72,10 +59,6 @@ class JobResult:
     encode_ms: float
     search_ms: float
     batch: int
-    cost_ms: float  # this query's share of the work: encode_ms / batch + its search
-
-
-_WAKE = object()  # put on the queue when searches wait in the lane: a slot blocked there goes to serve them
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
@@ -120,7 +103,7 @@ class BundleRuntime:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.on_batch = on_batch
-        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         # Batches in flight at once, one slot thread each. A GPU index is not searched from two threads at once.
         self.batch_slots = 1 if self.retriever.on_gpu else max(1, batch_slots)
         self._threads: list[threading.Thread] = []
@@ -133,10 +116,7 @@ class BundleRuntime:
         # Jobs waiting for a batch (under self._gather): single queries, /retrieve/batch items.
         self._pending: list[Job] = []
         self._bulk: list[Job] = []
-        # Encoded jobs waiting for their search, served first by every slot (deque: thread-safe appends
-        # and pops, so a slot hands searches over without the gather lock another slot may hold).
-        self._searches: collections.deque[Job] = collections.deque()
-        self.cost_s = 0.0  # per-query wall time (its share of its batch's encode + its search), moving average
+        self.cost_s = 0.0  # per-query wall time of encode + search, moving average over batches
         self.loaded_at = time.time()
 
     @property
@@ -201,12 +181,12 @@ class BundleRuntime:
         A /retrieve/batch of 16 misses is 16 encodes; run as one batch it would stall every single query
         behind it for that long. In slices, singles that arrive meanwhile go ahead at the next batch.
 
-        Deadlines: the k-th item of a batch is answered about k x cost after the batch starts (less when
-        another slot is free to share its searches, which under overload it is not). Under overload the
-        batch filled to max_batch (16 x 3.4 ms on the 1M bench index) and outlasted the 50 ms deadline,
-        so nearly every computed answer came too late (one worker offered 400 req/s answered 26 of them).
-        Jobs that cannot finish even alone are dropped uncomputed (their requests get 503); the batch is
-        cut so that its last item still meets the earliest deadline in it; the rest wait for the next batch.
+        Deadlines: every item of a batch is answered when the whole batch is done, so a batch of n takes
+        about n x cost for each of them. Under overload the batch filled to max_batch (16 x 3.4 ms on the
+        1M bench index) and outlasted the 50 ms deadline, so nearly every computed answer came too late
+        (one worker offered 400 req/s answered 26 of them). Jobs that cannot finish even alone are
+        dropped uncomputed (their requests get 503); the batch is cut so that its last item still
+        meets the earliest deadline in it; the rest wait for the next batch.
         """
         now = time.perf_counter()
         self._drop_doomed(now)
@@ -244,37 +224,24 @@ class BundleRuntime:
                 lane[:] = [job for job in lane if job.deadline >= cutoff]
 
     def _slot(self) -> None:
-        """One slot: serve the search lane first, else gather the next batch (one slot at a time) and
-        encode it; after the stop marker, end once nothing is queued (work in flight on other slots
-        finishes there: a slot that encoded a batch serves its searches itself if no one else does)."""
+        """One slot: gather the next batch (one slot at a time), compute it, again; after the stop
+        marker, end once nothing is queued (batches in flight on other slots finish on their own)."""
         while True:
-            try:
-                job = self._searches.popleft()
-            except IndexError:
-                job = None
-            try:
-                if job is not None:
-                    self._search([job])
-                    continue
-                with self._gather:
-                    batch = self._next_batch()
-                if batch is None:
-                    return
-                if batch:  # empty when every queued job was past saving, or on a wake-up
-                    self._process(batch, share=self.batch_slots > 1)
-            except Exception:  # e.g. a waiter's event loop already closed: keep the slot alive
-                log.exception("answering failed")
+            with self._gather:
+                batch = self._next_batch()
+            if batch is None:
+                return
+            if batch:  # empty when every queued job was past saving
+                try:
+                    self._process(batch)
+                except Exception:  # e.g. a waiter's event loop already closed: keep the slot alive
+                    log.exception("batch of %d: answering failed", len(batch))
 
     def _next_batch(self) -> list[Job] | None:
         """Block for the first job unless some are waiting, gather what else is queued (up to
-        max_wait_ms), take the batch; [] when woken for the search lane; None once stopping with
-        nothing left."""
+        max_wait_ms), take the batch; None once stopping with nothing left."""
         if not (self._pending or self._bulk):
-            if self._searches:
-                return []
             job = None if self._ending else self._q.get()
-            if job is _WAKE:
-                return []
             if job is None:
                 self._ending = True
                 return None
@@ -291,76 +258,58 @@ class BundleRuntime:
                 break
             if nxt is None:
                 self._ending = True  # finish what is queued, then end
-            elif nxt is not _WAKE:
+            else:
                 self._add(nxt)
         return self._take()
 
-    def _process(self, batch: list[Job], *, share: bool = False) -> None:
-        """Encode the batch's queries in one call, then search: with ``share``, the first query here and
-        the others through the search lane (any free slot, one each); else all of them here."""
+    def _process(self, batch: list[Job]) -> None:
         t0 = time.perf_counter()
-        todo = [j for j in batch if j.vector is None]
         try:
-            enc = self.retriever.encode([j.query for j in todo]) if todo else None
-        except Exception as exc:
-            self._fail(batch, exc)
-            return
-        encode_ms = (time.perf_counter() - t0) * 1e3
-        for row, j in enumerate(todo):
-            assert enc is not None
-            j.vector, j.encode_ms = enc[row], encode_ms
-        for j in batch:
-            j.started, j.batch = t0, len(batch)
-        if todo and self.on_batch is not None:
-            self.on_batch(len(todo))
-        if share and len(batch) > 1:
-            self._searches.extend(batch[1:])
-            self._q.put(_WAKE)  # a slot blocked waiting for queries comes to help
-            batch = batch[:1]
-        self._search(batch)
-
-    def _search(self, jobs: list[Job]) -> None:
-        """Search encoded jobs (one call per nprobe group) and answer each group as it ends."""
-        t0 = time.perf_counter()
-        live = [j for j in jobs if j.deadline >= t0]  # the others' waiters have given up: not computed
-        if len(live) < len(jobs):
-            self._fail(
-                [j for j in jobs if j.deadline < t0],
-                CropsError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded while queued; retry shortly"),
-            )
-        groups: dict[int | None, list[Job]] = {}
-        for j in live:
-            groups.setdefault(j.nprobe, []).append(j)
-        for nprobe, group in groups.items():
+            todo = [i for i, j in enumerate(batch) if j.vector is None]
+            vectors: list[np.ndarray | None] = [j.vector for j in batch]
+            if todo:
+                enc = self.retriever.encode([batch[i].query for i in todo])
+                for row, i in enumerate(todo):
+                    vectors[i] = enc[row]
             t1 = time.perf_counter()
-            try:
-                mat = np.stack([j.vector for j in group if j.vector is not None])
-                found = self.retriever.search_vectors(mat, SEARCH_K, nprobe=nprobe)
-            except Exception as exc:
-                self._fail(group, exc)
-                continue
+            mat = np.stack([v for v in vectors if v is not None])
+            groups: dict[int | None, list[int]] = {}
+            for i, j in enumerate(batch):
+                groups.setdefault(j.nprobe, []).append(i)
+            results: list[Any] = [None] * len(batch)
+            for nprobe, idx in groups.items():
+                found = self.retriever.search_vectors(mat[idx], SEARCH_K, nprobe=nprobe)
+                for i, res in zip(idx, found, strict=True):
+                    results[i] = res
             t2 = time.perf_counter()
-            search_ms = (t2 - t1) * 1e3
-            for j, res in zip(group, found, strict=True):
-                assert j.vector is not None
-                cost_ms = j.encode_ms / max(1, j.batch) + search_ms / len(group)
-                self.cost_s = cost_ms / 1e3 if self.cost_s == 0 else self.cost_s + 0.2 * (cost_ms / 1e3 - self.cost_s)
-                # queue: everything before its search that was not its encode
-                queue_ms = max(0.0, (t1 - j.enqueued) * 1e3 - j.encode_ms)
-                out = JobResult(res.ids, res.scores, j.vector, queue_ms, j.encode_ms, search_ms, j.batch, cost_ms)
-                j.loop.call_soon_threadsafe(_resolve, j.future, out, None)
-
-    @staticmethod
-    def _fail(jobs: list[Job], exc: BaseException) -> None:
-        err = (
-            exc
-            if isinstance(exc, CropsError)
-            else CropsError(ErrorKind.BACKEND, f"retrieval failed: {type(exc).__name__}: {exc}")
-        )
-        if not isinstance(exc, CropsError) or exc.kind is not ErrorKind.DEADLINE_EXCEEDED:
-            log.error("%d queries failed: %s", len(jobs), err.message, exc_info=exc)
-        for j in jobs:
-            j.loop.call_soon_threadsafe(_resolve, j.future, None, err)
+        except Exception as exc:
+            err = (
+                exc
+                if isinstance(exc, CropsError)
+                else CropsError(ErrorKind.BACKEND, f"retrieval failed: {type(exc).__name__}: {exc}")
+            )
+            log.exception("batch of %d failed", len(batch))
+            for j in batch:
+                j.loop.call_soon_threadsafe(_resolve, j.future, None, err)
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(todo))
+        enc_ms = (t1 - t0) * 1e3 if todo else 0.0
+        search_ms = (t2 - t1) * 1e3
+        per_query = (t2 - t0) / len(batch)
+        self.cost_s = per_query if self.cost_s == 0 else self.cost_s + 0.2 * (per_query - self.cost_s)
+        for i, j in enumerate(batch):
+            res = results[i]
+            out = JobResult(
+                res.ids,
+                res.scores,
+                mat[i],
+                (t0 - j.enqueued) * 1e3,
+                enc_ms if j.vector is None else 0.0,
+                search_ms,
+                len(batch),
+            )
+            j.loop.call_soon_threadsafe(_resolve, j.future, out, None)
 
     def summary(self) -> dict[str, Any]:
         m = self.retriever.manifest
