@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n".join([
         "# Adding a graph's rows in chunks",
         "",
-        f"{m['cpu']} · {m['cores']} cores · git {m['git']} · faiss {m['versions'].get('faiss-cpu')} · `{FACTORY}` "
+        f"{h.describe_machine(m)} · git {m['git']} · faiss {m['versions'].get('faiss-cpu')} · `{FACTORY}` "
         f"at efConstruction {ops.HNSW_EF_CONSTRUCTION} over the first {a.n:,} bench vectors · recall@100 vs exact "
         f"on {len(held)} held-out MIMICS queries.",
         "",

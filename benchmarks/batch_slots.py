@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                          med(arm, rate, "pss_mib_per_two_cores")])
     cmd = "python -m benchmarks.batch_slots " + " ".join(argv if argv is not None else sys.argv[1:])
     md = ["# Process models on two cores: batch slots per worker against workers per core", "",
-          f"{started['cpu']} · {started['cores']} cores · git {started['git']} · bundle {a.bundle.name} · "
+          f"{h.describe_machine(started)} · git {started['git']} · bundle {a.bundle.name} · "
           f"{a.rounds} rounds, arms started afresh each round in rotated order · {a.seconds:.0f} s per point, "
           f"32 connections, open loop · queries: {qhow} · cache off", "", f"    {cmd.strip()}", "",
           "Arms: `1x2` one `crops serve` worker with 2 batch slots (`1x3`: 3); `2x1` two workers with 1 slot each; "

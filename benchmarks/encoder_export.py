@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n".join([
         "# Query tower: unfused vs fused ONNX export",
         "",
-        f"{m['cpu']} · {m['cores']} cores · git {m['git']} · {len(queries)} queries ({source}), one at a "
+        f"{h.describe_machine(m)} · git {m['git']} · {len(queries)} queries ({source}), one at a "
         "time, one thread, the graphs interleaved query by query.",
         "",
         "    python -m benchmarks.encoder_export",

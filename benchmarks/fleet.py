@@ -319,7 +319,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Benchmark: the in-process limit, the service and its peers",
         "",
-        f"{result['started']} · {m['cpu']} · {m['cores']} cores · {m['mem_gib']} GiB · kernel {m['kernel']} · "
+        f"{result['started']} · {h.describe_machine(m)} · {m['mem_gib']} GiB · kernel {m['kernel']} · "
         f"git {m['git']}",
         "",
         f"Index: {idx['factory']} over {idx['ntotal']:,} vectors ({idx['vectors']}), "

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n".join([
         "# HNSW graphs built with different effort, searched side by side (1M vectors)",
         "",
-        f"{m['cpu']} · {m['cores']} cores · git {m['git']} · HNSW32,SQ8 over the same {len(graphs[0]['rows_of']):,} "
+        f"{h.describe_machine(m)} · git {m['git']} · HNSW32,SQ8 over the same {len(graphs[0]['rows_of']):,} "
         f"vectors · {len(q)} held-out MIMICS queries, batch 1, one thread on core {a.cpu}; each graph in passes of "
         f"its own, {a.rounds} rounds, alternating which goes first.",
         "",

@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -409,6 +410,40 @@ def max_rate_within_slo(
 # --------------------------------------------------------------------------- the machine
 
 
+# One thread multiplying float32 matrices of the tower's width: the same VM type has run this in 4.1 ms
+# and in 12 ms (a busier host), and every latency in a report moves with it.
+_PROBE = """
+import statistics, time
+import numpy as np
+a = np.random.default_rng(0).random((192, 384), dtype=np.float32)
+b = np.random.default_rng(1).random((384, 384), dtype=np.float32)
+ts = []
+for _ in range(300):
+    t = time.perf_counter()
+    for _ in range(9):
+        a @ b
+    ts.append(time.perf_counter() - t)
+print(statistics.median(ts) * 1e3)
+"""
+
+
+def cpu_probe_ms() -> float | None:
+    """The machine's speed in one number (ms, lower is faster): the median time of nine one-thread
+    192x384 @ 384x384 float32 products, in a fresh process. None if it could not run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, check=False)
+    try:
+        return round(float(out.stdout.strip()), 2)
+    except ValueError:
+        return None
+
+
+def describe_machine(m: dict[str, Any]) -> str:
+    """``machine_info`` for a report's first line: CPU, cores and the speed probe."""
+    probe = m.get("cpu_probe_ms")
+    return f"{m['cpu']} · {m['cores']} cores" + (f" · CPU probe {probe:g} ms" if probe is not None else "")
+
+
 def machine_info(tools: Sequence[str] = ("nginx",)) -> dict[str, Any]:
     """CPU model, cores, memory, kernel, Python, git commit, and the versions of the libraries and
     ``tools`` (binaries asked with ``-v``) a result depends on."""
@@ -442,6 +477,7 @@ def machine_info(tools: Sequence[str] = ("nginx",)) -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "cpu_probe_ms": cpu_probe_ms(),
         # what the processes a benchmark starts get for their heap (service.heap): glibc's setting
         # and the kernel's transparent huge page mode
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n".join([
         "# HNSW search: bounded candidate queue vs unbounded heap (1M vectors)",
         "",
-        f"{m['cpu']} · {m['cores']} cores · git {m['git']} · {man.index.factory}, {man.index.ntotal:,} vectors · "
+        f"{h.describe_machine(m)} · git {m['git']} · {man.index.factory}, {man.index.ntotal:,} vectors · "
         f"{len(q)} held-out MIMICS queries, batch 1, one thread; each queue kind in passes of its own, "
         f"{a.rounds} rounds, alternating which goes first.",
         "",

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n".join([
         "# Huge pages for the serving heap (glibc malloc hugetlb tunable)",
         "",
-        f"{m['cpu']} · {m['cores']} cores · git {m['git']} · transparent_hugepage: `{thp}` · "
+        f"{h.describe_machine(m)} · git {m['git']} · transparent_hugepage: `{thp}` · "
         f"`Retriever` on {a.bundle.name} (int8 tower), one query at a time, one thread · "
         f"{a.calls} queries per arm, gap and round, {a.rounds} rounds alternating the arms, a fresh process each.",
         "",

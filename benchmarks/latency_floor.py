@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n".join([
         "# The machine's latency floor: identical work, paced",
         "",
-        f"{m['cpu']} · {m['cores']} cores · git {m['git']} · one process, one thread, the other core idle · "
+        f"{h.describe_machine(m)} · git {m['git']} · one process, one thread, the other core idle · "
         f"{a.calls} calls per row in {a.rounds} alternating rounds · `Retriever` on {a.bundle.name} (int8 tower).",
         "",
         f"    python -m benchmarks.latency_floor --bundle {a.bundle}",

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     md = "\n".join([
         f"# nginx replicas and max_conns at {rate} req/s (the fleet's nginx row)",
         "",
-        f"{m['cpu']} · {m['cores']} cores · git {m['git']} · bundle {a.bundle.name} (int8 tower) · "
+        f"{h.describe_machine(m)} · git {m['git']} · bundle {a.bundle.name} (int8 tower) · "
         f"{q_desc} · {a.rounds} rounds, configurations alternating · {fa.seconds:g} s a point, "
         f"{fa.connections} connections. In-process limit (`benchmarks.limit`, 2 processes pinned one per core): "
         f"{h.fmt(float(limit_rps[0]))} req/s before the rows, {h.fmt(float(limit_rps[1]))} after; {rate} req/s "

@@ -324,6 +324,10 @@ def test_machine_info_and_other_cores() -> None:
     assert m["glibc_tunables"] == os.environ["GLIBC_TUNABLES"] and HUGE_PAGES_TUNABLE in m["glibc_tunables"]
     assert m["transparent_hugepage"]
     assert h.other_processes_cores(0.2) >= 0.0
+    # the speed probe ran (a few ms on any machine this runs on) and heads the reports
+    assert 0.1 < m["cpu_probe_ms"] < 1000
+    assert h.describe_machine(m) == f"{m['cpu']} · {m['cores']} cores · CPU probe {m['cpu_probe_ms']:g} ms"
+    assert h.describe_machine({**m, "cpu_probe_ms": None}) == f"{m['cpu']} · {m['cores']} cores"
 
 
 # --------------------------------------------------------------------------- the report
