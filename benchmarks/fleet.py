@@ -235,7 +235,6 @@ def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: 
     Kubernetes), when that row was measured; else ``crops serve`` alone. ``service_row`` says which;
     ``crops_serve_*`` are always the one-box process model's."""
     limit_rps = round(statistics.mean(x["rps"] for x in limits), 1)
-    cores = CORES
     service_row = "nginx" if "nginx" in rows else "service"
     svc, peer, naive = rows.get(service_row, {}), rows.get("peer", {}), rows.get("naive", {})
     peer_rps, peer_within = peer_rate(peer)
@@ -272,15 +271,15 @@ def summarize(rows: dict[str, dict[str, Any]], limits: list[dict[str, Any]], a: 
         "service_over_naive_any_latency": ratio(svc.get("max_rps_any_latency"), naive_rps, 1),
         "peak_rss_mib": {"limit": limits[0].get("peak_rss_mib"), **{k: r.get("peak_rss_mib") for k, r in rows.items()}},
         # Where the cores went at the fixed rate: the serving path alone needs rate x (cores / limit).
-        "compute_cores_at_rate": round(a.rate * cores / limit_rps, 3),
+        "compute_cores_at_rate": round(a.rate * CORES / limit_rps, 3),
         "service_cores_at_rate": at.get("server_cores"),
         "generator_cores_at_rate": at.get("generator_cores"),
         # CPU per request: the tight loop's (cores / the limit) against each HTTP row's, measured
-        "limit_cpu_ms_per_query": round(cores * 1e3 / limit_rps, 2),
+        "limit_cpu_ms_per_query": round(CORES * 1e3 / limit_rps, 2),
         "cpu_ms_per_request": {k: ms for k, r in rows.items() if (ms := cpu_ms_per_request(r)) is not None},
         # What the CPU alone allows: a ratio to the limit above this ceiling's cannot be reached by any
         # scheduling, only by spending less CPU per answer.
-        "cpu_ceiling_rps": {k: c for k, r in rows.items() if (c := cpu_ceiling_rps(r, cores)) is not None},
+        "cpu_ceiling_rps": {k: c for k, r in rows.items() if (c := cpu_ceiling_rps(r, CORES)) is not None},
     }
 
 
