@@ -1,6 +1,6 @@
 """Full garbage collections in a service worker, with and without ``gc.freeze`` (service/heap.py).
 
-    python -m benchmarks.gc_pauses --bundle runs/perf/n1000000/bundle [--world runs/world_default] [--requests 4000]
+    python -m benchmarks.gc_pauses --bundle runs/realq/bundle_HNSW32_SQ8 [--world runs/world_default] [--requests 4000]
 
 For each setting of ``CROPS_GC_FREEZE`` it builds the service app in this process (cache on, int8 tower
 when the bundle has it), sends ``--requests`` queries drawn from the query mix through the ASGI app
